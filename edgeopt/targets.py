@@ -1,0 +1,293 @@
+"""Target profiles: TOML data loaded into validated frozen dataclasses.
+
+Built-in profiles live in the repository's ``targets/`` folder and ship inside the wheel as
+``edgeopt/targets_data/``. Users pass their own TOML file path instead of a built-in name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgeopt_runtime.errors import TargetError
+
+
+class Scheme(str, Enum):
+    """Quantization scheme of the primary TFLite artifact."""
+
+    INT8 = "int8"  # full-integer int8 with a representative dataset
+    FLOAT16 = "float16"  # float16 weights, float compute
+    DYNAMIC = "dynamic"  # int8 weights, float activations (dynamic range)
+    INT16X8 = "int16x8"  # int16 activations, int8 weights
+    FLOAT32 = "float32"  # no quantization
+
+
+class IODtype(str, Enum):
+    FLOAT32 = "float32"
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+class CalibrationMethod(str, Enum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class OnnxScheme(str, Enum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class QuantType(str, Enum):
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+class QuantFormat(str, Enum):
+    QDQ = "qdq"
+    QOPERATOR = "qoperator"
+
+
+class Delegate(str, Enum):
+    XNNPACK = "xnnpack"
+    EDGETPU = "edgetpu"
+    GPU = "gpu"
+    NONE = "none"
+
+
+class Format(str, Enum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    scheme: Scheme = Scheme.INT8
+    per_channel: bool = True
+    calibration_method: CalibrationMethod = CalibrationMethod.MINMAX
+    float_fallback: bool = True
+
+
+@dataclass(frozen=True)
+class TFLiteSpec:
+    io_dtype: IODtype = IODtype.FLOAT32
+    extra_variants: tuple[Scheme, ...] = ()
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    scheme: OnnxScheme = OnnxScheme.STATIC
+    quant_format: QuantFormat = QuantFormat.QDQ
+    activation_type: QuantType = QuantType.UINT8
+    weight_type: QuantType = QuantType.INT8
+    reduce_range: bool = False
+
+
+@dataclass(frozen=True)
+class ShapeRules:
+    static: bool = False
+    batch_one: bool = False
+    max_rank: int = 6
+    max_non_unit_dims: int = 0  # 0 = no limit
+
+
+@dataclass(frozen=True)
+class OpRules:
+    supported: tuple[str, ...] = ()  # empty = every builtin op
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    tflite_delegate: Delegate = Delegate.XNNPACK
+    delegate_library: str | None = None
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """A deployment target: what to produce and what the device can run."""
+
+    name: str
+    description: str
+    formats: tuple[Format, ...]
+    quantization: QuantizationSpec
+    tflite: TFLiteSpec
+    onnx: OnnxSpec
+    shapes: ShapeRules
+    ops: OpRules
+    runtime: RuntimeSpec
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict whose values are the TOML strings (enums become their values)."""
+        return _plain(asdict(self))
+
+    def allows(self, fmt: str) -> bool:
+        return any(f.value == fmt for f in self.formats)
+
+    def runtime_manifest(self) -> dict[str, Any]:
+        """The ``runtime`` block written into every artifact manifest for this target."""
+        return {
+            "threads": self.runtime.threads,
+            "tflite_delegate": self.runtime.tflite_delegate.value,
+            "delegate_library": self.runtime.delegate_library,
+            "onnx_providers": list(self.runtime.onnx_providers),
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_SECTIONS: dict[str, type] = {
+    "quantization": QuantizationSpec,
+    "tflite": TFLiteSpec,
+    "onnx": OnnxSpec,
+    "shapes": ShapeRules,
+    "ops": OpRules,
+    "runtime": RuntimeSpec,
+}
+_TOP_KEYS = {"name", "description", "formats", *_SECTIONS}
+
+
+def builtin_dir() -> Path:
+    """Folder of the built-in profiles: inside the wheel, else the source tree's ``targets/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "targets_data", here.parent / "targets"):
+        if candidate.is_dir() and any(candidate.glob("*.toml")):
+            return candidate
+    raise TargetError(f"built-in target profiles not found next to {here}: broken installation")
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.toml"))
+
+
+def _coerce(section: str, cls: type, key: str, value: Any, src: str) -> Any:
+    """Convert a TOML value to the dataclass field's type, with a fix-it message on mismatch."""
+    ftype = {f.name: f.type for f in fields(cls)}[key]
+    where = f"{src}: [{section}] {key}"
+
+    def enum_of(type_str: str) -> type[Enum] | None:
+        obj = globals().get(type_str.split("[")[-1].rstrip("]. ").split(",")[0].strip())
+        return obj if isinstance(obj, type) and issubclass(obj, Enum) else None
+
+    def one(enum_cls: type[Enum] | None, v: Any) -> Any:
+        if enum_cls is None:
+            return v
+        try:
+            return enum_cls(v)
+        except ValueError:
+            allowed = ", ".join(repr(e.value) for e in enum_cls)
+            raise TargetError(f"{where} = {v!r} is not valid; use one of {allowed}") from None
+
+    tstr = str(ftype)
+    if tstr.startswith("tuple"):
+        if not isinstance(value, list):
+            raise TargetError(f"{where} must be a list, got {type(value).__name__}")
+        inner = enum_of(tstr)
+        if inner is None and not all(isinstance(v, str) for v in value):
+            raise TargetError(f"{where} must be a list of strings")
+        return tuple(one(inner, v) for v in value)
+    if tstr == "bool":
+        if not isinstance(value, bool):
+            raise TargetError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tstr.startswith("int"):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TargetError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int) and value < 0:
+            raise TargetError(f"{where} must be >= 0, got {value}")
+        return value
+    if tstr.startswith("str"):
+        if not isinstance(value, str):
+            raise TargetError(f"{where} must be a string, got {value!r}")
+        return value
+    enum_cls = enum_of(tstr)
+    if enum_cls is not None and not isinstance(value, str):
+        raise TargetError(f"{where} must be a string, got {value!r}")
+    return one(enum_cls, value)
+
+
+def profile_from_dict(data: dict[str, Any], src: str = "<dict>") -> TargetProfile:
+    """Validate a parsed TOML document and build a ``TargetProfile``.
+
+    Raises:
+        TargetError: unknown key, missing key, or a value of the wrong type (the message names
+            the key and the allowed values).
+    """
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise TargetError(
+            f"{src}: unknown key(s) {', '.join(sorted(unknown))}; allowed top-level keys: "
+            f"{', '.join(sorted(_TOP_KEYS))}"
+        )
+    for key in ("name", "formats"):
+        if key not in data:
+            raise TargetError(f"{src}: missing required key {key!r}")
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise TargetError(f"{src}: 'name' must be a non-empty string")
+    formats_raw = data["formats"]
+    if not isinstance(formats_raw, list) or not formats_raw:
+        raise TargetError(f"{src}: 'formats' must be a non-empty list like [\"tflite\", \"onnx\"]")
+    try:
+        formats = tuple(Format(f) for f in formats_raw)
+    except ValueError:
+        raise TargetError(f"{src}: 'formats' = {formats_raw!r}; allowed: 'tflite', 'onnx'") from None
+    parts: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        raw = data.get(section, {})
+        if not isinstance(raw, dict):
+            raise TargetError(f"{src}: [{section}] must be a table")
+        allowed = {f.name for f in fields(cls)}
+        bad = set(raw) - allowed
+        if bad:
+            raise TargetError(
+                f"{src}: unknown key(s) in [{section}]: {', '.join(sorted(bad))}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        parts[section] = cls(**{k: _coerce(section, cls, k, v, src) for k, v in raw.items()})
+    return TargetProfile(
+        name=data["name"],
+        description=str(data.get("description", "")),
+        formats=formats,
+        path=src,
+        **parts,
+    )
+
+
+def load_target(name_or_path: str) -> TargetProfile:
+    """Load a built-in profile by name (``arm-cpu``) or a user profile by TOML path.
+
+    Raises:
+        TargetError: unknown name, unreadable file, invalid TOML or invalid content.
+    """
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise TargetError(f"{name_or_path}: target profile file not found")
+    else:
+        path = builtin_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise TargetError(
+                f"unknown target {name_or_path!r}; built-in targets: "
+                f"{', '.join(builtin_names())} (or pass a path to your own .toml)"
+            )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: cannot read target profile: {exc}") from None
+    return profile_from_dict(data, str(path))

@@ -1,0 +1,30 @@
+"""edgeopt_runtime: load, run and profile int8 / float TFLite and ONNX models on device.
+
+Never imports tensorflow, keras or onnx (checked by a test in a subprocess).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    DelegateError,
+    EdgeOptError,
+    InputError,
+    MissingDependencyError,
+    ModelLoadError,
+)
+from .spec import QuantParams, TensorSpec, dequantize, quantize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DelegateError",
+    "EdgeOptError",
+    "InputError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "QuantParams",
+    "TensorSpec",
+    "dequantize",
+    "quantize",
+    "__version__",
+]

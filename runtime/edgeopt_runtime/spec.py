@@ -1,0 +1,134 @@
+"""Tensor descriptions and the exact integer quantization helpers.
+
+``TensorSpec`` is shared by the runtime (model IO), the manifest and the converter (source model
+signature), so all three describe tensors the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Integer ranges of the quantized dtypes the runtime converts to and from.
+_INT_RANGES = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int16": (-32768, 32767),
+    "int32": (-(2**31), 2**31 - 1),
+}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization: ``real = (q - zero_point) * scale`` (per tensor or per channel)."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None  # channel axis for per-channel params, None for per-tensor
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scale) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": list(self.scale), "zero_point": list(self.zero_point), "axis": self.axis}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> QuantParams | None:
+        if not d or not d.get("scale"):
+            return None
+        return cls(
+            scale=tuple(float(s) for s in d["scale"]),
+            zero_point=tuple(int(z) for z in d.get("zero_point") or [0] * len(d["scale"])),
+            axis=d.get("axis"),
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (``None`` marks a dynamic dimension), numpy dtype name and quantization."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    quantization: QuantParams | None = None
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(d is None for d in self.shape)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quantization is not None and self.dtype in _INT_RANGES
+
+    def shape_str(self) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": [d if d is not None else None for d in self.shape],
+            "dtype": self.dtype,
+            "dynamic_dims": [i for i, d in enumerate(self.shape) if d is None],
+            "quantization": self.quantization.to_dict() if self.quantization else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(
+            name=str(d["name"]),
+            shape=tuple(None if x is None or (isinstance(x, int) and x < 0) else int(x)
+                        for x in d["shape"]),
+            dtype=str(d["dtype"]),
+            quantization=QuantParams.from_dict(d.get("quantization")),
+        )
+
+    def __str__(self) -> str:
+        q = ""
+        if self.quantization:
+            if self.quantization.per_channel:
+                q = f" per-channel(axis={self.quantization.axis})"
+            else:
+                q = f" scale={self.quantization.scale[0]:.6g} zp={self.quantization.zero_point[0]}"
+        return f"{self.name}: {self.dtype}{self.shape_str()}{q}"
+
+
+def _broadcast(params: QuantParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.asarray(params.scale, dtype=np.float32)
+    zp = np.asarray(params.zero_point, dtype=np.float32)
+    if params.per_channel and params.axis is not None:
+        shape = [1] * ndim
+        shape[params.axis] = -1
+        return scale.reshape(shape), zp.reshape(shape)
+    return scale[0], zp[0]
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Round to nearest, ties away from zero (TFLite's QUANTIZE op, std::round)."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize(
+    x: np.ndarray, params: QuantParams, dtype: str, *, ties: str = "away"
+) -> np.ndarray:
+    """Quantize a float array to ``dtype``: round to nearest, saturating to the dtype's range.
+
+    Args:
+        x: float array.
+        params: scale / zero point (per tensor, or per channel along ``params.axis``).
+        dtype: target integer dtype name (``int8``, ``uint8``, ``int16``, ``int32``).
+        ties: ``"away"`` (TFLite, ties away from zero) or ``"even"`` (ONNX QuantizeLinear).
+    """
+    lo, hi = _INT_RANGES[dtype]
+    scale, zp = _broadcast(params, np.ndim(x))
+    v = np.asarray(x, dtype=np.float32) / scale
+    v = np.rint(v) if ties == "even" else round_half_away(v)
+    return np.clip(v + zp, lo, hi).astype(dtype)
+
+
+def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
+    """``(q - zero_point) * scale`` as float32."""
+    scale, zp = _broadcast(params, np.ndim(q))
+    return ((np.asarray(q, dtype=np.float32) - zp) * scale).astype(np.float32, copy=False)
