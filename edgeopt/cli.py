@@ -1,0 +1,64 @@
+"""The ``edgeopt`` command line: a click group whose subcommands are imported only when used.
+
+Each subcommand lives in ``edgeopt/commands/<name>.py`` and exposes a click command named
+``command``; ``edgeopt --help`` imports none of them, so it stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from edgeopt_runtime.errors import EdgeOptError
+
+# name -> (module, one-line help shown by `edgeopt --help` without importing the module)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("edgeopt.commands.convert", "Calibrate and quantize a model for one or more targets."),
+    "compare": ("edgeopt.commands.compare", "Compare a quantized model's outputs with its float reference."),
+    "diff": ("edgeopt.commands.diff", "Show what changed between two edgeopt reports."),
+    "inspect": ("edgeopt.commands.inspect", "Pre-flight check: which ops a target runs, and why not."),
+    "targets": ("edgeopt.commands.targets", "List and show target profiles."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        module_name, short = _COMMANDS[name]
+        if ctx.resilient_parsing or sys.argv[1:2] in (["--help"], ["-h"]) or len(sys.argv) == 1:
+            # `edgeopt --help` lists commands: a stub with the short help avoids the import.
+            return click.Command(name, help=short, short_help=short)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None
+            raise
+        return module.command
+
+
+class _Main(LazyGroup):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except EdgeOptError as exc:
+            click.echo(f"edgeopt: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeopt")
+def main() -> None:
+    """edgeopt: convert float models to int8 for edge targets, and measure what you ship."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
