@@ -1,0 +1,531 @@
+"""Accuracy drift of a quantized model against its float reference: pure numpy.
+
+Two entry points, both used by ``edgeopt compare`` and by the converter's report:
+
+* :func:`compare_outputs` — per output tensor: SQNR, cosine, absolute / relative errors and,
+  for classifier-shaped outputs (``[N, C]``, ``C >= 2``), top-1 / top-5 agreement, mean KL
+  divergence and the indices of the samples whose top-1 flipped.
+* :func:`task_metrics` — with ground-truth labels: accuracy, macro precision / recall / F1 and
+  (binary) ROC AUC for float and quantized side by side, the drop, and a paired bootstrap
+  confidence interval on each drop.
+
+Arrays are stacked over samples along axis 0. A metric that does not apply to an output's shape
+or values is left out of ``metrics`` and listed in ``skipped`` with the reason — never a crash.
+Non-finite floats (an exact match has SQNR ``inf``) are kept as Python floats here; the report
+writer encodes them for JSON. No tensorflow import here: this module must stay cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from edgeopt_runtime.errors import CalibrationError, InputError
+
+# A row is read as a probability distribution when it is non-negative and sums to 1 within this.
+_PROB_SUM_TOL = 1e-3
+# Floor for probabilities inside KL so a zero in the candidate does not make KL infinite.
+_KL_EPS = 1e-7
+# Points kept per output for the report's float-vs-quantized scatter plot.
+SCATTER_POINTS = 400
+
+
+# --------------------------------------------------------------------------- output metrics
+
+
+def compare_outputs(
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    names: Sequence[str],
+    *,
+    scatter_points: int = SCATTER_POINTS,
+) -> list[dict[str, Any]]:
+    """Drift metrics of each candidate output against the matching reference output.
+
+    Args:
+        reference: one array per output (float model), samples stacked along axis 0.
+        candidate: the same outputs of the quantized model, dequantized to float.
+        names: output names, in the same order.
+        scatter_points: how many (reference, candidate) value pairs to keep for plotting.
+
+    Returns:
+        One dict per output: ``name``, ``shape``, ``metrics`` (name -> float), ``skipped``
+        (metric -> reason), ``classifier`` (None, or ``num_classes``, ``kl_input``,
+        ``num_samples``, ``num_flipped``, ``flipped_top1``) and ``scatter``.
+
+    Raises:
+        InputError: the lists differ in length, or an output's shapes differ.
+    """
+    if not (len(reference) == len(candidate) == len(names)):
+        raise InputError(
+            f"compare_outputs: expected as many candidate outputs and names as reference "
+            f"outputs ({len(reference)}), got {len(candidate)} outputs and {len(names)} names"
+        )
+    return [
+        _compare_one(str(n), np.asarray(r), np.asarray(c), scatter_points)
+        for r, c, n in zip(reference, candidate, names, strict=True)
+    ]
+
+
+def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, scatter_points: int) -> dict:
+    if ref.shape != cand.shape:
+        raise InputError(
+            f"output {name!r}: reference shape {list(ref.shape)} differs from candidate "
+            f"shape {list(cand.shape)}"
+        )
+    result: dict[str, Any] = {
+        "name": name,
+        "shape": list(ref.shape),
+        "metrics": {},
+        "skipped": {},
+        "classifier": None,
+        "scatter": None,
+    }
+    if not (_is_numeric(ref) and _is_numeric(cand)):
+        result["skipped"]["all"] = f"non-numeric dtype {ref.dtype}/{cand.dtype}"
+        return result
+    ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(ref64)) + np.count_nonzero(~np.isfinite(cand64)))
+    if bad:
+        result["nonfinite"] = bad
+        result["skipped"]["all"] = f"{bad} non-finite values (NaN/inf) in the outputs"
+        return result
+    if ref64.size == 0:
+        result["skipped"]["all"] = "output is empty"
+        return result
+    _error_metrics(ref64, cand64, result["metrics"], result["skipped"])
+    _classifier_metrics(ref64, cand64, result)
+    result["scatter"] = scatter_sample(ref64, cand64, scatter_points)
+    return result
+
+
+def _is_numeric(a: np.ndarray) -> bool:
+    return a.dtype.kind in "fiub"
+
+
+def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio ``10 log10(sum ref^2 / sum (ref - cand)^2)`` in dB.
+
+    ``inf`` when the outputs are identical; ``nan`` when the reference is all zeros (undefined).
+    """
+    signal = float(np.sum(np.square(ref, dtype=np.float64)))
+    noise = float(np.sum(np.square(np.subtract(ref, cand, dtype=np.float64))))
+    if signal == 0.0:
+        return float("nan")
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(signal / noise))
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the angle between two flattened arrays; ``nan`` when either is all zeros."""
+    a = np.ravel(a).astype(np.float64)
+    b = np.ravel(b).astype(np.float64)
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return float("nan")
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+def _error_metrics(ref: np.ndarray, cand: np.ndarray, out: dict, skipped: dict) -> None:
+    diff = cand - ref
+    absdiff = np.abs(diff)
+    out["max_abs_error"] = float(absdiff.max())
+    out["mean_abs_error"] = float(absdiff.mean())
+    out["rmse"] = float(np.sqrt(np.mean(np.square(diff))))
+    ref_norm = float(np.linalg.norm(ref))
+    if ref_norm == 0.0:
+        why = "reference output is all zeros"
+        skipped.update(sqnr_db=why, relative_error=why, cosine=why)
+        return
+    out["sqnr_db"] = sqnr_db(ref, cand)
+    # Relative L2 error; SQNR = -20 log10(relative_error), reported because it reads as a percent.
+    out["relative_error"] = float(np.linalg.norm(diff) / ref_norm)
+    cos = cosine_similarity(ref, cand)
+    if np.isnan(cos):
+        skipped["cosine"] = "candidate output is all zeros"
+    else:
+        out["cosine"] = cos
+    if ref.ndim >= 2 and ref.shape[0] > 1:
+        per = _per_sample_cosine(ref, cand)
+        if per.size:
+            out["cosine_min_sample"] = float(per.min())
+
+
+def _per_sample_cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Cosine per sample (row), leaving out rows where either side is all zeros."""
+    r = ref.reshape(ref.shape[0], -1)
+    c = cand.reshape(cand.shape[0], -1)
+    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
+    ok = (nr > 0) & (nc > 0)
+    return np.clip(np.sum(r[ok] * c[ok], axis=1) / (nr[ok] * nc[ok]), -1.0, 1.0)
+
+
+def scatter_sample(ref: np.ndarray, cand: np.ndarray, points: int) -> dict[str, list[float]]:
+    """Evenly spaced (reference, candidate) value pairs, always including the worst one."""
+    r, c = np.ravel(ref), np.ravel(cand)
+    if r.size <= points:
+        idx = np.arange(r.size)
+    else:
+        idx = np.unique(
+            np.concatenate([np.linspace(0, r.size - 1, points - 1).astype(np.int64),
+                            [int(np.argmax(np.abs(c - r)))]])
+        )
+    return {"reference": r[idx].tolist(), "candidate": c[idx].tolist()}
+
+
+# --------------------------------------------------------------------------- classifier outputs
+
+
+def classifier_view(a: np.ndarray) -> np.ndarray | None:
+    """``a`` as ``[N, C]`` when it is classifier-shaped (``[N, 1, ..., 1, C]``, ``C >= 2``)."""
+    if a.ndim < 2 or a.shape[-1] < 2 or any(d != 1 for d in a.shape[1:-1]):
+        return None
+    return a.reshape(a.shape[0], a.shape[-1])
+
+
+def _classifier_metrics(ref: np.ndarray, cand: np.ndarray, result: dict) -> None:
+    skipped, out = result["skipped"], result["metrics"]
+    r, c = classifier_view(ref), classifier_view(cand)
+    if r is None or c is None:
+        why = f"not classifier-shaped ([N, C] with C >= 2): shape {list(ref.shape)}"
+        skipped.update(top1_agreement=why, top5_agreement=why, kl_divergence_mean=why)
+        return
+    agree = top1_agree(r, c)
+    out["top1_agreement"] = float(agree.mean())
+    if r.shape[1] > 5:
+        out["top5_agreement"] = float(topk_contains(c, _argmax_first(r), 5).mean())
+    else:
+        skipped["top5_agreement"] = f"needs more than 5 classes, output has {r.shape[1]}"
+    kl, kl_input = mean_kl_divergence(r, c)
+    out["kl_divergence_mean"] = kl
+    flipped = np.flatnonzero(~agree)
+    result["classifier"] = {
+        "num_classes": int(r.shape[1]),
+        "num_samples": int(r.shape[0]),
+        "kl_input": kl_input,
+        "num_flipped": int(flipped.size),
+        "flipped_top1": flipped.tolist(),
+    }
+
+
+def _argmax_first(a: np.ndarray) -> np.ndarray:
+    return np.argmax(a, axis=1)
+
+
+def top1_agree(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per row: do the reference and candidate share a top-1 class?
+
+    Ties count as agreement when some class is maximal in both rows: int8 outputs tie often,
+    and ``argmax`` picking the first of equal values is not a flip the model made.
+    """
+    ref_max = ref == ref.max(axis=1, keepdims=True)
+    cand_max = cand == cand.max(axis=1, keepdims=True)
+    return np.any(ref_max & cand_max, axis=1)
+
+
+def topk_contains(scores: np.ndarray, cls: np.ndarray, k: int) -> np.ndarray:
+    """Per row: is class ``cls[i]`` among the top ``k`` of ``scores[i]`` (ties included)?"""
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+    return scores[np.arange(scores.shape[0]), cls] >= kth
+
+
+def is_probability_rows(a: np.ndarray, tol: float = _PROB_SUM_TOL) -> bool:
+    """True when every row is non-negative and sums to 1 within ``tol``."""
+    return bool(np.all(a >= 0) and np.all(np.abs(a.sum(axis=1) - 1.0) <= tol))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row max so it cannot overflow."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def mean_kl_divergence(ref: np.ndarray, cand: np.ndarray) -> tuple[float, str]:
+    """Mean over rows of KL(reference || candidate) in nats, and how the rows were read.
+
+    When the reference rows are probability distributions both sides are used as they are
+    (the candidate floored at 1e-7 and renormalised, since a dequantized softmax does not sum
+    to exactly 1); otherwise both are treated as logits and softmaxed.
+
+    Returns:
+        ``(kl, kl_input)`` with ``kl_input`` ``"probabilities"`` or ``"softmax(logits)"``.
+    """
+    if is_probability_rows(ref):
+        p = ref
+        q = np.maximum(cand, _KL_EPS)
+        q = q / q.sum(axis=1, keepdims=True)
+        how = "probabilities"
+    else:
+        p, q = softmax(ref), softmax(cand)
+        how = "softmax(logits)"
+    q = np.maximum(q, _KL_EPS)
+    # 0 * log(0 / q) is 0 by convention: only rows' positive p terms contribute.
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q)), 0.0)
+    return float(np.mean(np.sum(terms, axis=1))), how
+
+
+# --------------------------------------------------------------------------- task metrics
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of samples with ``pred == labels``."""
+    return float(np.mean(labels == pred))
+
+
+def confusion(labels: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """``[n, n]`` confusion matrix, rows = true class, columns = predicted class."""
+    return np.bincount(labels * n + pred, minlength=n * n).reshape(n, n)
+
+
+def macro_prf(labels: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 over the classes present in labels or predictions.
+
+    Same definition as scikit-learn's ``average="macro"`` with ``zero_division=0``: per-class
+    values, a 0/0 counted as 0, then the unweighted mean; F1 is averaged per class.
+    """
+    n = int(max(labels.max(initial=0), pred.max(initial=0))) + 1
+    cm = confusion(labels, pred, n)
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    tp = np.diag(cm).astype(np.float64)[present]
+    predicted = cm.sum(axis=0)[present]
+    actual = cm.sum(axis=1)[present]
+    prec = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    rec = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = prec + rec
+    f1 = np.divide(2 * prec * rec, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(prec.mean()), float(rec.mean()), float(f1.mean())
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Binary ROC AUC (probability a positive outranks a negative, ties count half).
+
+    Computed from average ranks (Mann-Whitney U), exact for any ties. ``nan`` when the labels
+    hold only one class.
+    """
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # Average rank of each run of equal scores (1-based).
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _metric_fns() -> dict[str, MetricFn]:
+    return {
+        "accuracy": accuracy,
+        "precision_macro": lambda y, p: macro_prf(y, p)[0],
+        "recall_macro": lambda y, p: macro_prf(y, p)[1],
+        "f1_macro": lambda y, p: macro_prf(y, p)[2],
+    }
+
+
+def task_metrics(
+    ref_outputs: Sequence[np.ndarray] | np.ndarray,
+    cand_outputs: Sequence[np.ndarray] | np.ndarray,
+    labels: np.ndarray,
+    *,
+    output_index: int | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Task metrics of float and quantized predictions against labels, with the drop.
+
+    Args:
+        ref_outputs: float model outputs (one array per output, or a single array).
+        cand_outputs: quantized model outputs, same layout.
+        labels: class indices ``[N]`` (or one-hot ``[N, C]``).
+        output_index: which output holds the class scores; default the first classifier-shaped
+            output (``[N, C]``; ``[N, 1]`` is read as a binary score).
+        n_boot: bootstrap resamples for the confidence intervals (0 disables them).
+        confidence: two-sided confidence level of the intervals.
+        seed: bootstrap RNG seed, so a report is reproducible.
+
+    Returns:
+        ``{"output", "num_samples", "num_classes", "metrics": {name: {"float", "quantized",
+        "drop", "drop_relative", "ci_low", "ci_high", "significant"}}, "bootstrap": {...},
+        "changed": {"fixed", "broken"}, "skipped": {name: reason}}``; drop = float - quantized,
+        so a positive drop is a loss. When no output can be read as class scores the dict has
+        only ``skipped`` with the reason.
+
+    Raises:
+        CalibrationError: labels are not integer class ids or their count does not match.
+    """
+    refs, cands = _as_list(ref_outputs), _as_list(cand_outputs)
+    y = _labels_1d(labels)
+    idx = _pick_output(refs, y.size, output_index)
+    if isinstance(idx, str):
+        return {"skipped": {"all": idx}}
+    ref_scores, cand_scores = _scores(refs[idx]), _scores(cands[idx])
+    binary = ref_scores.shape[1] <= 2
+    pred_f, pred_q = _predict(ref_scores), _predict(cand_scores)
+    n_classes = max(2, ref_scores.shape[1])
+    if int(y.max(initial=0)) >= n_classes:
+        raise CalibrationError(
+            f"labels: class id {int(y.max())} is out of range for an output with "
+            f"{n_classes} classes"
+        )
+    fns = _metric_fns()
+    pairs: dict[str, tuple[np.ndarray, np.ndarray, MetricFn]] = {
+        name: (pred_f, pred_q, fn) for name, fn in fns.items()
+    }
+    skipped: dict[str, str] = {}
+    if binary:
+        if np.unique(y).size < 2:
+            skipped["roc_auc"] = "labels hold a single class"
+        else:
+            pairs["roc_auc"] = (_binary_score(ref_scores), _binary_score(cand_scores), roc_auc)
+    else:
+        skipped["roc_auc"] = f"not a binary classifier ({ref_scores.shape[1]} classes)"
+    metrics = {
+        name: _side_by_side(y, a, b, fn, n_boot, confidence, seed)
+        for name, (a, b, fn) in pairs.items()
+    }
+    right_f, right_q = pred_f == y, pred_q == y
+    return {
+        "output": idx,
+        "num_samples": int(y.size),
+        "num_classes": int(n_classes),
+        "metrics": metrics,
+        "bootstrap": {"resamples": n_boot, "confidence": confidence, "seed": seed,
+                      "method": "paired percentile"},
+        # Samples the quantized model got right that float got wrong, and the reverse.
+        "changed": {"fixed": int(np.sum(right_q & ~right_f)),
+                    "broken": int(np.sum(right_f & ~right_q))},
+        "skipped": skipped,
+    }
+
+
+def _as_list(x: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    if isinstance(x, np.ndarray):
+        return [x]
+    return [np.asarray(a) for a in x]
+
+
+def _labels_1d(labels: np.ndarray) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = np.argmax(y, axis=1)  # one-hot
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1:
+        raise CalibrationError(f"labels: expected class ids [N] or one-hot [N, C], got shape "
+                               f"{list(np.shape(labels))}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise CalibrationError("labels: expected integer class ids, got non-integer floats")
+    elif y.dtype.kind not in "iub":
+        raise CalibrationError(f"labels: expected integer class ids, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise CalibrationError(f"labels: class ids must be >= 0, got {int(y.min())}")
+    return y
+
+
+def _pick_output(refs: list[np.ndarray], n: int, output_index: int | None) -> int | str:
+    """Index of the output holding class scores, or a reason string when none does."""
+    candidates = range(len(refs)) if output_index is None else [output_index]
+    reasons = []
+    for i in candidates:
+        if i >= len(refs):
+            return f"output index {i} out of range ({len(refs)} outputs)"
+        a = refs[i]
+        if a.ndim < 1 or a.shape[0] != n:
+            if output_index is not None or len(refs) == 1:
+                raise CalibrationError(
+                    f"labels: {n} labels but output {i} has {a.shape[0] if a.ndim else 0} samples"
+                )
+            reasons.append(f"output {i} has {a.shape[0] if a.ndim else 0} samples")
+            continue
+        if _scores_or_none(a) is not None:
+            return i
+        reasons.append(f"output {i} shape {list(a.shape)} is not [N, C] class scores")
+    return "no classifier-shaped output: " + "; ".join(reasons)
+
+
+def _scores_or_none(a: np.ndarray) -> np.ndarray | None:
+    if a.dtype.kind not in "fiub":
+        return None
+    if a.ndim >= 2 and all(d == 1 for d in a.shape[1:]):
+        return a.reshape(a.shape[0], 1).astype(np.float64)  # one binary score per sample
+    view = classifier_view(a)
+    return None if view is None else view.astype(np.float64)
+
+
+def _scores(a: np.ndarray) -> np.ndarray:
+    s = _scores_or_none(a)
+    assert s is not None  # _pick_output checked it
+    return s
+
+
+def _single_threshold(scores: np.ndarray) -> float:
+    """0.5 for probabilities in [0, 1], 0 for logits."""
+    return 0.5 if scores.min() >= 0 and scores.max() <= 1 else 0.0
+
+
+def _predict(scores: np.ndarray) -> np.ndarray:
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > _single_threshold(scores)).astype(np.int64)
+    return np.argmax(scores, axis=1)
+
+
+def _binary_score(scores: np.ndarray) -> np.ndarray:
+    """A score increasing with the positive class; rank-equivalent to softmax(.)[:, 1]."""
+    if scores.shape[1] == 1:
+        return scores[:, 0]
+    return scores[:, 1] - scores[:, 0]
+
+
+def _side_by_side(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, fn: MetricFn,
+    n_boot: int, confidence: float, seed: int,
+) -> dict[str, Any]:
+    fa, fb = fn(y, a), fn(y, b)
+    drop = fa - fb
+    entry: dict[str, Any] = {
+        "float": fa,
+        "quantized": fb,
+        "drop": drop,
+        "drop_relative": drop / fa if fa else float("nan"),
+    }
+    if n_boot > 0:
+        lo, hi = bootstrap_drop_ci(y, a, b, fn, n_boot, confidence, seed)
+        entry.update(ci_low=lo, ci_high=hi, significant=bool(lo > 0 or hi < 0))
+    return entry
+
+
+def bootstrap_drop_ci(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, fn: MetricFn,
+    n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> tuple[float, float]:
+    """Paired percentile bootstrap interval of ``fn(y, a) - fn(y, b)``.
+
+    Both predictions are resampled with the same indices, so the interval reflects how much the
+    drop itself varies, not the two metrics' separate noise. Resamples where the metric is
+    undefined (e.g. AUC with one class) are left out.
+
+    Returns:
+        ``(low, high)``; ``nan`` when no resample is usable.
+    """
+    rng = np.random.default_rng(seed)
+    n = y.size
+    drops = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, n)
+        drops[i] = fn(y[idx], a[idx]) - fn(y[idx], b[idx])
+    drops = drops[np.isfinite(drops)]
+    if drops.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(drops, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
