@@ -10,15 +10,23 @@ import importlib
 import sys
 
 import click
-
 from edgeopt_runtime.errors import EdgeOptError
 
 # name -> (module, one-line help shown by `edgeopt --help` without importing the module)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("edgeopt.commands.convert", "Calibrate and quantize a model for one or more targets."),
-    "compare": ("edgeopt.commands.compare", "Compare a quantized model's outputs with its float reference."),
+    "convert": (
+        "edgeopt.commands.convert",
+        "Calibrate and quantize a model for one or more targets.",
+    ),
+    "compare": (
+        "edgeopt.commands.compare",
+        "Compare a quantized model's outputs with its float reference.",
+    ),
     "diff": ("edgeopt.commands.diff", "Show what changed between two edgeopt reports."),
-    "inspect": ("edgeopt.commands.inspect", "Pre-flight check: which ops a target runs, and why not."),
+    "inspect": (
+        "edgeopt.commands.inspect",
+        "Pre-flight check: which ops a target runs, and why not.",
+    ),
     "targets": ("edgeopt.commands.targets", "List and show target profiles."),
 }
 

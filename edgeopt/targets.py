@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import asdict, dataclass, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 from edgeopt_runtime.errors import TargetError
 
 
-class Scheme(str, Enum):
+class Scheme(StrEnum):
     """Quantization scheme of the primary TFLite artifact."""
 
     INT8 = "int8"  # full-integer int8 with a representative dataset
@@ -25,41 +25,41 @@ class Scheme(str, Enum):
     FLOAT32 = "float32"  # no quantization
 
 
-class IODtype(str, Enum):
+class IODtype(StrEnum):
     FLOAT32 = "float32"
     INT8 = "int8"
     UINT8 = "uint8"
 
 
-class CalibrationMethod(str, Enum):
+class CalibrationMethod(StrEnum):
     MINMAX = "minmax"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
 
 
-class OnnxScheme(str, Enum):
+class OnnxScheme(StrEnum):
     STATIC = "static"
     DYNAMIC = "dynamic"
 
 
-class QuantType(str, Enum):
+class QuantType(StrEnum):
     INT8 = "int8"
     UINT8 = "uint8"
 
 
-class QuantFormat(str, Enum):
+class QuantFormat(StrEnum):
     QDQ = "qdq"
     QOPERATOR = "qoperator"
 
 
-class Delegate(str, Enum):
+class Delegate(StrEnum):
     XNNPACK = "xnnpack"
     EDGETPU = "edgetpu"
     GPU = "gpu"
     NONE = "none"
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     TFLITE = "tflite"
     ONNX = "onnx"
 
@@ -240,11 +240,13 @@ def profile_from_dict(data: dict[str, Any], src: str = "<dict>") -> TargetProfil
         raise TargetError(f"{src}: 'name' must be a non-empty string")
     formats_raw = data["formats"]
     if not isinstance(formats_raw, list) or not formats_raw:
-        raise TargetError(f"{src}: 'formats' must be a non-empty list like [\"tflite\", \"onnx\"]")
+        raise TargetError(f'{src}: \'formats\' must be a non-empty list like ["tflite", "onnx"]')
     try:
         formats = tuple(Format(f) for f in formats_raw)
     except ValueError:
-        raise TargetError(f"{src}: 'formats' = {formats_raw!r}; allowed: 'tflite', 'onnx'") from None
+        raise TargetError(
+            f"{src}: 'formats' = {formats_raw!r}; allowed: 'tflite', 'onnx'"
+        ) from None
     parts: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
         raw = data.get(section, {})

@@ -12,6 +12,7 @@ from .errors import (
     MissingDependencyError,
     ModelLoadError,
 )
+from .model import Model, Outputs, load
 from .spec import QuantParams, TensorSpec, dequantize, quantize
 
 __version__ = "0.1.0"
@@ -21,10 +22,13 @@ __all__ = [
     "EdgeOptError",
     "InputError",
     "MissingDependencyError",
+    "Model",
     "ModelLoadError",
+    "Outputs",
     "QuantParams",
     "TensorSpec",
     "dequantize",
+    "load",
     "quantize",
     "__version__",
 ]

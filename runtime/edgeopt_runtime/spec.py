@@ -79,8 +79,9 @@ class TensorSpec:
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
         return cls(
             name=str(d["name"]),
-            shape=tuple(None if x is None or (isinstance(x, int) and x < 0) else int(x)
-                        for x in d["shape"]),
+            shape=tuple(
+                None if x is None or (isinstance(x, int) and x < 0) else int(x) for x in d["shape"]
+            ),
             dtype=str(d["dtype"]),
             quantization=QuantParams.from_dict(d.get("quantization")),
         )
@@ -110,9 +111,7 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def quantize(
-    x: np.ndarray, params: QuantParams, dtype: str, *, ties: str = "away"
-) -> np.ndarray:
+def quantize(x: np.ndarray, params: QuantParams, dtype: str, *, ties: str = "away") -> np.ndarray:
     """Quantize a float array to ``dtype``: round to nearest, saturating to the dtype's range.
 
     Args:

@@ -1,0 +1,423 @@
+"""``load()`` and ``Model``: one interface over the TFLite and ONNX runners.
+
+``Model.run`` checks feeds once (names, count, rank, shape, dtype — the error says expected vs
+given), quantizes float feeds for integer-input models and dequantizes integer outputs, so callers
+of an int8 model and of its float original write the same code.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ModelLoadError
+from .manifest import MANIFEST_NAME, Manifest, ModelEntry, read_manifest
+from .spec import QuantParams, TensorSpec, dequantize, quantize
+
+_EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx"}
+_INT_LIMITS = {"int8", "uint8", "int16", "int32", "int64", "uint16"}
+
+
+class Outputs(dict):
+    """Model outputs by name (in the model's output order); ``out[0]`` also works."""
+
+    def __getitem__(self, key: str | int) -> np.ndarray:
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+
+class _Feed:
+    """Per-input facts precomputed once so ``run`` stays cheap."""
+
+    __slots__ = ("spec", "dtype", "shape", "q", "rank")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.shape = spec.shape
+        self.rank = len(spec.shape)
+        self.q = spec.quantization if spec.is_quantized else None
+
+
+class Model:
+    """A loaded model. Create it with ``edgeopt_runtime.load``."""
+
+    def __init__(
+        self,
+        runner: Any,
+        path: Path,
+        *,
+        manifest: Manifest | None = None,
+        entry: ModelEntry | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
+        self._runner = runner
+        self.path = path
+        self.manifest = manifest
+        self.entry = entry
+        self.notes = list(notes or [])
+        self.inputs = _with_manifest_quant(runner.inputs, entry.inputs if entry else [])
+        self.outputs = _with_manifest_quant(runner.outputs, entry.outputs if entry else [])
+        self._feeds = [_Feed(s) for s in self.inputs]
+        self._by_name = {f.spec.name: i for i, f in enumerate(self._feeds)}
+        self._out_q = [s.quantization if s.is_quantized else None for s in self.outputs]
+        self._out_names = [s.name for s in self.outputs]
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return self._runner.format
+
+    @property
+    def backend(self) -> str:
+        return self._runner.backend
+
+    @property
+    def delegate(self) -> str:
+        return self._runner.delegate
+
+    @property
+    def threads(self) -> int | None:
+        return self._runner.threads
+
+    @property
+    def runner(self) -> Any:
+        """The backend runner (raw interpreter / session access for benchmarks)."""
+        return self._runner
+
+    def info(self) -> dict[str, Any]:
+        """Backend, delegate, threads and model facts, for reports."""
+        return {
+            **self._runner.info(),
+            "format": self.format,
+            "path": str(self.path),
+            "size_bytes": self.path.stat().st_size,
+            "precision": self.entry.precision if self.entry else _guess_precision(self.inputs),
+            "notes": list(self.notes),
+        }
+
+    def __repr__(self) -> str:
+        ins = ", ".join(str(s) for s in self.inputs)
+        return (
+            f"<Model {self.path.name} {self.format} via {self.backend} [{self.delegate}] ({ins})>"
+        )
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, feeds: Any, *, raw: bool = False) -> Outputs:
+        """Run one inference.
+
+        Args:
+            feeds: a dict ``{input_name: array}``, a list in input order, or a single array for a
+                single-input model. Float arrays are quantized to integer model inputs
+                (round-to-nearest, saturating) unless ``raw``.
+            raw: pass integer arrays straight through and return integer outputs untouched.
+
+        Returns:
+            ``Outputs``: output name -> array (float for quantized outputs unless ``raw``).
+
+        Raises:
+            InputError: wrong input name, count, rank, shape or dtype (message: expected vs given).
+        """
+        arrays = self._arrays(feeds)
+        prepared = [self._prepare(f, a, raw) for f, a in zip(self._feeds, arrays, strict=True)]
+        results = self._runner.run(prepared)
+        if raw:
+            return Outputs(zip(self._out_names, results, strict=True))
+        return Outputs(
+            (name, dequantize(r, q) if q is not None else r)
+            for name, r, q in zip(self._out_names, results, self._out_q, strict=True)
+        )
+
+    def run_batch(self, feeds: Any, *, raw: bool = False) -> Outputs:
+        """Run a batch of N samples on any model, including fixed batch-1 ones.
+
+        Models with a dynamic batch dim run the batch at once; fixed batch-1 TFLite models are
+        resized to N when the interpreter allows it, otherwise run sample by sample.
+        """
+        arrays = self._arrays(feeds)
+        batch = {a.shape[0] if np.ndim(a) else 1 for a in arrays}
+        if len(batch) != 1:
+            raise InputError(f"run_batch: inputs disagree on the batch size: {sorted(batch)}")
+        n = batch.pop()
+        fixed = [f.shape[0] for f in self._feeds if f.rank and f.shape[0] is not None]
+        if not fixed or all(d == n for d in fixed):
+            return self.run(arrays, raw=raw)
+        parts = [self.run([a[i : i + 1] for a in arrays], raw=raw) for i in range(n)]
+        return Outputs(
+            (name, np.concatenate([p[name] for p in parts], axis=0)) for name in self._out_names
+        )
+
+    def _arrays(self, feeds: Any) -> list[np.ndarray]:
+        n = len(self._feeds)
+        if isinstance(feeds, np.ndarray):
+            if n != 1:
+                names = ", ".join(self._by_name)
+                raise InputError(
+                    f"model has {n} inputs ({names}): pass a dict by name or a list, not one array"
+                )
+            return [feeds]
+        if isinstance(feeds, Mapping):
+            missing = [k for k in self._by_name if k not in feeds]
+            extra = [k for k in feeds if k not in self._by_name]
+            if missing or extra:
+                raise InputError(
+                    f"input names do not match: expected {sorted(self._by_name)}, got "
+                    f"{sorted(map(str, feeds))}"
+                    + (f" (missing {missing})" if missing else "")
+                    + (f" (unknown {extra})" if extra else "")
+                )
+            return [np.asarray(feeds[f.spec.name]) for f in self._feeds]
+        if isinstance(feeds, Sequence) and not isinstance(feeds, (str, bytes)):
+            if len(feeds) != n:
+                raise InputError(f"expected {n} input(s) {list(self._by_name)}, got {len(feeds)}")
+            return [np.asarray(a) for a in feeds]
+        raise InputError(
+            f"feeds must be a dict, a list or a numpy array, got {type(feeds).__name__}"
+        )
+
+    def _prepare(self, f: _Feed, a: np.ndarray, raw: bool) -> np.ndarray:
+        spec = f.spec
+        if a.ndim != f.rank:
+            raise InputError(
+                f"input '{spec.name}': expected rank {f.rank} {spec.shape_str()}, got rank "
+                f"{a.ndim} {list(a.shape)}"
+            )
+        for want, got in zip(f.shape, a.shape, strict=True):
+            if want is not None and want != got:
+                hint = ""
+                if f.shape and f.shape[0] == 1 and a.shape[0] != 1:
+                    hint = "; the batch dim is fixed at 1: use run_batch() for N samples"
+                raise InputError(
+                    f"input '{spec.name}': expected shape {spec.shape_str()}, got "
+                    f"{list(a.shape)}{hint}"
+                )
+        if a.dtype == f.dtype:
+            return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+        kind = a.dtype.kind
+        if f.q is not None and kind == "f":
+            if raw:
+                raise InputError(
+                    f"input '{spec.name}': raw=True expects {spec.dtype} values, got {a.dtype}"
+                )
+            return quantize(a, f.q, spec.dtype, ties=self._runner.ties)
+        if f.dtype.kind == "f" and kind == "f":
+            return a.astype(f.dtype)  # float64/float16 -> float32 loses nothing users care about
+        if f.dtype.kind in "iu" and kind in "iu" and f.q is None:
+            info = np.iinfo(f.dtype)
+            if a.size and (a.min() < info.min or a.max() > info.max):
+                raise InputError(
+                    f"input '{spec.name}': values outside {spec.dtype} range "
+                    f"[{info.min}, {info.max}]"
+                )
+            return a.astype(f.dtype)
+        raise InputError(f"input '{spec.name}': expected dtype {spec.dtype}, got {a.dtype}")
+
+
+def _with_manifest_quant(
+    specs: list[TensorSpec], declared: list[dict[str, Any]]
+) -> list[TensorSpec]:
+    """Fill in IO quantization the model file does not carry (ONNX) from the manifest."""
+    if not declared:
+        return list(specs)
+    by_name = {d.get("name"): d for d in declared if isinstance(d, dict)}
+    out = []
+    for s in specs:
+        d = by_name.get(s.name)
+        if s.quantization is None and d is not None and s.dtype in _INT_LIMITS:
+            q = QuantParams.from_dict(d.get("quantization"))
+            s = TensorSpec(s.name, s.shape, s.dtype, q)
+        out.append(s)
+    return out
+
+
+def _guess_precision(inputs: list[TensorSpec]) -> str:
+    return next((s.dtype for s in inputs if s.is_quantized), "unknown")
+
+
+def _read_model(path: Path, fmt: str, expected_sha256: str | None) -> bytes:
+    """Read the model bytes and check them before any interpreter sees them."""
+    from . import verify
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: model file not found") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{path}: is a directory, expected a model file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc.strerror}") from None
+    if expected_sha256 is not None:
+        import hashlib
+
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise ModelLoadError(
+                f"{path}: sha256 {actual[:12]}… does not match the manifest's "
+                f"{expected_sha256[:12]}…: the file is corrupt or was replaced"
+            )
+    if not data:
+        raise ModelLoadError(f"{path}: file is empty, expected a {fmt} model")
+    actual_fmt = verify.sniff_format(data)
+    if actual_fmt is not None and actual_fmt != fmt:
+        raise ModelLoadError(f"{path}: named like a .{fmt} model but is really a {actual_fmt} file")
+    if fmt == "tflite":
+        # Structural checks even for manifest-verified files: a matching hash proves the file is
+        # what the converter wrote, not that a hand-edited manifest is honest.
+        verify.check_tflite(data, str(path))
+    else:
+        verify.check_onnx_header(data, str(path))
+    return data
+
+
+def edgetpu_available() -> bool:
+    """True when the Edge TPU runtime library can be found by the dynamic loader."""
+    return ctypes.util.find_library("edgetpu") is not None or any(
+        (Path(d) / "libedgetpu.so.1").exists()
+        for d in (
+            "/usr/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/local/lib",
+        )
+    )
+
+
+def _choose_entry(
+    manifest: Manifest, fmt: str | None, precision: str | None, delegate: str | None
+) -> tuple[ModelEntry, list[str]]:
+    """Pick the manifest model to load; prefer an accelerator build only when it can run."""
+    notes: list[str] = []
+    candidates = [
+        m
+        for m in manifest.models
+        if (not fmt or m.format == fmt) and (not precision or m.precision == precision)
+    ]
+    if not candidates:
+        return manifest.select(fmt, precision), notes  # raises with the list of what exists
+    compiled = [m for m in candidates if m.file.endswith("_edgetpu.tflite")]
+    plain = [m for m in candidates if not m.file.endswith("_edgetpu.tflite")]
+    want_tpu = delegate == "edgetpu" or (
+        delegate is None and manifest.runtime.get("tflite_delegate") == "edgetpu"
+    )
+    if compiled and want_tpu and (delegate == "edgetpu" or edgetpu_available()):
+        return compiled[0], notes
+    if compiled and want_tpu:
+        notes.append(
+            "libedgetpu.so.1 not found: running the uncompiled int8 model on the host CPU "
+            "(timings are host-CPU timings, not Edge TPU)"
+        )
+    return (plain or candidates)[0], notes
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    delegate: str | None = None,
+    providers: list[str] | None = None,
+    format: str | None = None,
+    precision: str | None = None,
+    delegate_options: dict[str, Any] | None = None,
+    isolate: bool = False,
+) -> Model:
+    """Load a ``.tflite`` / ``.onnx`` file or an edgeopt artifact directory.
+
+    Args:
+        path: model file, or a directory holding ``manifest.json`` next to its model(s).
+        threads: interpreter / intra-op threads (default: manifest's, else the backend's).
+        delegate: TFLite: ``"xnnpack"`` (default), ``"none"``, ``"edgetpu"``, ``"gpu"`` or a
+            delegate library path. Default for artifacts: the manifest's, falling back to the CPU
+            (with a note in ``Model.notes``) when the accelerator library is not present.
+        providers: ONNX Runtime execution providers (default: manifest's, else CPU).
+        format / precision: choose among several models of an artifact directory.
+        delegate_options: options passed to an external delegate.
+        isolate: first load and run the TFLite model once in a child process, so a model that
+            crashes the interpreter is refused instead of taking this process down.
+
+    Raises:
+        ModelLoadError: missing/corrupt/mislabelled file, bad manifest, sha256 mismatch.
+        DelegateError: requested delegate library or execution provider not available.
+    """
+    p = Path(path)
+    manifest: Manifest | None = None
+    entry: ModelEntry | None = None
+    notes: list[str] = []
+    if p.is_dir():
+        manifest = read_manifest(p)
+        entry, notes = _choose_entry(manifest, format, precision, delegate)
+        model_path, fmt, expected = manifest.model_path(entry), entry.format, entry.sha256
+        rt = manifest.runtime
+        threads = threads if threads is not None else rt.get("threads")
+        if delegate is None and fmt == "tflite":
+            delegate = _manifest_delegate(rt, entry, notes)
+        if providers is None and fmt == "onnx":
+            providers = rt.get("onnx_providers")
+    else:
+        if not p.exists():
+            raise ModelLoadError(f"{p}: no such file or directory")
+        fmt = _EXTENSIONS.get(p.suffix.lower())
+        if fmt is None:
+            raise ModelLoadError(
+                f"{p}: unsupported model file extension {p.suffix!r}; expected .tflite, .onnx or "
+                f"an artifact directory with {MANIFEST_NAME}"
+            )
+        model_path, expected = p, None
+    data = _read_model(model_path, fmt, expected)
+    if fmt == "tflite":
+        from .backends.tflite import TFLiteRunner
+
+        if isolate:
+            from .verify import probe_in_subprocess
+
+            probe_in_subprocess(model_path)
+        runner: Any = TFLiteRunner(
+            data,
+            str(model_path),
+            threads=threads,
+            delegate=delegate,
+            delegate_options=delegate_options,
+        )
+    else:
+        from .backends.onnx import OnnxRunner
+
+        runner = OnnxRunner(data, str(model_path), threads=threads, providers=providers)
+    return Model(runner, model_path, manifest=manifest, entry=entry, notes=notes)
+
+
+def gpu_delegate_available() -> bool:
+    """True when the TFLite GPU delegate library can be found by the dynamic loader."""
+    return ctypes.util.find_library("tensorflowlite_gpu_delegate") is not None
+
+
+def _manifest_delegate(rt: dict[str, Any], entry: ModelEntry, notes: list[str]) -> str:
+    """The delegate an artifact asks for; accelerators that are absent degrade to the CPU.
+
+    A delegate the caller names explicitly is never replaced: it loads or raises DelegateError.
+    """
+    wanted = rt.get("tflite_delegate") or "xnnpack"
+    if wanted == "edgetpu" and not entry.file.endswith("_edgetpu.tflite"):
+        return "xnnpack"  # the uncompiled int8 model runs on the CPU (note added by _choose_entry)
+    if wanted == "gpu":
+        library = rt.get("delegate_library")
+        found = (
+            Path(library).exists() if library and os.sep in library else gpu_delegate_available()
+        )
+        if not found:
+            notes.append(
+                "GPU delegate library not found: running on the host CPU with XNNPACK "
+                "(timings are host-CPU timings, not mobile GPU)"
+            )
+            return "xnnpack"
+        return library or "gpu"
+    if wanted == "edgetpu":
+        return rt.get("delegate_library") or "edgetpu"
+    return wanted
+
+
+__all__ = ["Model", "Outputs", "load", "edgetpu_available", "gpu_delegate_available"]
