@@ -246,23 +246,25 @@ def mean_kl_divergence(ref: np.ndarray, cand: np.ndarray) -> tuple[float, str]:
     """Mean over rows of KL(reference || candidate) in nats, and how the rows were read.
 
     When the reference rows are probability distributions both sides are used as they are
-    (the candidate floored at 1e-7 and renormalised, since a dequantized softmax does not sum
-    to exactly 1); otherwise both are treated as logits and softmaxed.
+    (the candidate's negatives clipped and its row renormalised, since a dequantized softmax
+    does not sum to exactly 1); otherwise both are treated as logits and softmaxed. Candidate
+    probabilities are floored at 1e-7 inside the log so one zero cannot make KL infinite.
 
     Returns:
         ``(kl, kl_input)`` with ``kl_input`` ``"probabilities"`` or ``"softmax(logits)"``.
     """
     if is_probability_rows(ref):
         p = ref
-        q = np.maximum(cand, _KL_EPS)
-        q = q / q.sum(axis=1, keepdims=True)
+        q = np.maximum(cand, 0.0)
+        total = q.sum(axis=1, keepdims=True)
+        q = np.divide(q, total, out=np.zeros_like(q), where=total > 0)
         how = "probabilities"
     else:
         p, q = softmax(ref), softmax(cand)
         how = "softmax(logits)"
-    q = np.maximum(q, _KL_EPS)
-    # 0 * log(0 / q) is 0 by convention: only rows' positive p terms contribute.
-    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q)), 0.0)
+    # 0 * log(0 / q) is 0 by convention: only positive p terms contribute.
+    safe_p = np.where(p > 0, p, 1.0)
+    terms = np.where(p > 0, p * (np.log(safe_p) - np.log(np.maximum(q, _KL_EPS))), 0.0)
     return float(np.mean(np.sum(terms, axis=1))), how
 
 
