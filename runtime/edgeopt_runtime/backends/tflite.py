@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 from typing import Any
@@ -185,6 +186,9 @@ def load_delegate(mod: Any, name: str, options: dict[str, Any] | None) -> Any:
     """
     library = DELEGATE_LIBRARIES.get(name, name)
     try:
+        # dlopen first: LiteRT's Delegate leaves a half-built object (and a noisy __del__
+        # traceback) behind when the library is missing.
+        ctypes.CDLL(library)
         return mod.load_delegate(library, options or {})
     except (ValueError, OSError, RuntimeError) as exc:
         hint = _DELEGATE_HINTS.get(
