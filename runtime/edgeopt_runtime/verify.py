@@ -1,0 +1,885 @@
+"""Checks that run before any interpreter sees a model file.
+
+LiteRT builds a model straight from its flatbuffer without running the flatbuffer verifier, so a
+corrupt ``.tflite`` (bad offsets, tensor indices, buffer sizes) reaches C++ code and can kill the
+process with a segfault. ``check_tflite`` walks the whole flatbuffer with bounds-checked reads
+(``struct.unpack_from`` on a memoryview: no copies, well under 100 ms for a 14 MB model) and raises
+``ModelLoadError`` with one line naming what is wrong. ONNX Runtime parses protobuf safely, so
+``check_onnx_header`` only makes sure the bytes are a protobuf ``ModelProto`` at all.
+
+``probe_in_subprocess`` is the last line of defence for files without a trusted manifest: it loads,
+allocates and invokes the model once in a child process and refuses the model if the child dies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+TFLITE_IDENTIFIER = b"TFL3"
+TFLITE_SCHEMA_VERSION = 3
+MAX_BUILTIN_CODE = 209  # STABLEHLO_CASE in the schema ai-edge-litert 2.3 ships
+CUSTOM_CODE = 32
+MAX_RANK = 16  # TFLite kernels support rank <= 6; anything far above is corruption
+MAX_ELEMENTS = 2**31 - 1  # kernels index tensors with int: more elements overflow
+
+_U8 = struct.Struct("<B")
+_I8 = struct.Struct("<b")
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_HH = struct.Struct("<HH")
+_SCALAR = {1: _U8, 2: _U16, 4: _I32, 8: _U64}
+
+# TensorType -> (name, bits per element); None bits: no fixed size (string, resource, variant).
+TENSOR_TYPES: dict[int, tuple[str, int | None]] = {
+    0: ("float32", 32), 1: ("float16", 16), 2: ("int32", 32), 3: ("uint8", 8),
+    4: ("int64", 64), 5: ("string", None), 6: ("bool", 8), 7: ("int16", 16),
+    8: ("complex64", 64), 9: ("int8", 8), 10: ("float64", 64), 11: ("complex128", 128),
+    12: ("uint64", 64), 13: ("resource", None), 14: ("variant", None), 15: ("uint32", 32),
+    16: ("uint16", 16), 17: ("int4", 4), 18: ("bfloat16", 16), 19: ("int2", 2),
+    20: ("uint4", 4), 21: ("float8_e4m3fn", 8), 22: ("float8_e5m2", 8),
+}  # fmt: skip
+_STRING, _RESOURCE, _VARIANT = 5, 13, 14
+
+
+class _Corrupt(Exception):
+    """One reason the flatbuffer is unsafe; ``check_tflite`` prefixes the file name."""
+
+
+# -- bounds-checked flatbuffer reading -----------------------------------------------------------
+class _Reader:
+    """Little-endian reads from the model bytes; every read is bounds- and alignment-checked."""
+
+    __slots__ = ("buf", "end")
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.end = len(buf)
+
+    def need(self, pos: int, size: int, align: int, what: str) -> None:
+        """Raise unless ``size`` bytes at ``pos`` lie inside the file, ``align``-aligned."""
+        if pos < 0 or pos + size > self.end:
+            raise _Corrupt(f"{what} points outside the file (byte {pos}, file is {self.end} bytes)")
+        if pos % align:
+            raise _Corrupt(f"{what} is misaligned (byte {pos}, needs {align}-byte alignment)")
+
+    def u32(self, pos: int, what: str) -> int:
+        self.need(pos, 4, 4, what)
+        return _U32.unpack_from(self.buf, pos)[0]
+
+    def deref(self, pos: int, what: str) -> int:
+        """Follow the unsigned 32-bit offset stored at ``pos``."""
+        return pos + self.u32(pos, what)
+
+    def vector(self, pos: int, elem_size: int, what: str) -> tuple[int, int]:
+        """Return (first element position, length) of the vector at ``pos``."""
+        n = self.u32(pos, what)
+        start = pos + 4
+        if n * elem_size > self.end - start:
+            raise _Corrupt(
+                f"{what} claims {n} elements of {elem_size} bytes: past the end of the file"
+            )
+        return start, n
+
+    def string(self, pos: int, what: str) -> str:
+        start, n = self.vector(pos, 1, what)
+        if start + n >= self.end or self.buf[start + n] != 0:
+            raise _Corrupt(f"{what} is not a terminated string")
+        return bytes(self.buf[start : start + n]).decode("utf-8", "replace")
+
+
+class _Table:
+    """One flatbuffer table: vtable checked on construction, fields checked on access."""
+
+    __slots__ = ("r", "pos", "vt", "nfields", "size", "what")
+
+    def __init__(self, r: _Reader, pos: int, what: str) -> None:
+        r.need(pos, 4, 4, what)
+        vt = pos - _I32.unpack_from(r.buf, pos)[0]
+        r.need(vt, 4, 2, f"{what} (vtable)")
+        vt_size, obj_size = _HH.unpack_from(r.buf, vt)
+        if vt_size < 4 or vt_size % 2 or vt + vt_size > r.end:
+            raise _Corrupt(f"{what} has a malformed vtable (size {vt_size})")
+        if obj_size < 4 or pos + obj_size > r.end:
+            raise _Corrupt(f"{what} runs past the end of the file")
+        self.r, self.pos, self.vt, self.what = r, pos, vt, what
+        self.nfields = (vt_size - 4) // 2
+        self.size = obj_size
+
+    def field(self, fid: int, size: int) -> int:
+        """Position of field ``fid`` (``size`` bytes wide), or 0 when it is absent."""
+        if fid >= self.nfields:
+            return 0
+        off = _U16.unpack_from(self.r.buf, self.vt + 4 + 2 * fid)[0]
+        if off == 0:
+            return 0
+        if off < 4 or off + size > self.size:
+            raise _Corrupt(f"{self.what}: field {fid} lies outside its table")
+        pos = self.pos + off
+        if pos % size:
+            raise _Corrupt(f"{self.what}: field {fid} is misaligned")
+        return pos
+
+    def scalar(self, fid: int, fmt: struct.Struct, default: int = 0) -> int:
+        pos = self.field(fid, fmt.size)
+        return fmt.unpack_from(self.r.buf, pos)[0] if pos else default
+
+    def target(self, fid: int, what: str) -> int:
+        """Position an offset field points at, or 0 when the field is absent."""
+        pos = self.field(fid, 4)
+        return self.r.deref(pos, what) if pos else 0
+
+    def table(self, fid: int, what: str) -> _Table | None:
+        pos = self.target(fid, what)
+        return _Table(self.r, pos, what) if pos else None
+
+    def vector(self, fid: int, elem_size: int, what: str) -> tuple[int, int]:
+        pos = self.target(fid, what)
+        return self.r.vector(pos, elem_size, what) if pos else (0, 0)
+
+    def ints(self, fid: int, what: str, fmt: str = "i") -> tuple[int, ...]:
+        """Decode a vector of 32-bit ints (``fmt`` "i"/"I"/"f") or 64-bit ("q")."""
+        start, n = self.vector(fid, struct.calcsize(fmt), what)
+        return struct.unpack_from(f"<{n}{fmt}", self.r.buf, start) if n else ()
+
+    def string(self, fid: int, what: str) -> str | None:
+        pos = self.target(fid, what)
+        return self.r.string(pos, what) if pos else None
+
+    def tables(self, fid: int, what: str) -> list[_Table]:
+        start, n = self.vector(fid, 4, what)
+        r = self.r
+        return [_Table(r, r.deref(start + 4 * i, f"{what} {i}"), f"{what} {i}") for i in range(n)]
+
+
+# -- model-level checks --------------------------------------------------------------------------
+class _Model:
+    """Facts gathered while checking, shared by the per-subgraph checks."""
+
+    def __init__(self, r: _Reader, root: _Table) -> None:
+        self.r = r
+        self.root = root
+        self.buffers: list[tuple[int, int]] = []  # (position of the data, byte length)
+        self.opcodes: list[int] = []  # effective builtin code per operator code
+        self.n_subgraphs = 0
+        self.calls: dict[int, set[int]] = {}  # subgraph -> subgraphs its ops call
+
+
+def check_tflite(data: bytes | bytearray | memoryview, source: str) -> None:
+    """Check that a TFLite flatbuffer is structurally safe to hand to the interpreter.
+
+    Args:
+        data: the whole ``.tflite`` file (not copied).
+        source: file name used in the error message.
+
+    Raises:
+        ModelLoadError: one line naming the file and the first unsafe structure found.
+    """
+    buf = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    try:
+        _check_model(_Reader(buf))
+    except _Corrupt as exc:
+        raise ModelLoadError(f"{source}: corrupt TFLite model: {_name_ops(str(exc))}") from None
+    except (struct.error, ValueError, IndexError, OverflowError, RecursionError) as exc:
+        # Belt and braces: a read the checks above did not anticipate still fails cleanly.
+        raise ModelLoadError(f"{source}: corrupt TFLite model ({type(exc).__name__})") from None
+
+
+def _check_model(r: _Reader) -> None:
+    if r.end < 8:
+        raise _Corrupt(f"file is only {r.end} bytes, too short for a flatbuffer")
+    ident = bytes(r.buf[4:8])
+    if ident != TFLITE_IDENTIFIER:
+        raise _Corrupt(f"file identifier is {ident!r}, expected {TFLITE_IDENTIFIER!r}")
+    root = _Table(r, r.deref(0, "root table offset"), "model table")
+    version = root.scalar(0, _U32)
+    if version != TFLITE_SCHEMA_VERSION:
+        raise _Corrupt(f"schema version {version}, expected {TFLITE_SCHEMA_VERSION}")
+    m = _Model(r, root)
+    m.buffers = [_check_buffer(r, t) for t in root.tables(4, "buffer")]
+    m.opcodes = [_check_opcode(t) for t in root.tables(1, "operator code")]
+    subgraphs = root.tables(2, "subgraph")
+    if not subgraphs:
+        raise _Corrupt("model has no subgraphs")
+    m.n_subgraphs = len(subgraphs)
+    counts = [_check_subgraph(m, i, sg) for i, sg in enumerate(subgraphs)]
+    root.string(3, "model description")
+    _check_metadata(m)
+    _check_signatures(m, counts)
+    _check_external_buffers(root)
+    _check_call_graph(m.calls)
+
+
+def _check_buffer(r: _Reader, t: _Table) -> tuple[int, int]:
+    start, n = t.vector(0, 1, t.what)
+    offset, size = t.scalar(1, _U64), t.scalar(2, _U64)
+    if offset > 1:  # models over 2 GB keep buffers after the flatbuffer, addressed from byte 0
+        if n:
+            raise _Corrupt(f"{t.what} has both inline data and an external offset")
+        if offset + size > r.end:
+            raise _Corrupt(
+                f"{t.what} data at bytes {offset}..{offset + size} lies past the end of the "
+                f"{r.end}-byte file"
+            )
+        return offset, size
+    return start, n
+
+
+def _check_opcode(t: _Table) -> int:
+    deprecated = t.scalar(0, _I8)
+    builtin = t.scalar(3, _I32)
+    code = max(deprecated, builtin)  # how LiteRT's GetBuiltinCode resolves the two fields
+    if not 0 <= code <= MAX_BUILTIN_CODE:
+        raise _Corrupt(f"{t.what} has unknown builtin code {code}")
+    custom = t.string(1, f"{t.what} custom code")
+    if code == CUSTOM_CODE and not custom:
+        raise _Corrupt(f"{t.what} is a custom op without a custom code")
+    if t.scalar(2, _I32, 1) < 1:
+        raise _Corrupt(f"{t.what} has version {t.scalar(2, _I32, 1)}, expected >= 1")
+    return code
+
+
+def _check_metadata(m: _Model) -> None:
+    nbuf = len(m.buffers)
+    for i in m.root.ints(5, "metadata buffer list", "I"):
+        if i >= nbuf:
+            raise _Corrupt(f"metadata buffer index {i} out of range ({nbuf} buffers)")
+    for t in m.root.tables(6, "metadata entry"):
+        t.string(0, f"{t.what} name")
+        if t.scalar(1, _U32) >= nbuf:
+            raise _Corrupt(f"{t.what} names buffer {t.scalar(1, _U32)} of {nbuf}")
+
+
+def _check_signatures(m: _Model, tensor_counts: list[int]) -> None:
+    for sig in m.root.tables(7, "signature"):
+        sg = sig.scalar(4, _U32)
+        if sg >= m.n_subgraphs:
+            raise _Corrupt(f"{sig.what} names subgraph {sg} of {m.n_subgraphs}")
+        sig.string(2, f"{sig.what} key")
+        for fid, kind in ((0, "input"), (1, "output")):
+            for tm in sig.tables(fid, f"{sig.what} {kind}"):
+                tm.string(0, f"{tm.what} name")
+                idx = tm.scalar(1, _U32)
+                if idx >= tensor_counts[sg]:
+                    raise _Corrupt(
+                        f"{tm.what} names tensor {idx}; subgraph {sg} has {tensor_counts[sg]}"
+                    )
+
+
+def _check_external_buffers(root: _Table) -> None:
+    groups = root.tables(8, "external buffer group")
+    for g in groups:
+        g.string(0, f"{g.what} name")
+    for t in root.tables(9, "external buffer"):
+        if t.scalar(1, _U32) >= len(groups):
+            raise _Corrupt(f"{t.what} names group {t.scalar(1, _U32)} of {len(groups)}")
+        t.scalar(2, _U64), t.scalar(3, _U64)
+        t.string(4, f"{t.what} packing")
+
+
+def _check_call_graph(calls: dict[int, set[int]]) -> None:
+    """Control-flow ops must not call their own subgraph, directly or not (infinite recursion)."""
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+
+    def visit(sg: int, path: list[int]) -> None:
+        state[sg] = 1
+        for callee in sorted(calls.get(sg, ())):
+            if state.get(callee) == 1:
+                cycle = " -> ".join(str(s) for s in [*path, sg, callee])
+                raise _Corrupt(f"control-flow ops call subgraphs in a cycle ({cycle})")
+            if callee not in state:
+                visit(callee, [*path, sg])
+        state[sg] = 2
+
+    for sg in sorted(calls):
+        if sg not in state:
+            visit(sg, [])
+
+
+# -- subgraphs, tensors, operators ---------------------------------------------------------------
+def _check_subgraph(m: _Model, index: int, sg: _Table) -> int:
+    """Check one subgraph; return its tensor count."""
+    where = f"subgraph {index}"
+    tensors = sg.tables(0, f"{where} tensor")
+    n = len(tensors)
+    const = [_check_tensor(m, t) for t in tensors]
+    for fid, kind in ((1, "input"), (2, "output")):
+        for k, idx in enumerate(sg.ints(fid, f"{where} {kind} list")):
+            if not 0 <= idx < n:
+                raise _Corrupt(f"{where} {kind} {k} is tensor {idx}; the subgraph has {n}")
+            if kind == "input" and const[idx]:
+                raise _Corrupt(f"{where} input {k} (tensor {idx}) is a constant")
+    sg.string(4, f"{where} name")
+    for op in sg.tables(3, f"{where} operator"):
+        _check_operator(m, index, op, n, const)
+    return n
+
+
+def _check_tensor(m: _Model, t: _Table) -> bool:
+    """Check one tensor; return True when it holds constant data."""
+    name = t.string(3, f"{t.what} name")
+    if name:
+        t.what = f"{t.what} ({name[:60]})"
+    ttype = t.scalar(1, _I8)
+    if ttype not in TENSOR_TYPES:
+        raise _Corrupt(f"{t.what} has unknown type {ttype}")
+    shape = t.ints(0, f"{t.what} shape")
+    elements = _check_shape(t, shape)
+    sig = t.ints(7, f"{t.what} shape signature")
+    if sig and (len(sig) != len(shape) or any(d < -1 for d in sig)):
+        raise _Corrupt(f"{t.what} shape signature {list(sig)} does not fit shape {list(shape)}")
+    for v in t.tables(9, f"{t.what} variant subtype"):
+        _check_shape(v, v.ints(0, f"{v.what} shape"))
+        if v.scalar(1, _I8) not in TENSOR_TYPES:
+            raise _Corrupt(f"{v.what} has unknown type {v.scalar(1, _I8)}")
+    b = t.scalar(2, _U32)
+    if b >= len(m.buffers):
+        raise _Corrupt(f"{t.what} uses buffer {b}; the model has {len(m.buffers)}")
+    _check_quantization(t, shape)
+    sparsity = t.table(6, f"{t.what} sparsity")
+    dense = _check_sparsity(sparsity, shape) if sparsity else None
+    pos, nbytes = m.buffers[b]
+    if nbytes:
+        _check_tensor_data(m.r, t, ttype, shape, elements if dense is None else dense, pos, nbytes)
+    return nbytes > 0
+
+
+def _check_shape(t: _Table, shape: tuple[int, ...]) -> int:
+    if len(shape) > MAX_RANK:
+        raise _Corrupt(f"{t.what} has rank {len(shape)} (at most {MAX_RANK} supported)")
+    elements = 1
+    for d in shape:
+        if d < 0:
+            raise _Corrupt(f"{t.what} has negative dimension in shape {list(shape)}")
+        elements *= d
+    if elements > MAX_ELEMENTS:
+        raise _Corrupt(f"{t.what} shape {list(shape)} has {elements} elements (max 2^31-1)")
+    return elements
+
+
+def _check_tensor_data(
+    r: _Reader, t: _Table, ttype: int, shape: tuple[int, ...], elements: int, pos: int, nbytes: int
+) -> None:
+    tname, bits = TENSOR_TYPES[ttype]
+    if ttype in (_RESOURCE, _VARIANT):
+        raise _Corrupt(f"{t.what} is a {tname} tensor with constant data")
+    if ttype == _STRING:
+        _check_string_data(r, t, elements, pos, nbytes)
+        return
+    assert bits is not None
+    want = elements * bits // 8 if bits >= 8 else -(-elements * bits // 8)
+    # Sub-byte types may be stored packed or one value per byte.
+    if nbytes != want and not (bits < 8 and nbytes == elements):
+        raise _Corrupt(
+            f"{t.what}: constant buffer holds {nbytes} bytes, shape {list(shape)} {tname} "
+            f"needs {want}"
+        )
+
+
+def _check_string_data(r: _Reader, t: _Table, elements: int, pos: int, nbytes: int) -> None:
+    """String tensors: count, then count+1 offsets into the buffer, non-decreasing."""
+    if nbytes < 8:
+        raise _Corrupt(f"{t.what}: string buffer of {nbytes} bytes is too short")
+    count = _I32.unpack_from(r.buf, pos)[0]
+    if count != elements or (count + 2) * 4 > nbytes:
+        raise _Corrupt(f"{t.what}: string buffer holds {count} strings, shape needs {elements}")
+    offsets = struct.unpack_from(f"<{count + 1}i", r.buf, pos + 4)
+    prev = (count + 2) * 4
+    if offsets[0] != prev or offsets[-1] != nbytes:
+        raise _Corrupt(f"{t.what}: string buffer offsets do not span the buffer")
+    for off in offsets:
+        if off < prev:
+            raise _Corrupt(f"{t.what}: string buffer offsets decrease")
+        prev = off
+
+
+def _check_quantization(t: _Table, shape: tuple[int, ...]) -> None:
+    q = t.table(4, f"{t.what} quantization")
+    if q is None:
+        return
+    q.ints(0, f"{q.what} min", "f"), q.ints(1, f"{q.what} max", "f")
+    scales = q.ints(2, f"{q.what} scales", "f")
+    zps = q.vector(3, 8, f"{q.what} zero points")[1]
+    if scales and zps != len(scales):
+        raise _Corrupt(f"{q.what}: {len(scales)} scales but {zps} zero points")
+    if any(not math.isfinite(s) or s < 0 for s in scales):
+        raise _Corrupt(f"{q.what}: scales must be finite and >= 0")
+    dim = q.scalar(6, _I32)
+    if len(scales) > 1 or dim:
+        if not 0 <= dim < max(len(shape), 1):
+            raise _Corrupt(f"{q.what}: quantized dimension {dim} outside rank {len(shape)}")
+        if len(scales) > 1 and shape and shape[dim] != len(scales):
+            raise _Corrupt(
+                f"{q.what}: {len(scales)} per-channel scales but dimension {dim} of shape "
+                f"{list(shape)} has {shape[dim]} channels"
+            )
+    _check_union(q, 4, 5, _QUANT_DETAILS, f"{q.what} details", None)
+
+
+def _check_sparsity(sp: _Table, shape: tuple[int, ...]) -> int:
+    """Check sparse-tensor metadata the way the reference verifier does; return stored values."""
+    order = sp.ints(0, f"{sp.what} traversal order")
+    block_map = sp.ints(1, f"{sp.what} block map")
+    dims = sp.tables(2, f"{sp.what} dimension")
+    rank, total = len(shape), len(order)
+    bad = _Corrupt(f"{sp.what} is inconsistent with shape {list(shape)}")
+    if total < rank or len(dims) != total or len(block_map) != total - rank:
+        raise bad
+    if sorted(order[:rank]) != list(range(rank)) or sorted(order[rank:]) != list(
+        range(rank, total)
+    ):
+        raise bad
+    sizes = list(shape) + [0] * (total - rank)
+    for i, mapped in enumerate(block_map):
+        block = dims[rank + i].scalar(1, _I32)
+        if block <= 0 or not 0 <= mapped < rank:
+            raise bad
+        sizes[order[rank + i]] = block
+        sizes[mapped] //= block
+    count = 1
+    for level, dim in enumerate(order):
+        dm = dims[level]
+        if dm.scalar(0, _U8) == 0:  # dense: every index stored implicitly
+            if dm.scalar(1, _I32) != sizes[dim]:
+                raise bad
+            count *= sizes[dim]
+            continue
+        segments = _sparse_index_vector(dm, 2, 3)
+        indices = _sparse_index_vector(dm, 4, 5)
+        if len(segments) != count + 1 or segments[0] < 0 or segments[-1] != len(indices):
+            raise bad
+        if any(a > b for a, b in zip(segments, segments[1:], strict=False)):
+            raise bad
+        if any(not 0 <= i < sizes[dim] for i in indices):
+            raise bad
+        count = len(indices)
+        if count > MAX_ELEMENTS:
+            raise bad
+    return count
+
+
+def _sparse_index_vector(dm: _Table, type_fid: int, value_fid: int) -> tuple[int, ...]:
+    kind = dm.scalar(type_fid, _U8)
+    fmt = {1: "i", 2: "H", 3: "B"}.get(kind)
+    table = dm.table(value_fid, f"{dm.what} index vector")
+    if fmt is None or table is None:
+        raise _Corrupt(f"{dm.what}: sparse dimension without a valid index vector")
+    return table.ints(0, f"{table.what} values", fmt)
+
+
+def _check_operator(m: _Model, sg: int, op: _Table, n: int, const: list[bool]) -> None:
+    idx = op.scalar(0, _U32)
+    if idx >= len(m.opcodes):
+        raise _Corrupt(f"{op.what} uses operator code {idx}; the model has {len(m.opcodes)}")
+    code = m.opcodes[idx]
+    op.what = f"{op.what} (<op {code}>)"  # named only if an error is raised (see _name_ops)
+    for fid, kind, optional in (
+        (1, "input", True),
+        (2, "output", False),
+        (8, "intermediate", False),
+    ):
+        for k, t in enumerate(op.ints(fid, f"{op.what} {kind}s")):
+            if t == -1 and optional:
+                continue  # an omitted optional input
+            if not 0 <= t < n:
+                raise _Corrupt(f"{op.what} {kind} {k} is tensor {t}; the subgraph has {n}")
+            if kind == "output" and const[t]:
+                # Outputs of constant (read-only, possibly mmapped) tensors crash on write.
+                raise _Corrupt(f"{op.what} output {k} (tensor {t}) is a constant")
+    op.vector(5, 1, f"{op.what} custom options")
+    op.vector(7, 1, f"{op.what} mutating variable inputs")
+    offset, size = op.scalar(9, _U64), op.scalar(10, _U64)
+    if offset > 1 and offset + size > m.r.end:
+        raise _Corrupt(f"{op.what} custom options lie past the end of the file")
+    callees = m.calls.setdefault(sg, set())
+    _check_union(op, 3, 4, _OPTIONS, f"{op.what} options", (m.n_subgraphs, callees))
+    _check_union(op, 11, 12, _OPTIONS_2, f"{op.what} options", (m.n_subgraphs, callees))
+
+
+def _check_union(
+    t: _Table,
+    type_fid: int,
+    value_fid: int,
+    schema: dict[int, tuple[str, str]],
+    what: str,
+    calls: tuple[int, set[int]] | None,
+) -> None:
+    """Check a union member table against its field layout (see ``_OPTIONS``)."""
+    kind = t.scalar(type_fid, _U8)
+    table = t.table(value_fid, what)
+    if kind == 0:
+        return
+    if kind not in schema:
+        raise _Corrupt(f"{what}: unknown options type {kind}")
+    if table is None:
+        return  # LiteRT uses defaults for absent options
+    name, layout = schema[kind]
+    table.what = f"{what} ({name})"
+    for fid, code in enumerate(layout.split()):
+        _check_field(table, fid, code, calls)
+
+
+def _check_field(t: _Table, fid: int, code: str, calls: tuple[int, set[int]] | None) -> None:
+    if code == "_":
+        return
+    if code in "1248":
+        t.field(fid, int(code))
+    elif code == "s":
+        t.string(fid, f"{t.what} field {fid}")
+    elif code[0] == "v":
+        t.vector(fid, int(code[1]), f"{t.what} field {fid}")
+    else:  # "g": one subgraph index, "G": a vector of them (control flow)
+        idxs = (t.scalar(fid, _I32, -2),) if code == "g" else t.ints(fid, f"{t.what} field {fid}")
+        n_sub, callees = calls if calls else (0, set())
+        for i in idxs:
+            if i == -2:
+                continue  # absent scalar field
+            if not 0 <= i < n_sub:
+                raise _Corrupt(f"{t.what} calls subgraph {i}; the model has {n_sub}")
+            callees.add(i)
+
+
+def _name_ops(message: str) -> str:
+    """Replace ``<op N>`` markers with builtin op names (the schema module is slow to import)."""
+    if "<op " not in message:
+        return message
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int)}
+    except ImportError:  # pragma: no cover - names are cosmetic
+        names = {}
+    return re.sub(r"<op (\d+)>", lambda m: names.get(int(m[1]), f"builtin {m[1]}"), message)
+
+
+# -- format sniffing and ONNX --------------------------------------------------------------------
+# ModelProto field number -> protobuf wire type (0 varint, 2 length-delimited).
+_ONNX_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+
+def sniff_format(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> str | None:
+    """Tell a TFLite flatbuffer from an ONNX protobuf by content, not by file name.
+
+    Args:
+        source: the model bytes, or a path (only the first 64 KiB are read).
+
+    Returns:
+        ``"tflite"``, ``"onnx"`` or ``None`` when neither is recognised.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                head = memoryview(f.read(65536))
+        except OSError:
+            return None
+    else:
+        head = memoryview(source).cast("B")[:65536]
+    if len(head) >= 8 and bytes(head[4:8]) == TFLITE_IDENTIFIER:
+        return "tflite"
+    fields = _protobuf_fields(head, partial=True)
+    if fields and fields[0] in _ONNX_FIELDS and {1, 7, 8} & set(fields):
+        return "onnx"
+    return None
+
+
+def _protobuf_fields(buf: memoryview, *, partial: bool, limit: int = 64) -> list[int] | None:
+    """Field numbers of the top-level protobuf fields, or None if the bytes are not protobuf.
+
+    ``partial``: ``buf`` may be a prefix, so a field running past its end is fine.
+    """
+    pos, end, out = 0, len(buf), []
+    while pos < end and len(out) < limit:
+        key, pos = _varint(buf, pos)
+        if key is None:
+            return None
+        number, wire = key >> 3, key & 7
+        if number == 0 or _ONNX_FIELDS.get(number, wire) != wire:
+            return None
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            pos = pos + length if length is not None else None
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            return None
+        if pos is None or (pos > end and not partial):
+            return None
+        out.append(number)
+    return out
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int | None, int]:
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(buf))):
+        value |= (buf[i] & 0x7F) << shift
+        if buf[i] < 0x80:
+            return value, i + 1
+        shift += 7
+    return None, pos
+
+
+def check_onnx_header(data: bytes | bytearray | memoryview, source: str) -> None:
+    """Cheap sanity check that the bytes are an ONNX ``ModelProto`` (ORT checks the rest).
+
+    Raises:
+        ModelLoadError: empty file, not protobuf, or no graph.
+    """
+    buf = memoryview(data).cast("B")
+    if not len(buf):
+        raise ModelLoadError(f"{source}: file is empty, expected an ONNX model")
+    if sniff_format(buf) == "tflite":
+        raise ModelLoadError(f"{source}: named like an ONNX model but is really a TFLite file")
+    fields = _protobuf_fields(buf, partial=False, limit=1 << 20)
+    if fields is None:
+        raise ModelLoadError(
+            f"{source}: not an ONNX model (the bytes do not parse as a protobuf ModelProto; "
+            "truncated or corrupt?)"
+        )
+    if 7 not in fields:
+        raise ModelLoadError(f"{source}: ONNX ModelProto without a graph (truncated or corrupt?)")
+
+
+# -- isolated probe ------------------------------------------------------------------------------
+_PROBE = r"""
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+try:
+    it = Interpreter(model_path=sys.argv[1], num_threads=1)
+    it.allocate_tensors()
+except Exception as exc:
+    print("LOAD-ERROR:", str(exc).strip().splitlines()[0] if str(exc).strip() else
+          type(exc).__name__, file=sys.stderr)
+    sys.exit(3)
+rng = np.random.default_rng(0)
+for d in it.get_input_details():
+    dt, shape = np.dtype(d["dtype"]), tuple(d["shape"])
+    scales = d["quantization_parameters"]["scales"]
+    if dt.kind == "f":
+        a = rng.standard_normal(shape).astype(dt)
+    elif dt.kind in "iu" and len(scales):  # quantized values: any value is plausible
+        info = np.iinfo(dt)
+        a = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dt)
+    else:  # ids, indices, flags, strings: zeros are the safest plausible value
+        a = np.zeros(shape, dt)
+    it.set_tensor(d["index"], a)
+try:
+    it.invoke()
+except Exception:
+    pass  # a model may refuse random inputs; only a crash is grounds for refusal
+"""
+
+
+def probe_in_subprocess(path: str | os.PathLike[str], timeout: float = 120.0) -> None:
+    """Load, allocate and invoke a TFLite model once in a child process.
+
+    Args:
+        path: the ``.tflite`` file.
+        timeout: seconds before the probe counts as hung.
+
+    Raises:
+        ModelLoadError: the child crashed (signal), hung, or the interpreter refused the model.
+    """
+    cmd = [sys.executable, "-I", "-c", _PROBE, str(Path(path))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(
+            f"{path}: the isolated probe did not finish within {timeout:g} s; refusing to load"
+        ) from None
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        try:
+            name = f"signal {sig}, {signal.Signals(sig).name}"
+        except ValueError:
+            name = f"signal {sig}"
+        raise ModelLoadError(
+            f"{path}: the model crashed the interpreter ({name}) in an isolated probe; "
+            "refusing to load"
+        )
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        detail = next(
+            (ln for ln in lines if ln.startswith("LOAD-ERROR:")), lines[-1] if lines else ""
+        )
+        detail = detail.removeprefix("LOAD-ERROR:").strip()
+        raise ModelLoadError(
+            f"{path}: the TFLite interpreter refused the model in an isolated probe: {detail}"
+        )
+
+
+# -- builtin-options layouts ---------------------------------------------------------------------
+# Union member -> (table name, one code per field id): "1"/"2"/"4"/"8" scalar of that width,
+# "s" string, "vN" vector of N-byte scalars, "g" subgraph index, "G" vector of subgraph indices,
+# "_" field id unused. Generated from ai_edge_litert.schema_py_generated (ai-edge-litert 2.3);
+# tests/runtime/test_verify.py checks it against the installed schema.
+_QUANT_DETAILS: dict[int, tuple[str, str]] = {
+    1: ("CustomQuantization", "v1"),
+    2: ("BlockwiseQuantization", "4 4 4 v4"),
+    3: ("MultiAxisQuantization", "4 4 4 v4"),
+}
+_OPTIONS: dict[int, tuple[str, str]] = {
+    1: ("Conv2DOptions", "1 4 4 1 4 4 1"),
+    2: ("DepthwiseConv2DOptions", "1 4 4 4 1 4 4"),
+    3: ("ConcatEmbeddingsOptions", "4 v4 v4"),
+    4: ("LSHProjectionOptions", "1"),
+    5: ("Pool2DOptions", "1 4 4 4 4 1"),
+    6: ("SVDFOptions", "4 1 1"),
+    7: ("RNNOptions", "1 1"),
+    8: ("FullyConnectedOptions", "1 1 1 1 1 v1"),
+    9: ("SoftmaxOptions", "4"),
+    10: ("ConcatenationOptions", "4 1"),
+    11: ("AddOptions", "1 1"),
+    12: ("L2NormOptions", "1"),
+    13: ("LocalResponseNormalizationOptions", "4 4 4 4"),
+    14: ("LSTMOptions", "1 4 4 1 1"),
+    15: ("ResizeBilinearOptions", "_ _ 1 1"),
+    16: ("CallOptions", "g"),
+    17: ("ReshapeOptions", "v4"),
+    18: ("SkipGramOptions", "4 4 1"),
+    19: ("SpaceToDepthOptions", "4"),
+    20: ("EmbeddingLookupSparseOptions", "1"),
+    21: ("MulOptions", "1"),
+    22: ("PadOptions", ""),
+    23: ("GatherOptions", "4 4"),
+    24: ("BatchToSpaceNDOptions", ""),
+    25: ("SpaceToBatchNDOptions", ""),
+    26: ("TransposeOptions", ""),
+    27: ("ReducerOptions", "1"),
+    28: ("SubOptions", "1 1"),
+    29: ("DivOptions", "1"),
+    30: ("SqueezeOptions", "v4"),
+    31: ("SequenceRNNOptions", "1 1 1"),
+    32: ("StridedSliceOptions", "4 4 4 4 4 1"),
+    33: ("ExpOptions", ""),
+    34: ("TopKV2Options", ""),
+    35: ("SplitOptions", "4"),
+    36: ("LogSoftmaxOptions", ""),
+    37: ("CastOptions", "1 1"),
+    38: ("DequantizeOptions", ""),
+    39: ("MaximumMinimumOptions", ""),
+    40: ("ArgMaxOptions", "1"),
+    41: ("LessOptions", ""),
+    42: ("NegOptions", ""),
+    43: ("PadV2Options", ""),
+    44: ("GreaterOptions", ""),
+    45: ("GreaterEqualOptions", ""),
+    46: ("LessEqualOptions", ""),
+    47: ("SelectOptions", ""),
+    48: ("SliceOptions", ""),
+    49: ("TransposeConvOptions", "1 4 4 1 1"),
+    50: ("SparseToDenseOptions", "1"),
+    51: ("TileOptions", ""),
+    52: ("ExpandDimsOptions", ""),
+    53: ("EqualOptions", ""),
+    54: ("NotEqualOptions", ""),
+    55: ("ShapeOptions", "1"),
+    56: ("PowOptions", ""),
+    57: ("ArgMinOptions", "1"),
+    58: ("FakeQuantOptions", "4 4 4 1"),
+    59: ("PackOptions", "4 4"),
+    60: ("LogicalOrOptions", ""),
+    61: ("OneHotOptions", "4"),
+    62: ("LogicalAndOptions", ""),
+    63: ("LogicalNotOptions", ""),
+    64: ("UnpackOptions", "4 4"),
+    65: ("FloorDivOptions", ""),
+    66: ("SquareOptions", ""),
+    67: ("ZerosLikeOptions", ""),
+    68: ("FillOptions", ""),
+    69: ("BidirectionalSequenceLSTMOptions", "1 4 4 1 1 1"),
+    70: ("BidirectionalSequenceRNNOptions", "1 1 1 1"),
+    71: ("UnidirectionalSequenceLSTMOptions", "1 4 4 1 1 1"),
+    72: ("FloorModOptions", ""),
+    73: ("RangeOptions", ""),
+    74: ("ResizeNearestNeighborOptions", "1 1"),
+    75: ("LeakyReluOptions", "4"),
+    76: ("SquaredDifferenceOptions", ""),
+    77: ("MirrorPadOptions", "1"),
+    78: ("AbsOptions", ""),
+    79: ("SplitVOptions", "4"),
+    80: ("UniqueOptions", "1"),
+    81: ("ReverseV2Options", ""),
+    82: ("AddNOptions", ""),
+    83: ("GatherNdOptions", ""),
+    84: ("CosOptions", ""),
+    85: ("WhereOptions", ""),
+    86: ("RankOptions", ""),
+    87: ("ReverseSequenceOptions", "4 4"),
+    88: ("MatrixDiagOptions", ""),
+    89: ("QuantizeOptions", ""),
+    90: ("MatrixSetDiagOptions", ""),
+    91: ("HardSwishOptions", ""),
+    92: ("IfOptions", "g g"),
+    93: ("WhileOptions", "g g"),
+    94: ("DepthToSpaceOptions", "4"),
+    95: ("NonMaxSuppressionV4Options", ""),
+    96: ("NonMaxSuppressionV5Options", ""),
+    97: ("ScatterNdOptions", ""),
+    98: ("SelectV2Options", ""),
+    99: ("DensifyOptions", ""),
+    100: ("SegmentSumOptions", ""),
+    101: ("BatchMatMulOptions", "1 1 1"),
+    102: ("CumsumOptions", "1 1"),
+    103: ("CallOnceOptions", "g"),
+    104: ("BroadcastToOptions", ""),
+    105: ("Rfft2dOptions", ""),
+    106: ("Conv3DOptions", "1 4 4 4 1 4 4 4"),
+    107: ("HashtableOptions", "4 1 1"),
+    108: ("HashtableFindOptions", ""),
+    109: ("HashtableImportOptions", ""),
+    110: ("HashtableSizeOptions", ""),
+    111: ("VarHandleOptions", "s s"),
+    112: ("ReadVariableOptions", ""),
+    113: ("AssignVariableOptions", ""),
+    114: ("RandomOptions", "8 8"),
+    115: ("BucketizeOptions", "v4"),
+    116: ("GeluOptions", "1"),
+    117: ("DynamicUpdateSliceOptions", ""),
+    118: ("UnsortedSegmentProdOptions", ""),
+    119: ("UnsortedSegmentMaxOptions", ""),
+    120: ("UnsortedSegmentMinOptions", ""),
+    121: ("UnsortedSegmentSumOptions", ""),
+    122: ("ATan2Options", ""),
+    123: ("SignOptions", ""),
+    124: ("BitcastOptions", ""),
+    125: ("BitwiseXorOptions", ""),
+    126: ("RightShiftOptions", ""),
+}
+_OPTIONS_2: dict[int, tuple[str, str]] = {
+    1: ("StablehloConcatenateOptions", "8"),
+    2: ("StablehloBroadcastInDimOptions", "v8"),
+    3: ("StablehloSliceOptions", "v8 v8 v8"),
+    4: ("StablehloConvolutionOptions", "v8 v8 v8 v8 v1 8 8 v8 8 8 v8 8 8 v8 8 8 v4"),
+    5: ("StablehloCustomCallOptions", "s 1 s 4 G v1"),
+    6: ("StablehloReduceOptions", "v8 g"),
+    7: ("StablehloScatterOptions", "1 v8 v8 v8 8 1 g"),
+    8: ("StablehloCompareOptions", "4 4"),
+    9: ("StablehloDynamicSliceOptions", "v8"),
+    10: ("StablehloPadOptions", "v8 v8 v8"),
+    11: ("StablehloIotaOptions", "8"),
+    12: ("StablehloDotGeneralOptions", "v8 v8 v8 v8 v4"),
+    13: ("StablehloReduceWindowOptions", "v8 v8 v8 v8 v8 g"),
+    14: ("StablehloSortOptions", "8 1 g"),
+    15: ("StablehloWhileOptions", "g g"),
+    16: ("StablehloGatherOptions", "v8 v8 v8 8 v8 1"),
+    17: ("StablehloTransposeOptions", "v8"),
+    18: ("DilateOptions", ""),
+    19: ("StablehloRngBitGeneratorOptions", "1"),
+    20: ("ReduceWindowOptions", "4"),
+    21: ("StableHLOCompositeOptions", "s g v1 1 4"),
+    22: ("StablehloShiftLeftOptions", ""),
+    23: ("StablehloCaseOptions", "G"),
+}
