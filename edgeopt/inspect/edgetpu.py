@@ -571,8 +571,10 @@ def compare_with_prediction(compiled: dict[str, Any], prediction: dict[str, Any]
         Human-readable differences, one per line.
     """
     if not compiled.get("ok"):
-        return [f"the compiler failed ({compiled.get('error')}); the prediction was: "
-                f"{prediction['summary']['verdict']}"]
+        return [
+            f"the compiler failed ({compiled.get('error')}); the prediction was: "
+            f"{prediction['summary']['verdict']}"
+        ]
     diffs: list[str] = []
     predicted: dict[str, list[int]] = {}
     for e in prediction["ops"]:
