@@ -391,10 +391,12 @@ def _read_npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np
         version = fmt.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
+        elif version in ((2, 0), (3, 0)):
+            # 3.0 only differs from 2.0 by a UTF-8 header, needed for non-ASCII structured
+            # field names, which are rejected anyway; numpy has no public 3.0 reader.
             shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:  # (3, 0) only differs in the header's text encoding; numpy has no public reader
-            shape, fortran, dtype = fmt._read_array_header(f, version)
+        else:
+            raise ValueError(f"unsupported format version {version}")
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise CalibrationError(f"{where}: not a valid .npy array ({exc})") from None
     return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
@@ -684,10 +686,14 @@ class NpyReader(_ArrayReader):
         return path.is_file() and path.suffix.lower() == ".npy"
 
 
-def _listing(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Non-hidden files directly in ``path`` with one of ``suffixes``, sorted by name."""
-    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in suffixes)
+def _listing(path: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Names of non-hidden files directly in ``path`` with one of ``suffixes``, sorted.
+
+    Plain names, not Path objects: a listing of many thousand files stays small.
+    """
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".")
+                      and os.path.splitext(e.name)[1].lower() in suffixes and e.is_file())
 
 
 @register_reader
@@ -701,8 +707,8 @@ class ArrayDirReader(_ArrayReader):
         return path.is_dir() and bool(_listing(path, ARRAY_SUFFIXES))
 
     def _files(self) -> list[tuple[Path, str]]:
-        return [(p, os.path.join(self.display, p.name))
-                for p in _listing(self.path, ARRAY_SUFFIXES)]
+        return [(self.path / name, os.path.join(self.display, name))
+                for name in _listing(self.path, ARRAY_SUFFIXES)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -798,10 +804,9 @@ class ImageDirReader(CalibrationReader):
 
     def read(self, indices: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for i in indices:
-            p = self.files[int(i)]
-            where = os.path.join(self.display, p.name)
+            where = os.path.join(self.display, self.files[int(i)])
             try:
-                data = p.read_bytes()
+                data = (self.path / self.files[int(i)]).read_bytes()
             except OSError as exc:
                 raise CalibrationError(f"{where}: cannot read ({exc})") from None
             yield where, {self.spec.name: np.frombuffer(data, dtype=np.uint8)}
