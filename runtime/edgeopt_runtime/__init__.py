@@ -13,6 +13,7 @@ from .errors import (
     ModelLoadError,
 )
 from .model import Model, Outputs, load
+from .profile import ProfileResult, profile
 from .spec import QuantParams, TensorSpec, dequantize, quantize
 
 __version__ = "0.1.0"
@@ -25,10 +26,12 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "Outputs",
+    "ProfileResult",
     "QuantParams",
     "TensorSpec",
     "dequantize",
     "load",
+    "profile",
     "quantize",
     "__version__",
 ]

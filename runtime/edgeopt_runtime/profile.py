@@ -1,0 +1,701 @@
+"""``profile()``: load time, latency distribution, memory and per-op time of one model.
+
+The result is a versioned JSON document (schema ``edgeopt.profile/1``, see ``ProfileResult``);
+every memory figure states how it was measured, and per-op time says where it came from or why
+the backend cannot give it.
+
+Order of a profile, and why:
+1. the backend library is imported first, so "RSS before load" and the load time describe the
+   model, not the one-off import of LiteRT / ONNX Runtime (reported separately);
+2. load (timed, RSS before/after, kernel peak during load);
+3. first inference (timed on its own: it includes lazy allocations), then ``warmup`` untimed runs;
+4. the timed runs, with a background RSS sampler and a reset kernel peak;
+5. per-op time in a *separate* profiled ONNX Runtime session, so profiling never slows step 4.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import zipfile
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import memory
+from .errors import EdgeOptError, InputError
+from .memory import MemValue
+from .model import Model, load
+from .spec import TensorSpec
+
+SCHEMA = "edgeopt.profile/1"
+FLOAT_RANGE = (0.0, 1.0)  # random float inputs: uniform in [0, 1), like normalised images
+OTHER_INT_RANGE = (0, 10)  # non-quantized integer inputs (ids, indices): small valid values
+OP_PROFILE_RUNS = 20  # runs traced for per-op time (after 2 untraced warm-up runs)
+_OP_PROFILE_WARMUP = 2
+
+Progress = Callable[[str, int, int | None], None]  # (phase, done, total or None)
+
+
+@dataclass
+class ProfileResult:
+    """The outcome of ``profile()``; ``to_dict()`` is the ``edgeopt.profile/1`` document.
+
+    Sections: ``model``, ``runtime``, ``host``, ``inputs``, ``timing`` (import/load/first
+    inference/warm-up), ``latency`` (stats in ms, throughput, raw samples), ``memory`` (each
+    value ``{"bytes", "mib", "method"}``), ``op_profile`` and ``notes``.
+    """
+
+    model: dict[str, Any]
+    runtime: dict[str, Any]
+    host: dict[str, Any]
+    inputs: dict[str, Any]
+    timing: dict[str, Any]
+    latency: dict[str, Any]
+    memory: dict[str, Any]
+    op_profile: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready document (schema ``edgeopt.profile/1``)."""
+        return {
+            "schema": SCHEMA,
+            "created": self.created,
+            "model": self.model,
+            "runtime": self.runtime,
+            "host": self.host,
+            "inputs": self.inputs,
+            "timing": self.timing,
+            "latency": self.latency,
+            "memory": self.memory,
+            "op_profile": self.op_profile,
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """``to_dict()`` as a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+# -- public entry point ------------------------------------------------------------------------
+def profile(
+    model_or_path: Model | str | os.PathLike[str],
+    *,
+    runs: int = 100,
+    duration: float | None = None,
+    warmup: int = 10,
+    threads: int | None = None,
+    delegate: str | None = None,
+    providers: list[str] | None = None,
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    op_profile: bool = True,
+    progress: Progress | None = None,
+) -> ProfileResult:
+    """Profile a model: load time, latency distribution, memory and per-op time.
+
+    Args:
+        model_or_path: a model file / artifact directory (load time is measured), or a loaded
+            ``Model`` (no load time or RSS-before-load: the result says so).
+        runs: timed runs (ignored when ``duration`` is given).
+        duration: time budget in seconds for the timed runs instead of a run count.
+        warmup: untimed runs after the (separately timed) first inference.
+        threads / delegate / providers: passed to ``load`` (only with a path).
+        inputs: ``{name: array}`` or a ``.npz`` path (keys = input names; any single key for
+            single-input models). Default: seeded random data matching the input spec.
+        seed: seed of the random inputs.
+        op_profile: also measure per-op time (ONNX Runtime) / list the ops (TFLite).
+        progress: called as ``progress(phase, done, total)`` while running.
+
+    Returns:
+        ``ProfileResult``.
+
+    Raises:
+        EdgeOptError: bad arguments; ModelLoadError / DelegateError from loading; InputError for
+            inputs that do not match the model (the message names the ``.npz`` file).
+    """
+    _check_args(runs, duration, warmup)
+    notes: list[str] = []
+    model, timing, mem = _load_measured(model_or_path, threads, delegate, providers, notes)
+    feeds, inputs_info = _feeds(model, inputs, seed)
+    source = inputs_info.get("path")
+    timing["first_inference_ms"] = _ms(_timed_call(model, feeds, source))
+    for i in range(warmup):
+        model.run(feeds)
+        _report(progress, "warmup", i + 1, warmup)
+    timing["warmup_runs"] = warmup
+    samples, wall_s, sampler = _timed_runs(model, feeds, runs, duration, progress)
+    latency = latency_stats(samples, wall_s)
+    latency["mode"] = "duration" if duration is not None else "runs"
+    _memory_runs(mem, sampler, model)
+    ops = _op_profile(model, feeds, op_profile, progress)
+    notes = [*model.notes, *notes]
+    return ProfileResult(
+        model=_model_info(model),
+        runtime=runtime_info(model),
+        host=host_info(),
+        inputs=inputs_info,
+        timing=timing,
+        latency=latency,
+        memory={k: v.to_dict() if isinstance(v, MemValue) else v for k, v in mem.items()},
+        op_profile=ops,
+        notes=notes,
+    )
+
+
+def _check_args(runs: int, duration: float | None, warmup: int) -> None:
+    if duration is None and (not isinstance(runs, int) or runs < 1):
+        raise EdgeOptError(f"runs must be a positive integer, got {runs!r}")
+    if duration is not None and not duration > 0:
+        raise EdgeOptError(f"duration must be a positive number of seconds, got {duration!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise EdgeOptError(f"warmup must be an integer >= 0, got {warmup!r}")
+
+
+def _report(progress: Progress | None, phase: str, done: int, total: int | None) -> None:
+    if progress is not None:
+        progress(phase, done, total)
+
+
+def _ms(ns: int | float) -> float:
+    return round(ns / 1e6, 6)
+
+
+# -- load --------------------------------------------------------------------------------------
+def _load_measured(
+    model_or_path: Model | str | os.PathLike[str],
+    threads: int | None,
+    delegate: str | None,
+    providers: list[str] | None,
+    notes: list[str],
+) -> tuple[Model, dict[str, Any], dict[str, Any]]:
+    """Load with timing and RSS around it; a ``Model`` passed in has neither (said so)."""
+    if isinstance(model_or_path, Model):
+        if threads is not None or delegate is not None or providers is not None:
+            raise EdgeOptError(
+                "threads/delegate/providers apply when loading: pass them to load(), or pass "
+                "profile() a path instead of a loaded Model"
+            )
+        why = "not measured: a loaded Model was passed to profile()"
+        notes.append("a loaded Model was passed: load time and RSS before load are not measured")
+        timing = {"backend_import_ms": None, "load_ms": None, "load_method": why}
+        mem = {
+            "rss_before_load": MemValue(None, why),
+            "rss_after_load": memory.rss(),
+            "peak_during_load": MemValue(None, why),
+        }
+        return model_or_path, timing, mem
+    path = Path(model_or_path)
+    import_ms, imported = _import_backends(path)
+    before = memory.rss()
+    reset = memory.reset_peak()
+    t0 = time.perf_counter_ns()
+    model = load(path, threads=threads, delegate=delegate, providers=providers)
+    load_ns = time.perf_counter_ns() - t0
+    after, peak = memory.rss(), memory.peak_rss()
+    if not reset:
+        peak = MemValue(peak.bytes, f"{peak.method}: process-lifetime peak, could not be reset")
+    else:
+        peak = MemValue(peak.bytes, f"{peak.method} after reset via /proc/self/clear_refs")
+    timing = {
+        "backend_import_ms": import_ms,
+        "backend_imported": imported,
+        "load_ms": _ms(load_ns),
+        "load_method": "wall time of edgeopt_runtime.load() (read, verify, create interpreter/"
+        "session, allocate tensors); first load in this process, OS file cache not dropped",
+    }
+    mem = {"rss_before_load": before, "rss_after_load": after, "peak_during_load": peak}
+    return model, timing, mem
+
+
+def _formats_of(path: Path) -> list[str]:
+    """Formats the path will load (best effort: ``load`` reports the real errors)."""
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("tflite", "onnx"):
+        return [suffix]
+    if path.is_dir():
+        from .manifest import read_manifest
+
+        try:
+            return sorted({m.format for m in read_manifest(path).models})
+        except EdgeOptError:
+            return []
+    return []
+
+
+def _import_backends(path: Path) -> tuple[float | None, list[str]]:
+    """Import the backend library before measuring the load, and time that import."""
+    from .backends.onnx import _ort
+    from .backends.tflite import _interpreter_module
+
+    importers = {"tflite": _interpreter_module, "onnx": _ort}
+    fmts = _formats_of(path)
+    if not fmts:
+        return None, []
+    t0 = time.perf_counter_ns()
+    for fmt in fmts:
+        importers[fmt]()
+    return _ms(time.perf_counter_ns() - t0), fmts
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random arrays matching ``specs`` (dynamic dims -> 1).
+
+    Float inputs are uniform in ``FLOAT_RANGE``; quantized integer inputs uniform over their
+    dtype's whole range (the model's raw input); other integers in ``OTHER_INT_RANGE``.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        shape = tuple(1 if d is None else d for d in s.shape)
+        dtype = np.dtype(s.dtype)
+        if dtype.kind == "f":
+            a = rng.uniform(*FLOAT_RANGE, shape).astype(dtype)
+        elif dtype.kind == "b":
+            a = rng.integers(0, 2, shape).astype(bool)
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            lo, hi = (info.min, info.max) if s.is_quantized else OTHER_INT_RANGE
+            a = rng.integers(lo, hi, shape, endpoint=s.is_quantized, dtype=dtype)
+        else:
+            raise InputError(
+                f"input '{s.name}': cannot make random {s.dtype} data; pass inputs as a .npz"
+            )
+        feeds[s.name] = a
+    return feeds
+
+
+def read_npz(
+    path: str | os.PathLike[str], specs: list[TensorSpec], *, any_batch: bool = False
+) -> dict[str, np.ndarray]:
+    """Read model inputs from a ``.npz`` file and check names and shapes against ``specs``.
+
+    Args:
+        path: ``.npz`` written by ``numpy.savez``; keys are input names (for a single-input
+            model one array under any key).
+        specs: the model's inputs.
+        any_batch: accept any size of dim 0 (for ``Model.run_batch``).
+
+    Raises:
+        InputError: missing/unreadable file, wrong extension, names or shapes that do not match.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        got = repr(p.suffix) if p.suffix else "no suffix"
+        raise InputError(f"{p}: expected a .npz file (numpy.savez), got {got}")
+    if not p.is_file():
+        raise InputError(f"{p}: input file not found")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{p}: not a readable .npz file: {first}") from None
+    names = [s.name for s in specs]
+    if len(specs) == 1 and len(arrays) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    elif set(arrays) != set(names):
+        missing = sorted(set(names) - set(arrays))
+        extra = sorted(set(arrays) - set(names))
+        raise InputError(
+            f"{p}: array names {sorted(arrays)} do not match the model inputs {names}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {extra})" if extra else "")
+        )
+    for s in specs:
+        _check_shape(p, s, arrays[s.name], any_batch)
+    return {s.name: arrays[s.name] for s in specs}
+
+
+def _check_shape(p: Path, s: TensorSpec, a: np.ndarray, any_batch: bool) -> None:
+    ok = a.ndim == len(s.shape) and all(
+        want is None or want == got or (any_batch and i == 0)
+        for i, (want, got) in enumerate(zip(s.shape, a.shape, strict=False))
+    )
+    if not ok:
+        raise InputError(
+            f"{p}: array '{s.name}': expected shape {s.shape_str()} ({s.dtype}), got "
+            f"{list(a.shape)} ({a.dtype})"
+        )
+
+
+def _feeds(
+    model: Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if inputs is None:
+        feeds = random_feeds(model.inputs, seed)
+        info: dict[str, Any] = {
+            "source": "random",
+            "path": None,
+            "seed": seed,
+            "float_range": list(FLOAT_RANGE),
+            "quantized_int_range": "the input dtype's full range",
+            "other_int_range": list(OTHER_INT_RANGE),
+        }
+    elif isinstance(inputs, Mapping):
+        feeds = {k: np.asarray(v) for k, v in inputs.items()}
+        info = {"source": "arrays", "path": None, "seed": None}
+    else:
+        feeds = read_npz(inputs, model.inputs)
+        info = {"source": "npz", "path": str(inputs), "seed": None}
+    info["arrays"] = [
+        {"name": k, "shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()
+    ]
+    return feeds, info
+
+
+def run_checked(
+    model: Model, feeds: Any, source: str | None, *, raw: bool = False, batch: bool = False
+) -> Any:
+    """``model.run`` (``run_batch`` when ``batch``) whose InputError names the feeds' file."""
+    try:
+        return model.run_batch(feeds, raw=raw) if batch else model.run(feeds, raw=raw)
+    except InputError as exc:
+        if source:
+            raise InputError(f"{source}: {exc}") from None
+        raise
+
+
+def _timed_call(model: Model, feeds: Any, source: str | None) -> int:
+    t0 = time.perf_counter_ns()
+    run_checked(model, feeds, source)
+    return time.perf_counter_ns() - t0
+
+
+# -- timed runs --------------------------------------------------------------------------------
+def _timed_runs(
+    model: Model,
+    feeds: dict[str, np.ndarray],
+    runs: int,
+    duration: float | None,
+    progress: Progress | None,
+) -> tuple[array, float, memory.PeakSampler]:
+    """Per-run wall times in ns (perf_counter around ``Model.run``) under the RSS sampler.
+
+    Samples go to a compact ``array('q')`` (8 bytes each) so the profiler's own bookkeeping
+    barely moves the RSS it is measuring.
+    """
+    run, clock = model.run, time.perf_counter_ns
+    samples = array("q")
+    total = None if duration is not None else runs
+    next_report = 0
+    with memory.PeakSampler() as sampler:
+        start = clock()
+        deadline = None if duration is None else start + int(duration * 1e9)
+        while True:
+            t0 = clock()
+            run(feeds)
+            t1 = clock()
+            samples.append(t1 - t0)
+            if progress is not None and t1 >= next_report:  # at most ~10 updates per second
+                progress("runs", len(samples), total)
+                next_report = t1 + 100_000_000
+            if (deadline is not None and t1 >= deadline) or (
+                deadline is None and len(samples) >= runs
+            ):
+                break
+        wall_s = (clock() - start) / 1e9
+    _report(progress, "runs", len(samples), len(samples))
+    return samples, wall_s, sampler
+
+
+def latency_stats(samples_ns: Sequence[int], wall_s: float | None = None) -> dict[str, Any]:
+    """Latency statistics in ms from per-run ns samples.
+
+    ``std_ms`` is the sample standard deviation (ddof=1); percentiles interpolate linearly;
+    ``throughput_ips`` = 1000 / mean (one sequential stream, ``wall_s`` includes loop overhead).
+    """
+    a = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+    mean = float(a.mean())
+    return {
+        "runs": int(a.size),
+        "wall_s": None if wall_s is None else round(wall_s, 6),
+        "mean_ms": _r(mean),
+        "std_ms": _r(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min_ms": _r(a.min()),
+        "max_ms": _r(a.max()),
+        "p50_ms": _r(p50),
+        "p90_ms": _r(p90),
+        "p95_ms": _r(p95),
+        "p99_ms": _r(p99),
+        "throughput_ips": round(1000.0 / mean, 3) if mean > 0 else None,
+        "clock": "time.perf_counter_ns around each Model.run call (IO conversion included)",
+        "samples_ms": [_r(x) for x in a],
+    }
+
+
+def _r(x: float | np.floating) -> float:
+    return round(float(x), 6)  # ns resolution in ms; keeps the JSON free of float noise
+
+
+# -- memory ------------------------------------------------------------------------------------
+def _memory_runs(mem: dict[str, Any], sampler: memory.PeakSampler, model: Model) -> None:
+    """Add the run-window peaks, the model file size and the deltas to ``mem``."""
+    mem["peak_during_runs"] = sampler.best()
+    mem["peak_during_runs_sampled"] = sampler.sampled()
+    mem["peak_during_runs_kernel"] = sampler.kernel_peak()
+    mem["model_file"] = MemValue(model.path.stat().st_size, f"os.stat size of {model.path.name}")
+    before, after = mem["rss_before_load"].bytes, mem["rss_after_load"].bytes
+    peaks = [v.bytes for v in (mem["peak_during_load"], mem["peak_during_runs"]) if v.bytes]
+    if before is None or after is None:
+        why = mem["rss_before_load"].method if before is None else "RSS unavailable"
+        mem["model_delta_after_load"] = MemValue(None, why)
+        mem["model_delta_peak"] = MemValue(None, why)
+        return
+    mem["model_delta_after_load"] = MemValue(after - before, "rss_after_load - rss_before_load")
+    mem["model_delta_peak"] = MemValue(
+        max(peaks) - before if peaks else None,
+        "max(peak_during_load, peak_during_runs) - rss_before_load",
+    )
+
+
+# -- per-op time -------------------------------------------------------------------------------
+def _op_profile(
+    model: Model, feeds: dict[str, np.ndarray], enabled: bool, progress: Progress | None
+) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "available": False,
+        "source": None,
+        "reason": None,
+        "runs": 0,
+        "by_op_type": [],
+        "by_node": [],
+        "node_total_ms_per_run": None,
+        "model_run_ms_per_run": None,
+        "ops": [],
+    }
+    if not enabled:
+        return {**base, "reason": "disabled (op_profile=False / --no-op-profile)"}
+    if model.format == "onnx":
+        return {**base, **_onnx_op_profile(model, feeds, progress)}
+    ops = model.runner.ops() if hasattr(model.runner, "ops") else []
+    pkg = model.backend.split()[0]
+    return {
+        **base,
+        "reason": f"per-op time not exposed by the LiteRT Python API ({pkg}: the Interpreter "
+        "has no profiler hook); ops listed without times",
+        "ops": ops,
+        "op_counts": _count(o["op_name"] for o in ops),
+        "ops_note": "as the interpreter lists them; a DELEGATE node runs the ops a delegate "
+        "(XNNPACK by default) took over",
+    }
+
+
+def _count(names: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _onnx_op_profile(
+    model: Model, feeds: dict[str, np.ndarray], progress: Progress | None
+) -> dict[str, Any]:
+    """Trace OP_PROFILE_RUNS runs in a separate profiling session and aggregate the trace."""
+    from .backends.onnx import OnnxRunner
+
+    with tempfile.TemporaryDirectory(prefix="edgeopt-ortprof-") as tmp:
+        runner = OnnxRunner(
+            model.path.read_bytes(),
+            str(model.path),
+            threads=model.threads,
+            providers=getattr(model.runner, "providers", None),
+            profile_prefix=os.path.join(tmp, "ort"),
+        )
+        traced = Model(runner, model.path, manifest=model.manifest, entry=model.entry)
+        total = _OP_PROFILE_WARMUP + OP_PROFILE_RUNS
+        for i in range(total):
+            traced.run(feeds)
+            _report(progress, "op-profile", i + 1, total)
+        trace = runner.end_profiling()
+        if not trace or not Path(trace).is_file():
+            return {"reason": "ONNX Runtime wrote no profiling trace"}
+        events = json.loads(Path(trace).read_text(encoding="utf-8"))
+    out = aggregate_ort_trace(events, skip_runs=_OP_PROFILE_WARMUP)
+    out["source"] = "onnxruntime profiling trace (separate session with enable_profiling)"
+    return out
+
+
+def aggregate_ort_trace(events: list[dict[str, Any]], *, skip_runs: int = 0) -> dict[str, Any]:
+    """Aggregate an ONNX Runtime profiling trace by op type and by node.
+
+    Args:
+        events: the trace's JSON list (Chrome trace events).
+        skip_runs: leading ``model_run`` calls to ignore (warm-up).
+
+    Returns:
+        ``available``, ``runs``, ``by_op_type`` / ``by_node`` (mean ms per run and share of the
+        node total, largest first), ``node_total_ms_per_run`` and ``model_run_ms_per_run``.
+    """
+    windows = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[skip_runs:]
+    if not windows:
+        return {"available": False, "reason": "no model_run events in the ONNX Runtime trace"}
+    nodes: dict[str, dict[str, Any]] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if not any(a <= e["ts"] <= b for a, b in windows):
+            continue
+        args = e.get("args") or {}
+        node = nodes.setdefault(
+            name[: -len("_kernel_time")],
+            {"op_type": args.get("op_name", "?"), "provider": args.get("provider"), "us": 0},
+        )
+        node["us"] += e["dur"]
+    n = len(windows)
+    node_total_us = sum(v["us"] for v in nodes.values())
+    by_node = [
+        {
+            "name": k,
+            "op_type": v["op_type"],
+            "provider": v["provider"],
+            "mean_ms_per_run": v["us"] / n / 1e3,
+            "share": v["us"] / node_total_us if node_total_us else 0.0,
+        }
+        for k, v in sorted(nodes.items(), key=lambda kv: -kv[1]["us"])
+    ]
+    return {
+        "available": bool(by_node),
+        "reason": None if by_node else "no node events in the ONNX Runtime trace",
+        "runs": n,
+        "by_op_type": _by_op_type(by_node),
+        "by_node": by_node,
+        "node_total_ms_per_run": node_total_us / n / 1e3,
+        "model_run_ms_per_run": sum(b - a for a, b in windows) / n / 1e3,
+    }
+
+
+def _by_op_type(by_node: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for node in by_node:
+        g = groups.setdefault(
+            node["op_type"], {"op_type": node["op_type"], "nodes": 0, "mean_ms_per_run": 0.0}
+        )
+        g["nodes"] += 1
+        g["mean_ms_per_run"] += node["mean_ms_per_run"]
+    total = sum(g["mean_ms_per_run"] for g in groups.values())
+    for g in groups.values():
+        g["share"] = g["mean_ms_per_run"] / total if total else 0.0
+    return sorted(groups.values(), key=lambda g: -g["mean_ms_per_run"])
+
+
+# -- facts -------------------------------------------------------------------------------------
+def _model_info(model: Model) -> dict[str, Any]:
+    info = model.info()
+    return {
+        "path": info["path"],
+        "file": model.path.name,
+        "format": model.format,
+        "precision": info.get("precision"),
+        "size_bytes": info.get("size_bytes"),
+        "artifact_dir": str(model.manifest.directory) if model.manifest else None,
+        "target": model.manifest.target_name if model.manifest else None,
+        "inputs": [s.to_dict() for s in model.inputs],
+        "outputs": [s.to_dict() for s in model.outputs],
+    }
+
+
+def runtime_info(model: Model) -> dict[str, Any]:
+    """Backend name and version, delegate / providers and threads of a loaded model."""
+    from . import __version__
+
+    name, _, version = model.backend.partition(" ")
+    info = model.runner.info()
+    if model.threads:
+        effective = str(model.threads)
+    elif model.format == "tflite":
+        effective = "1 (LiteRT's default when num_threads is not set)"
+    else:
+        effective = "ONNX Runtime default (one per physical core)"
+    return {
+        "backend": name,
+        "backend_version": version or None,
+        "format": model.format,
+        "delegate": model.delegate,
+        "providers": info.get("providers"),
+        "threads": model.threads,
+        "threads_effective": effective,
+        "edgeopt_runtime": __version__,
+    }
+
+
+def host_info() -> dict[str, Any]:
+    """CPU model, machine, OS and Python of this host."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "numpy": np.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+    }
+
+
+def cpu_model() -> str:
+    """Human-readable CPU name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), best effort."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            fields = dict(
+                (k.strip().lower(), v.strip())
+                for k, _, v in (line.partition(":") for line in f)
+                if v.strip()
+            )
+        for key in ("model name", "hardware", "cpu model", "processor"):
+            value = fields.get(key)
+            if value and not value.isdigit():  # ARM's "processor : 0" is an index
+                return value
+        if "cpu part" in fields:
+            return f"ARM implementer {fields.get('cpu implementer')} part {fields['cpu part']}"
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=False,
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or "unknown"
+
+
+__all__ = [
+    "SCHEMA",
+    "ProfileResult",
+    "aggregate_ort_trace",
+    "host_info",
+    "latency_stats",
+    "profile",
+    "random_feeds",
+    "read_npz",
+    "run_checked",
+]
