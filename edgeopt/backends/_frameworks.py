@@ -1,0 +1,107 @@
+"""Lazy, quiet imports of the heavy frameworks, and a guard that keeps their chatter off stdout.
+
+TensorFlow, Keras and tf2onnx print progress to stdout from Python (``Saved artifact at ...``)
+and log to stderr from C++. ``edgeopt convert --json`` promises one JSON document on stdout, so
+every framework call that can print runs inside :func:`stdout_to_stderr`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from edgeopt_runtime.errors import MissingDependencyError
+
+
+def _quiet_env() -> None:
+    # Must be set before tensorflow is first imported to silence its C++ INFO/WARNING lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def import_tf() -> Any:
+    """Import tensorflow quietly.
+
+    Raises:
+        MissingDependencyError: tensorflow is not installed.
+    """
+    _quiet_env()
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise MissingDependencyError("tensorflow", "tensorflow", "to read Keras / SavedModel") from None
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return tf
+
+
+def import_keras() -> Any:
+    """Import keras (after tensorflow, so the TF backend and quiet settings apply)."""
+    import_tf()
+    import keras
+
+    return keras
+
+
+def import_onnx() -> Any:
+    """Import the onnx package.
+
+    Raises:
+        MissingDependencyError: onnx is not installed.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("onnx", "onnx", "to read and write ONNX models") from None
+    return onnx
+
+
+def import_tf2onnx() -> Any:
+    """Import tf2onnx with its INFO logging silenced."""
+    import_tf()
+    try:
+        import tf2onnx
+    except ImportError:
+        raise MissingDependencyError("tf2onnx", "tf2onnx", "to convert TF models to ONNX") from None
+    for name in ("tf2onnx", "tf2onnx.tfonnx", "tf2onnx.optimizer", "tf2onnx.tf_utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return tf2onnx
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Silence framework chatter for the duration: stdout and stderr, Python and C level.
+
+    TF / Keras / tf2onnx print progress to stdout (``Saved artifact at ...``) and C++ log lines
+    to stderr; errors still reach us as Python exceptions. ``EDGEOPT_DEBUG=1`` keeps the C-level
+    stderr for debugging. Falls back to a Python-level redirect when the streams have no file
+    descriptor (pytest capture).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    debug = os.environ.get("EDGEOPT_DEBUG", "") not in ("", "0")
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        try:
+            fds = [sys.__stdout__.fileno()] + ([] if debug else [sys.__stderr__.fileno()])
+        except (AttributeError, OSError, ValueError):
+            yield
+            return
+        saved = [os.dup(fd) for fd in fds]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in fds:
+                os.dup2(devnull, fd)
+            yield
+        finally:
+            for fd, keep in zip(fds, saved, strict=True):
+                os.dup2(keep, fd)
+                os.close(keep)
+            os.close(devnull)

@@ -1,0 +1,218 @@
+"""ONNX backend: TF sources through tf2onnx, ONNX sources as they are; then ONNX Runtime.
+
+Steps: float model (tf2onnx ``from_function``, or the cleaned source upgraded to opset >= 13)
+-> ``quant_pre_process`` (symbolic shape inference first; when that fails — it does on real
+transformers, and when sympy is absent — again with ``skip_symbolic_shape=True``; when even that
+fails, quantize the float model as it is) -> ``quantize_static`` (QDQ / QOperator, per-channel,
+the profile's activation / weight types, MinMax / Entropy / Percentile calibration) or
+``quantize_dynamic`` when ``profile.onnx.scheme == "dynamic"``.
+
+Measured on this host (ORT 1.32, MobileNetV2-224, 1 thread): QDQ int8 with uint8 activations
+runs 2.2-2.3x faster than float, with int8 activations only 1.3x — see targets/arm-cpu.toml.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgeopt_runtime.errors import CalibrationError, UnsupportedOpError
+from onnxruntime.quantization import CalibrationDataReader
+
+from ..sources import ModelSource, clean_onnx
+from ..targets import OnnxScheme, QuantFormat, QuantType, TargetProfile
+from . import Backend, BuildRequest, Built, Shapes, matching, register_backend
+from ._frameworks import import_onnx, import_tf2onnx, stdout_to_stderr
+
+TF2ONNX_OPSET = 17
+MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need the axis attribute
+
+
+class OnnxBackend:
+    """Keras / SavedModel / ONNX sources to int8 ``.onnx``."""
+
+    name = "onnx"
+    extension = ".onnx"
+
+    def refuses(self, source: ModelSource) -> str | None:
+        return None
+
+    def precisions(self, profile: TargetProfile) -> list[str]:
+        return ["dynamic" if profile.onnx.scheme is OnnxScheme.DYNAMIC else "int8"]
+
+    def build_float(self, source: ModelSource, input_shapes: Shapes, workdir: Path) -> Path:
+        tag = "dynamic" if any(d is None for s in input_shapes.values() for d in s) else "static"
+        out = workdir / f"float32_{tag}.onnx"
+        if out.is_file():
+            return out
+        onnx = import_onnx()
+        if source.is_tensorflow:
+            model = _from_tf(source, input_shapes)
+        else:
+            model = onnx.ModelProto()
+            model.CopyFrom(source.handle)
+            model = _prepare_onnx(onnx, model, input_shapes)
+        onnx.save(model, str(out))
+        return out
+
+    def build(self, req: BuildRequest) -> Built:
+        from onnxruntime import quantization as q
+
+        float_path = self.build_float(req.source, req.input_shapes, req.workdir)
+        details: dict[str, Any] = {}
+        pre = _preprocess(float_path, req.workdir, details)
+        nodes = [n.name for n in import_onnx().load(str(pre)).graph.node]
+        exclude = matching(nodes, req.keep_float)
+        if req.keep_float:
+            details["keep_float"] = exclude
+            if not exclude:
+                details["keep_float_unmatched"] = [p.pattern for p in req.keep_float]
+        spec = req.profile.onnx
+        try:
+            with stdout_to_stderr(), _quiet_ort_logging():
+                if req.precision == "dynamic":
+                    q.quantize_dynamic(
+                        str(pre), str(req.out_path),
+                        per_channel=req.profile.quantization.per_channel,
+                        reduce_range=spec.reduce_range,
+                        weight_type=_qtype(q, spec.weight_type),
+                        nodes_to_exclude=exclude,
+                    )
+                else:
+                    q.quantize_static(
+                        str(pre), str(req.out_path), _Reader(req),
+                        quant_format=q.QuantFormat.QDQ
+                        if spec.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
+                        per_channel=req.profile.quantization.per_channel,
+                        reduce_range=spec.reduce_range,
+                        activation_type=_qtype(q, spec.activation_type),
+                        weight_type=_qtype(q, spec.weight_type),
+                        nodes_to_exclude=exclude,
+                        calibrate_method=_method(q, req.calib_method.value),
+                    )
+        except CalibrationError:
+            raise
+        except Exception as exc:  # ORT raises ValueError / RuntimeError / its own Fail types
+            text = str(exc).strip().splitlines()
+            raise UnsupportedOpError(
+                f"{req.source.path}: ONNX {req.precision} quantization failed: "
+                f"{text[0][:300] if text else type(exc).__name__}"
+            ) from None
+        details.update(
+            activation_type=spec.activation_type.value,
+            weight_type=spec.weight_type.value,
+            quant_format=spec.quant_format.value,
+            calibration_method=req.calib_method.value if req.precision != "dynamic" else None,
+            ops=dict(op_counts(req.out_path)),
+        )
+        return Built(req.out_path, self.name, req.precision, details)
+
+
+def _qtype(q: Any, t: QuantType) -> Any:
+    return q.QuantType.QUInt8 if t is QuantType.UINT8 else q.QuantType.QInt8
+
+
+def _method(q: Any, name: str) -> Any:
+    return {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[name]
+
+
+class _Reader(CalibrationDataReader):
+    """ORT calibration reader over the calibration samples, cast to the input dtypes."""
+
+    def __init__(self, req: BuildRequest) -> None:
+        self._dtypes = {s.name: np.dtype(s.dtype) for s in req.source.inputs}
+        self._it = iter(req.calib or ())
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        sample = next(self._it, None)
+        if sample is None:
+            return None
+        return {k: np.asarray(v, dtype=self._dtypes[k]) for k, v in sample.items()}
+
+
+class _quiet_ort_logging:  # noqa: N801 - used as a context manager
+    """ORT's quantizer logs warnings through the root logger; keep them at ERROR meanwhile."""
+
+    def __enter__(self) -> None:
+        self._root = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().setLevel(self._root)
+
+
+def _from_tf(source: ModelSource, shapes: Shapes) -> Any:
+    """tf2onnx ``from_function`` (``from_keras`` fails on Keras 3: KeyError keras_tensor_N)."""
+    from ._tfgraph import tf_function
+
+    tf2onnx = import_tf2onnx()
+    fn, spec = tf_function(source, shapes)
+    try:
+        with stdout_to_stderr():
+            model, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=TF2ONNX_OPSET)
+    except Exception as exc:  # tf2onnx raises ValueError / KeyError / RuntimeError
+        text = str(exc).strip().splitlines()
+        raise UnsupportedOpError(
+            f"{source.path}: tf2onnx could not convert the model: "
+            f"{text[0][:300] if text else type(exc).__name__}"
+        ) from None
+    return model
+
+
+def _prepare_onnx(onnx: Any, model: Any, shapes: Shapes) -> Any:
+    """Old opsets up to 13, initializer-inputs dropped, and static dims where the target wants."""
+    model, _ = clean_onnx(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_QDQ_OPSET:
+        model = onnx.version_converter.convert_version(model, MIN_QDQ_OPSET)
+    for value in model.graph.input:
+        wanted = shapes.get(value.name)
+        if wanted is None:
+            continue
+        for dim, size in zip(value.type.tensor_type.shape.dim, wanted, strict=False):
+            if size is not None and not (dim.HasField("dim_value") and dim.dim_value == size):
+                dim.Clear()
+                dim.dim_value = size
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _preprocess(float_path: Path, workdir: Path, details: dict[str, Any]) -> Path:
+    """``quant_pre_process`` with the fallbacks described in the module docstring."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = workdir / f"{float_path.stem}_pre.onnx"
+    if out.is_file():
+        details["preprocess"] = (workdir / f"{out.name}.mode").read_text()
+        return out
+    attempts = (("symbolic", False), ("onnx-shape-only", True))
+    mode = "none"
+    for name, skip_symbolic in attempts:
+        try:
+            with stdout_to_stderr(), _quiet_ort_logging():
+                quant_pre_process(str(float_path), str(out), skip_symbolic_shape=skip_symbolic)
+            mode = name
+            break
+        except Exception:  # ImportError (no sympy), "Incomplete symbolic shape inference", ...
+            out.unlink(missing_ok=True)
+    if mode == "none":
+        out.write_bytes(float_path.read_bytes())
+    (workdir / f"{out.name}.mode").write_text(mode)
+    details["preprocess"] = mode
+    return out
+
+
+def op_counts(path: Path) -> Counter[str]:
+    """Node count per op type of an ONNX file (QuantizeLinear / DequantizeLinear included)."""
+    onnx = import_onnx()
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+BACKEND: Backend = OnnxBackend()
+register_backend(BACKEND)
