@@ -17,11 +17,12 @@ writer encodes them for JSON. No tensorflow import here: this module must stay c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from edgeopt_runtime.errors import CalibrationError, InputError
+from edgeopt_runtime.errors import CalibrationError, EdgeOptError, InputError
 
 # A row is read as a probability distribution when it is non-negative and sums to 1 within this.
 _PROB_SUM_TOL = 1e-3
@@ -531,3 +532,101 @@ def bootstrap_drop_ci(
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(drops, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- gates
+
+
+def parse_max_drop(text: str) -> tuple[float, bool]:
+    """``"1.5"`` -> (1.5, False) accuracy points; ``"2%"`` -> (2.0, True) percent of float.
+
+    Raises:
+        EdgeOptError: not a non-negative number, optionally followed by ``%``.
+    """
+    raw = text.strip()
+    relative = raw.endswith("%")
+    try:
+        value = float(raw[:-1] if relative else raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise EdgeOptError(f"--max-drop: expected a number of accuracy points (e.g. 1.5) or a "
+                           f"percentage of the float metric (e.g. 2%), got {text!r}")
+    return value, relative
+
+
+def evaluate_gates(
+    drift: Sequence[Mapping[str, Any]],
+    task: Mapping[str, Any] | None,
+    *,
+    max_drop: tuple[float, bool] | None = None,
+    drop_metric: str = "accuracy",
+    min_sqnr: float | None = None,
+    min_cosine: float | None = None,
+) -> dict[str, Any]:
+    """Check drift and task metrics against budgets; a gate that cannot be evaluated fails.
+
+    Args:
+        drift: ``compare_outputs`` results.
+        task: ``task_metrics`` result, or None without labels.
+        max_drop: ``parse_max_drop`` result: points (percentage points) or percent of float.
+        drop_metric: the task metric the drop budget applies to.
+        min_sqnr: every output's SQNR must be at least this (dB).
+        min_cosine: every output's cosine similarity must be at least this.
+
+    Returns:
+        ``{"passed": bool, "results": [{"gate", "threshold", "value", "passed", "message"}]}``.
+    """
+    results: list[dict[str, Any]] = []
+    if max_drop is not None:
+        results.append(_drop_gate(task, max_drop, drop_metric))
+    for key, gate, unit, threshold in (("sqnr_db", "min-sqnr", " dB", min_sqnr),
+                                       ("cosine", "min-cosine", "", min_cosine)):
+        if threshold is not None:
+            results.extend(_output_gate(drift, key, gate, unit, threshold))
+    return {"passed": all(r["passed"] for r in results), "results": results}
+
+
+def _drop_gate(task: Mapping[str, Any] | None, max_drop: tuple[float, bool],
+               metric: str) -> dict[str, Any]:
+    budget, relative = max_drop
+    unit = "% of float" if relative else " points"
+    gate = {"gate": "max-drop", "metric": metric, "threshold": budget,
+            "relative": relative, "value": None, "passed": False}
+    entry = ((task or {}).get("metrics") or {}).get(metric)
+    if entry is None:
+        why = ((task or {}).get("skipped") or {}).get("all") or f"no {metric!r} task metric"
+        gate["message"] = f"max-drop: could not be evaluated ({why})"
+        return gate
+    drop = float(entry["drop"])
+    if relative:
+        value = 100.0 * drop / entry["float"] if entry["float"] else float("inf")
+    else:
+        value = 100.0 * drop  # metrics are fractions; the budget is in points
+    gate["value"] = value
+    gate["passed"] = value <= budget
+    verdict = "<=" if gate["passed"] else ">"
+    gate["message"] = (f"max-drop: {metric} drop {value:.2f}{unit} {verdict} {budget:g}{unit}"
+                       + ("" if gate["passed"] else f" (over by {value - budget:.2f}{unit})"))
+    return gate
+
+
+def _output_gate(drift: Sequence[Mapping[str, Any]], key: str, gate: str, unit: str,
+                 threshold: float) -> list[dict[str, Any]]:
+    out = []
+    for o in drift:
+        value = (o.get("metrics") or {}).get(key)
+        r = {"gate": gate, "output": o["name"], "threshold": threshold, "value": value}
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            why = (o.get("skipped") or {}).get(key) or (o.get("skipped") or {}).get("all")
+            r.update(passed=False, message=f"{gate}: output {o['name']!r}: could not be "
+                     f"evaluated ({why or 'no value'})")
+        else:
+            r["passed"] = value >= threshold
+            verdict = ">=" if r["passed"] else "<"
+            r["message"] = (f"{gate}: output {o['name']!r} {key} {value:.4g}{unit} {verdict} "
+                            f"{threshold:g}{unit}"
+                            + ("" if r["passed"] else
+                               f" (short by {threshold - value:.4g}{unit})"))
+        out.append(r)
+    return out
