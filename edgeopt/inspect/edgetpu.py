@@ -75,49 +75,37 @@ _OP_ADVICE = {
 
 
 def _tensor_reasons(op: OpInfo, target: TargetProfile) -> list[dict[str, str]]:
-    """dtype and shape rules on every tensor the op touches."""
-    out: list[dict[str, str]] = []
+    """dtype and shape rules on every tensor the op touches, one reason per rule."""
+    found: dict[str, list[str]] = {}
     shapes = target.shapes
     inner = shapes.max_non_unit_dims
     for t in (*op.inputs, *op.outputs):
-        where = f"tensor '{t.name}'"
+        desc = f"'{t.name}' {t.dtype}{R.shape_str(t)}"
         if t.is_constant:
             if t.dtype not in _CONST_OK:
-                out.append(R.reason(R.NOT_INT8, f"not int8: constant {where} is {t.dtype}"))
+                found.setdefault(R.NOT_INT8, []).append("constant " + desc)
             continue
         if t.dtype not in _INT8:
-            out.append(R.reason(R.NOT_INT8, f"not int8: {where} is {t.dtype}"))
+            found.setdefault(R.NOT_INT8, []).append(desc)
         if t.is_dynamic and shapes.static:
-            out.append(
-                R.reason(R.DYNAMIC_SHAPE, f"dynamic shape: {where} has shape {R.shape_str(t)}")
-            )
-        dims = t.shape_signature if t.is_dynamic else t.shape
+            found.setdefault(R.DYNAMIC_SHAPE, []).append(desc)
+        dims = t.shape_signature
         if shapes.max_rank and len(dims) > shapes.max_rank:
-            out.append(
-                R.reason(
-                    R.RANK_TOO_HIGH,
-                    f"{where} has rank {len(dims)} > {shapes.max_rank} ({R.shape_str(t)})",
-                )
-            )
-        elif inner and len(dims) > inner and any(d != 1 for d in dims[:-inner]):
-            out.append(
-                R.reason(
-                    R.TOO_MANY_NON_UNIT_DIMS,
-                    f"more than the {inner} innermost dimensions of {where} are larger than 1 "
-                    f"({R.shape_str(t)})",
-                )
-            )
-    return _dedupe(out)
+            found.setdefault(R.RANK_TOO_HIGH, []).append(desc)
+        elif inner and len(dims) > inner and any(d > 1 for d in dims[:-inner]):
+            found.setdefault(R.TOO_MANY_NON_UNIT_DIMS, []).append(desc)
+    lead = {
+        R.NOT_INT8: "not int8",
+        R.DYNAMIC_SHAPE: "dynamic shape",
+        R.RANK_TOO_HIGH: f"rank above {shapes.max_rank}",
+        R.TOO_MANY_NON_UNIT_DIMS: f"more than the {inner} innermost dimensions larger than 1",
+    }
+    return [R.reason(code, f"{lead[code]}: {_listing(items)}") for code, items in found.items()]
 
 
-def _dedupe(reasons: list[dict[str, str]]) -> list[dict[str, str]]:
-    seen: set[str] = set()
-    out = []
-    for r in reasons:
-        if r["message"] not in seen:
-            seen.add(r["message"])
-            out.append(r)
-    return out
+def _listing(items: list[str], limit: int = 2) -> str:
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 def _axes(op: OpInfo, pos: int) -> tuple[int, ...] | None:
@@ -305,7 +293,22 @@ def analyze(graph: TFLiteGraph, target: TargetProfile) -> dict[str, Any]:
         "ops": entries,
         "summary": R.summary(entries, "the Edge TPU", first),
         "partition": _partition_block(graph, entries, tpu, breakers, len(delegated)),
+        "notes": _model_notes(graph),
     }
+
+
+def _model_notes(graph: TFLiteGraph) -> list[str]:
+    notes = [
+        "prediction: Coral's documented rules + TFLite's partitioner; edgetpu_compiler is "
+        "closed-source and can still leave an op on the CPU for size/precision reasons"
+    ]
+    quantized = any(t.dtype in _INT8 and t.quantization for t in graph.tensors)
+    if not quantized:
+        notes.append(
+            "no int8 tensors: edgetpu_compiler refuses this model ('Invalid model ... Model not "
+            "quantized'); convert it with full-integer int8 quantization first"
+        )
+    return notes
 
 
 def _notes(op: OpInfo) -> list[str]:
@@ -548,10 +551,16 @@ def _collect(work: Path, out_dir: Path, src: Path, result: dict[str, Any]) -> di
 
 
 def _cpu_ops_of(path: Path) -> list[dict[str, Any]] | None:
-    """Ops left outside ``edgetpu-custom-op`` in a compiled model: exactly what runs on the CPU."""
+    """Ops left outside ``edgetpu-custom-op`` in a compiled model: exactly what runs on the CPU.
+
+    None when the file cannot be read or holds no ``edgetpu-custom-op`` (then it says nothing
+    about placement).
+    """
     try:
         graph = read_tflite(path)
     except Exception:  # noqa: BLE001 - the compiled model is informative only
+        return None
+    if not any(op.name == "CUSTOM:edgetpu-custom-op" for op in graph.ops):
         return None
     return [
         {"op": op.name, "outputs": [t.name for t in op.outputs]}
