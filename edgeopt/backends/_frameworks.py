@@ -35,7 +35,7 @@ def import_tf() -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise MissingDependencyError("tensorflow", "tensorflow", "to read Keras / SavedModel") from None
+        raise MissingDependencyError("tensorflow", "tensorflow", "to read TF models") from None
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
     return tf

@@ -1,0 +1,154 @@
+"""Output staging and artifact manifests.
+
+``Staging`` builds the whole output in a temporary folder next to ``OUT`` and renames it into
+place only when everything succeeded; any failure, Ctrl-C or SIGTERM removes the temporary
+folder, so ``OUT`` is either the previous content or the complete new one, never half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edgeopt_runtime import Model
+from edgeopt_runtime.errors import EdgeOptError
+from edgeopt_runtime.manifest import MANIFEST_NAME, ModelEntry, sha256_file, write_manifest
+
+from .targets import TargetProfile
+
+REPORT_NAME = "report.json"
+_TMP_PREFIX = ".edgeopt-tmp-"
+
+
+class OutputError(EdgeOptError):
+    """The output directory cannot be used (exists and is not empty, is a file, ...)."""
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an output path that is unusable, before any work starts.
+
+    Raises:
+        OutputError: ``out`` is a file; or a non-empty directory without ``force``; or, with
+            ``force``, a non-empty directory that does not look like edgeopt output (so a typo
+            like ``--out .`` cannot delete unrelated files).
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise OutputError(
+            f"{out}: output directory exists and is not empty; pass --force to replace it, "
+            "or choose another --out"
+        )
+    if not looks_like_output(out):
+        raise OutputError(
+            f"{out}: refusing to replace a non-empty directory that is not edgeopt output "
+            f"(no {REPORT_NAME} or */{MANIFEST_NAME}); choose another --out"
+        )
+
+
+def looks_like_output(out: Path) -> bool:
+    """True when ``out`` holds a previous edgeopt convert result."""
+    return (out / REPORT_NAME).is_file() or any(out.glob(f"*/{MANIFEST_NAME}"))
+
+
+class Staging:
+    """Context manager: a temp folder next to ``out``; ``commit()`` swaps it into place.
+
+    On exit without ``commit()`` (error, KeyboardInterrupt, SIGTERM) the temp folder is removed.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.tmp: Path | None = None
+        self._committed = False
+        self._old_term: Any = None
+
+    def __enter__(self) -> Staging:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{self.out.name}{_TMP_PREFIX}"
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.out.parent))
+        # mkdtemp makes the folder 0700; the final OUT should get the usual umask permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM becomes KeyboardInterrupt so the same cleanup path runs.
+            self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def path(self, *parts: str) -> Path:
+        assert self.tmp is not None
+        return self.tmp.joinpath(*parts)
+
+    def commit(self, drop: tuple[str, ...] = ()) -> None:
+        """Delete ``drop`` (scratch folders) from the stage, then move it to ``out``."""
+        assert self.tmp is not None
+        for name in drop:
+            shutil.rmtree(self.tmp / name, ignore_errors=True)
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.edgeopt-old-{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        self._committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+        if not self._committed and self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def model_entry(path: Path, fmt: str, precision: str, loaded: Model) -> ModelEntry:
+    """A manifest entry for ``path``, with IO specs (incl. scale / zero point) as the runtime
+    reads them from the produced model file."""
+    return ModelEntry(
+        file=path.name,
+        format=fmt,
+        precision=precision,
+        sha256=sha256_file(path),
+        size_bytes=path.stat().st_size,
+        inputs=[s.to_dict() for s in loaded.inputs],
+        outputs=[s.to_dict() for s in loaded.outputs],
+    )
+
+
+def write_target_manifest(
+    directory: Path,
+    profile: TargetProfile,
+    entries: list[ModelEntry],
+    *,
+    source: dict[str, Any],
+    calibration: dict[str, Any],
+    preprocessing: dict[str, Any] | None,
+    tools: dict[str, Any],
+) -> Path:
+    """Write ``directory/manifest.json`` (schema ``edgeopt.manifest/1``) for one target."""
+    return write_manifest(
+        directory,
+        {
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "target": {"name": profile.name, "description": profile.description},
+            "runtime": profile.runtime_manifest(),
+            "models": [e.to_dict() for e in entries],
+            "source": source,
+            "preprocessing": preprocessing,
+            "calibration": calibration,
+            "tools": tools,
+        },
+    )

@@ -1,0 +1,104 @@
+"""``edgeopt convert MODEL --target T [--target ...] --calib PATH``: the product's main job.
+
+Writes ``OUT/<target>/`` (model files + ``manifest.json``) and ``OUT/report.{json,md,html}``.
+``--json`` prints the report as one JSON document on stdout; progress goes to stderr when it is a
+terminal. Errors a user can cause exit with code 2 and leave nothing under OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+_FORMATS = ["tflite", "onnx", "all"]
+_METHODS = ["minmax", "entropy", "percentile"]
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def say(message: str) -> None:
+        click.echo(f"edgeopt: {message}", err=True)
+
+    return say
+
+
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    """One line per artifact: size ratio, p50 speedup, SQNR / cosine of the first output."""
+    lines = []
+    if report.get("synthetic_calibration"):
+        lines.append("WARNING: calibrated on SYNTHETIC data (--allow-synthetic); do not ship")
+    for t in report["targets"]:
+        for a in t["artifacts"]:
+            lat = a["latency"]
+            first = (a["drift"] or [{}])[0].get("metrics", {})
+            lines.append(
+                f"{a['path']}: {a['size_bytes']} bytes ({a['size_ratio']:.2f}x float), "
+                f"p50 {lat['quantized']['p50_ms']:.3g} ms vs float {lat['float']['p50_ms']:.3g} "
+                f"ms ({lat['speedup_p50']:.2f}x), SQNR {first.get('sqnr_db', float('nan')):.1f} "
+                f"dB, cosine {first.get('cosine', float('nan')):.5f}"
+            )
+        lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
+    return lines
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "targets", multiple=True, required=True, metavar="NAME_OR_TOML",
+              help="Built-in target name (see `edgeopt targets list`) or a profile .toml path. "
+              "Repeatable.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration data: .npz, .npy, an image folder or a folder of .npy/.npz.")
+@click.option("--val", type=click.Path(path_type=Path),
+              help="Validation data for drift (default: the calibration data).")
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="all", show_default=True,
+              help="Output format(s); 'all' = every format each target allows.")
+@click.option("--calib-method", type=click.Choice(_METHODS),
+              help="Calibration method (default: the target profile's). TFLite uses min/max.")
+@click.option("--num-calib", type=click.IntRange(min=1), metavar="N",
+              help="Use a seeded random subset of N calibration samples.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the subset choice (and of synthetic data).")
+@click.option("--keep-float", multiple=True, metavar="REGEX",
+              help="Leave layers whose TFLite tensor / ONNX node name matches REGEX in float "
+              "(re.search). Repeatable. Refused on targets without float fallback.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Output directory.")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty OUT of edgeopt output.")
+@click.option("--allow-synthetic", is_flag=True,
+              help="Without --calib: calibrate on seeded random data (marked loudly in report).")
+@click.option("--trust-model", is_flag=True,
+              help="Let Keras run Python code stored in the model (Lambda layers). Trusted files "
+              "only.")
+@click.option("--latency-runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed runs per model for the float-vs-quantized latency.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def command(
+    model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
+    calib_method: str | None, num_calib: int | None, seed: int, keep_float: tuple[str, ...],
+    out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
+    as_json: bool,
+) -> None:
+    """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
+
+    Example: edgeopt convert model.keras --target arm-cpu --target edgetpu --calib calib.npz
+    """
+    from edgeopt.convert import convert
+    from edgeopt.report import dumps
+
+    report = convert(
+        model, list(targets), calib, val=val, formats=fmt, calib_method=calib_method,
+        num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
+        allow_synthetic=allow_synthetic, trust_model=trust_model,
+        progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
+    )
+    if as_json:
+        click.echo(dumps(report.data), nl=False)
+        return
+    for line in _summary_lines(report.data):
+        click.echo(line)
+    click.echo(f"wrote {out}/ (report: {out / 'report.md'}, {out / 'report.html'})")
