@@ -107,11 +107,15 @@ def _keras_output_layers(model: Any) -> list[str | None]:
 
 def _load_source(source: Any) -> tuple[Any, Any]:
     """(TFLiteConverter, keras model or None) for a Keras model object, .keras/.h5 or SavedModel."""
-    import tensorflow as tf
+    from edgeopt.backends._frameworks import import_keras, import_tf
+
+    tf = import_tf()
 
     if not isinstance(source, (str, Path)):
         return tf.lite.TFLiteConverter.from_keras_model(source), source
     path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such source model (file or SavedModel directory)")
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
             raise ModelLoadError(f"{path}: directory is not a SavedModel (no saved_model.pb)")
@@ -121,9 +125,7 @@ def _load_source(source: Any) -> tuple[Any, Any]:
             f"{path}: per-layer TFLite analysis needs the float source model "
             f"(.keras, .h5 or a SavedModel directory), got {path.suffix or 'no extension'}"
         )
-    import keras
-
-    model = keras.models.load_model(str(path), compile=False)
+    model = import_keras().models.load_model(str(path), compile=False)
     return tf.lite.TFLiteConverter.from_keras_model(model), model
 
 
@@ -174,10 +176,32 @@ def tflite_layer_report(
         ModelLoadError: the source is not a Keras model or SavedModel.
         InputError: samples do not match the model inputs.
     """
-    import tensorflow as tf
+    from edgeopt.backends._frameworks import import_tf, stdout_to_stderr
 
-    converter, keras_model = _load_source(source)
-    calib = calibration if calibration is not None else samples
+    tf = import_tf()
+    # TF and Keras print progress on stdout; `--json` promises stdout holds only the report.
+    with stdout_to_stderr():
+        converter, keras_model = _load_source(source)
+        dbg = _run_debugger(tf, converter, samples,
+                            calibration if calibration is not None else samples)
+    layer_names = keras_layer_names(keras_model) if keras_model is not None else []
+    outputs = _keras_output_layers(keras_model) if keras_model is not None else []
+    entries = [_tflite_entry(dbg, name, stats, layer_names, outputs)
+               for name, stats in dbg.layer_statistics.items()]
+    return {
+        "available": True,
+        "method": TFLITE_METHOD,
+        "metric": "sqnr_db",
+        "scope": "per op: int8 op vs its float twin fed the same dequantized inputs "
+                 "(the layer's own error, not accumulated)",
+        "num_samples": len(samples),
+        "layers": rank_layers(entries),
+    }
+
+
+def _run_debugger(tf: Any, converter: Any, samples: Sequence[Sample],
+                  calib: Sequence[Sample]) -> Any:
+    """Calibrate, build the debug model and run it with signal/noise power metrics."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # Input order is only known after conversion; the first sample's order serves calibration.
     probe_names = list(calib[0]) if calib else []
@@ -198,19 +222,7 @@ def tflite_layer_report(
         debug_options=opts,
     )
     dbg.run()
-    layer_names = keras_layer_names(keras_model) if keras_model is not None else []
-    outputs = _keras_output_layers(keras_model) if keras_model is not None else []
-    entries = [_tflite_entry(dbg, name, stats, layer_names, outputs)
-               for name, stats in dbg.layer_statistics.items()]
-    return {
-        "available": True,
-        "method": TFLITE_METHOD,
-        "metric": "sqnr_db",
-        "scope": "per op: int8 op vs its float twin fed the same dequantized inputs "
-                 "(the layer's own error, not accumulated)",
-        "num_samples": len(data),
-        "layers": rank_layers(entries),
-    }
+    return dbg
 
 
 def _signal_power(f: np.ndarray, q: np.ndarray, scale: float, zp: int) -> float:

@@ -1,0 +1,161 @@
+"""``edgeopt diff OLD_REPORT NEW_REPORT``: what changed in latency, size and drift.
+
+Works on any two ``edgeopt.report/1`` files (compare or convert, or one of each: entries are
+matched by key — ``candidate`` for a compare report, ``<target> · <file>`` for a convert
+report's artifacts). A change counts as a regression when it moves the wrong way by more than
+the quantity's tolerance (latency is noisy, so it gets a relative tolerance; sizes and drift are
+deterministic for the same data and get small absolute ones).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+DIFF_SCHEMA = "edgeopt.diff/1"
+# what -> (direction: +1 higher is better / -1 lower is better, absolute tol, relative tol)
+_TOLERANCE: dict[str, tuple[int, float, float]] = {
+    "size bytes": (-1, 0.0, 0.005),
+    "latency p50 float ms": (-1, 0.0, 0.10),
+    "latency p50 quantized ms": (-1, 0.0, 0.10),
+    "speedup p50": (+1, 0.0, 0.10),
+    "SQNR dB": (+1, 0.5, 0.0),
+    "cosine": (+1, 1e-4, 0.0),
+    "top-1 agreement": (+1, 0.0, 0.0),
+    "max abs error": (-1, 0.0, 0.05),
+    "quantized": (+1, 0.0, 0.0),
+    "drop": (-1, 0.0, 0.0),
+    "worst layer SQNR dB": (+1, 0.5, 0.0),
+    "gates passed": (+1, 0.0, 0.0),
+}
+
+
+def _entries(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """key -> {quantity: value} for every evaluation in a report."""
+    from edgeopt.report import _size, evaluations, latency_pair
+
+    out: dict[str, dict[str, float]] = {}
+    for title, sec in evaluations(report):
+        q: dict[str, Any] = {"size bytes": _size(sec)[1]}
+        ref, cand = latency_pair(sec)
+        q["latency p50 float ms"] = (ref or {}).get("p50_ms")
+        q["latency p50 quantized ms"] = (cand or {}).get("p50_ms")
+        if q["latency p50 float ms"] and q["latency p50 quantized ms"]:
+            q["speedup p50"] = q["latency p50 float ms"] / q["latency p50 quantized ms"]
+        for o in sec.get("drift") or []:
+            m = o.get("metrics") or {}
+            for label, key in (("SQNR dB", "sqnr_db"), ("cosine", "cosine"),
+                               ("top-1 agreement", "top1_agreement"),
+                               ("max abs error", "max_abs_error")):
+                q[f"{o.get('name')}: {label}"] = m.get(key)
+        for name, t in (((sec.get("task") or {}).get("metrics")) or {}).items():
+            q[f"{name}: quantized"] = t.get("quantized")
+            q[f"{name}: drop"] = t.get("drop")
+        layers = (sec.get("per_layer") or {}).get("layers") or []
+        if layers:
+            q["worst layer SQNR dB"] = layers[0].get("sqnr_db")
+        gates = sec.get("gates") or report.get("gates")
+        if gates and gates.get("results"):
+            q["gates passed"] = 1.0 if gates.get("passed") else 0.0
+        out[title] = {k: v for k, v in q.items() if isinstance(v, (int, float))}
+    return out
+
+
+def _rule(what: str) -> tuple[int, float, float]:
+    base = what.rsplit(": ", 1)[-1]
+    return _TOLERANCE.get(what) or _TOLERANCE.get(base) or (0, 0.0, 0.0)
+
+
+def _change(what: str, old: float, new: float) -> dict[str, Any] | None:
+    if old == new or (math.isnan(old) and math.isnan(new)):
+        return None
+    direction, abs_tol, rel_tol = _rule(what)
+    delta = new - old
+    rel = delta / abs(old) if old and math.isfinite(old) else None
+    tol = max(abs_tol, rel_tol * abs(old) if math.isfinite(old) else 0.0)
+    worse = direction != 0 and direction * delta < 0 and abs(delta) > tol
+    better = direction != 0 and direction * delta > 0 and abs(delta) > tol
+    return {"what": what, "old": old, "new": new, "delta": delta, "relative": rel,
+            "worse": bool(worse), "better": bool(better)}
+
+
+def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Compare two parsed reports.
+
+    Returns:
+        ``{"schema": "edgeopt.diff/1", "entries": [{"key", "status", "changes": [...]}],
+        "regressions": int}``; each change ``{"what", "old", "new", "delta", "relative",
+        "worse", "better"}``.
+    """
+    a, b = _entries(old), _entries(new)
+    entries = []
+    for key in list(a) + [k for k in b if k not in a]:
+        if key not in b or key not in a:
+            entries.append({"key": key, "status": "removed" if key not in b else "added",
+                            "changes": []})
+            continue
+        changes = [c for what in a[key] if what in b[key]
+                   and (c := _change(what, float(a[key][what]), float(b[key][what])))]
+        # A quantity that disappeared (e.g. per-layer not run this time) is worth a line.
+        changes += [{"what": what, "old": a[key][what], "new": None, "delta": None,
+                     "relative": None, "worse": False, "better": False}
+                    for what in a[key] if what not in b[key]]
+        entries.append({"key": key, "status": "changed" if changes else "same",
+                        "changes": changes})
+    regressions = sum(c["worse"] for e in entries for c in e["changes"])
+    return {"schema": DIFF_SCHEMA, "entries": entries, "regressions": regressions}
+
+
+def _fmt_delta(c: Mapping[str, Any]) -> str:
+    if c["delta"] is None:
+        return "(no longer reported)"
+    rel = f" ({100 * c['relative']:+.1f}%)" if c.get("relative") is not None else ""
+    return f"{c['delta']:+.4g}{rel}"
+
+
+def render_diff(d: Mapping[str, Any]) -> str:
+    """Human-readable text of :func:`diff_reports`."""
+    from edgeopt.report import fmt
+
+    lines = []
+    for e in d["entries"]:
+        if e["status"] in ("added", "removed"):
+            lines.append(f"{e['key']}: {e['status']}")
+            continue
+        if not e["changes"]:
+            lines.append(f"{e['key']}: no change")
+            continue
+        lines.append(f"{e['key']}:")
+        width = max(len(c["what"]) for c in e["changes"])
+        for c in e["changes"]:
+            flag = "  WORSE" if c["worse"] else "  better" if c["better"] else ""
+            lines.append(f"  {c['what']:<{width}}  {fmt(c['old']):>10} -> {fmt(c['new']):>10}  "
+                         f"{_fmt_delta(c)}{flag}")
+    lines.append(f"{d['regressions']} regression(s)")
+    return "\n".join(lines)
+
+
+@click.command("diff")
+@click.argument("old_report", type=click.Path(path_type=Path))
+@click.argument("new_report", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
+@click.option("--fail-on-regression", is_flag=True,
+              help="Exit 1 when anything got worse beyond its tolerance (for CI).")
+def command(old_report: Path, new_report: Path, as_json: bool, fail_on_regression: bool) -> None:
+    """Show what changed in latency, size and drift between two edgeopt reports.
+
+    OLD_REPORT and NEW_REPORT are report.json files (or the folders holding them).
+    """
+    import sys
+
+    from edgeopt.report import dumps, load_report
+
+    d = diff_reports(load_report(old_report), load_report(new_report))
+    d = {**d, "old": str(old_report), "new": str(new_report)}
+    click.echo(dumps(d) if as_json else render_diff(d), nl=not as_json)
+    if fail_on_regression and d["regressions"]:
+        sys.exit(1)
