@@ -562,3 +562,42 @@ def test_peak_memory_independent_of_sample_count_images(tmp_path: Path) -> None:
     assert peaks[1000] < total / 20, peaks
     # The file listing grows with the count (~70 B a name), the sample data (27 KiB) must not.
     assert peaks[1000] - peaks[100] < 150 * 1024, peaks
+
+
+# ---------------------------------------------------------------------- shipped example data
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "calibration_data" / "digits"
+DIGIT_INPUT = TensorSpec("input", (None, 16, 16, 1), "float32")
+
+
+def test_shipped_digits_sets() -> None:
+    calib = open_calibration(DIGITS / "calib.npz", [DIGIT_INPUT])
+    val = open_calibration(DIGITS / "val.npz", [DIGIT_INPUT])
+    assert (calib.count, val.count) == (200, 300)
+    assert calib.warnings == [] and calib.ranges["input"] == (0.0, 1.0)
+    for src in (calib, val):
+        assert src.labels is not None and set(src.labels.tolist()) == set(range(10))
+    # The PNGs are the first 32 calibration samples: same values bit for bit.
+    images = open_calibration(DIGITS / "images", [DIGIT_INPUT])
+    assert images.count == 32
+    first = [s["input"] for _, s in zip(range(32), calib, strict=False)]
+    np.testing.assert_array_equal(np.concatenate([s["input"] for s in images]),
+                                  np.concatenate(first))
+
+
+def test_shipped_model_is_small_and_accurate() -> None:
+    keras = pytest.importorskip("keras")
+    val = open_calibration(DIGITS / "val.npz", [DIGIT_INPUT])
+    x = np.concatenate([s["input"] for s in val])
+    probs = {}
+    for name in ("digits_cnn.keras", "digits_cnn.h5"):
+        path = ROOT / "examples" / name
+        assert path.stat().st_size < 200 * 1024
+        model = keras.saving.load_model(path, compile=False)
+        assert model.inputs[0].name == "input" and tuple(model.inputs[0].shape) == (None, 16, 16, 1)
+        kinds = {type(layer).__name__ for layer in model.layers}
+        assert kinds <= {"InputLayer", "Conv2D", "MaxPooling2D", "GlobalAveragePooling2D", "Dense"}
+        probs[name] = model(x, training=False).numpy()
+    assert (probs["digits_cnn.keras"].argmax(1) == val.labels).mean() > 0.9
+    np.testing.assert_allclose(probs["digits_cnn.keras"], probs["digits_cnn.h5"], atol=1e-6)
