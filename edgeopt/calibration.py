@@ -99,11 +99,16 @@ class Preprocessing:
             problems.append(f"std must be non-zero, got {self.std}")
         if len(self.mean) > 1 and len(self.std) > 1 and len(self.mean) != len(self.std):
             problems.append(f"mean {self.mean} and std {self.std} differ in length")
-        for name, allowed in (("layout", _LAYOUTS), ("channel_order", _CHANNEL_ORDERS),
-                              ("color", _COLORS), ("interpolation", _INTERPOLATIONS)):
+        for name, allowed in (
+            ("layout", _LAYOUTS),
+            ("channel_order", _CHANNEL_ORDERS),
+            ("color", _COLORS),
+            ("interpolation", _INTERPOLATIONS),
+        ):
             if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {', '.join(allowed)}, "
-                                f"got {getattr(self, name)!r}")
+                problems.append(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         if problems:
             raise CalibrationError("invalid preprocessing: " + "; ".join(problems))
 
@@ -129,8 +134,10 @@ class Preprocessing:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise CalibrationError(f"invalid preprocessing: unknown keys {', '.join(unknown)} "
-                                   f"(known: {', '.join(sorted(known))})")
+            raise CalibrationError(
+                f"invalid preprocessing: unknown keys {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
         return cls(**d)
 
 
@@ -152,8 +159,13 @@ class CalibrationReader(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, path: Path, display: str, inputs: list[TensorSpec],
-                 preprocessing: Preprocessing | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        inputs: list[TensorSpec],
+        preprocessing: Preprocessing | None,
+    ) -> None:
         self.path, self.display, self.inputs = path, display, inputs
         self.preprocessing = preprocessing
         self.count = 0
@@ -191,8 +203,10 @@ def register_reader(cls: type[CalibrationReader]) -> type[CalibrationReader]:
         ValueError: a reader with that name is already registered.
     """
     if cls.name in _READERS:
-        raise ValueError(f"calibration reader {cls.name!r} is already registered "
-                         f"({_READERS[cls.name].__qualname__})")
+        raise ValueError(
+            f"calibration reader {cls.name!r} is already registered "
+            f"({_READERS[cls.name].__qualname__})"
+        )
     _READERS[cls.name] = cls
     return cls
 
@@ -260,29 +274,32 @@ def _shape_hint(spec: TensorSpec, shape: tuple[int, ...]) -> str:
     hint = f"store [N, {dims}] (N samples) or [N, 1, {dims}]"
     if inner and inner[-1] == 1 and _dims_match(shape[1:], inner[:-1]):
         hint += "; add the channel axis with x[..., None]"
-    elif len(inner) == 3 and len(shape) == 4 and _dims_match(
-            (shape[2], shape[3], shape[1]), inner):
+    elif len(inner) == 3 and len(shape) == 4 and _dims_match((shape[2], shape[3], shape[1]), inner):
         hint += "; the data looks channels-first: x.transpose(0, 2, 3, 1)"
-    elif len(inner) == 3 and len(shape) == 4 and _dims_match(
-            (shape[3], shape[1], shape[2]), inner):
+    elif len(inner) == 3 and len(shape) == 4 and _dims_match((shape[3], shape[1], shape[2]), inner):
         hint += "; the data looks channels-last: x.transpose(0, 3, 1, 2)"
     return hint
 
 
-def _dtype_problem(spec: TensorSpec, dtype: np.dtype,
-                   preprocessing: Preprocessing | None) -> str | None:
+def _dtype_problem(
+    spec: TensorSpec, dtype: np.dtype, preprocessing: Preprocessing | None
+) -> str | None:
     """Why ``dtype`` data cannot feed ``spec`` (None if it can), with a fix hint."""
     want = np.dtype(spec.dtype)
     if dtype.hasobject:
-        return ("object arrays (ragged or Python objects) are not supported; pickled data is "
-                "never loaded: save a regular numeric array")
+        return (
+            "object arrays (ragged or Python objects) are not supported; pickled data is "
+            "never loaded: save a regular numeric array"
+        )
     if dtype.fields is not None or dtype.kind not in "biuf":
         return f"unsupported dtype {dtype}: save a numeric array"
     if dtype == want or (want.kind == "f" and dtype.kind == "f"):
         return None
     if want.kind == "f" and preprocessing is None:
-        return (f"{dtype.name} data where {want.name} is expected: pass preprocessing saying how "
-                f"to convert it (e.g. scale=1/255 for [0, 1] inputs) or save {want.name} data")
+        return (
+            f"{dtype.name} data where {want.name} is expected: pass preprocessing saying how "
+            f"to convert it (e.g. scale=1/255 for [0, 1] inputs) or save {want.name} data"
+        )
     if want.kind == "f":
         return None
     if want.kind in "iu" and dtype.kind in "iu" and preprocessing is None:
@@ -292,16 +309,24 @@ def _dtype_problem(spec: TensorSpec, dtype: np.dtype,
     return f"{dtype.name} data cannot feed a {want.name} input: save {want.name} data"
 
 
-def _plan_column(where: str, spec: TensorSpec, key: str, dtype: np.dtype,
-                 shape: tuple[int, ...], preprocessing: Preprocessing | None) -> _Column:
+def _plan_column(
+    where: str,
+    spec: TensorSpec,
+    key: str,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    preprocessing: Preprocessing | None,
+) -> _Column:
     """Check one stored array against one model input; raise a one-line error if it can't feed it.
 
     Raises:
         CalibrationError: wrong shape or dtype, naming both, with a hint.
     """
     if not spec.shape:
-        raise CalibrationError(f"{where}: input '{spec.name}' is a scalar (rank 0); calibration "
-                               "needs inputs with a batch dimension")
+        raise CalibrationError(
+            f"{where}: input '{spec.name}' is a scalar (rank 0); calibration "
+            "needs inputs with a batch dimension"
+        )
     mode = _layout_mode(spec, shape)
     problems = []
     if mode is None:
@@ -311,8 +336,10 @@ def _plan_column(where: str, spec: TensorSpec, key: str, dtype: np.dtype,
         problems.append(dtype_problem)
     if problems:
         label = f"input '{spec.name}'" + (f" (array '{key}')" if key != spec.name else "")
-        raise CalibrationError(f"{where}: {label} expects {_fmt(spec.dtype, spec.shape)}, got "
-                               f"{_fmt(dtype, shape)}: {'; '.join(problems)}")
+        raise CalibrationError(
+            f"{where}: {label} expects {_fmt(spec.dtype, spec.shape)}, got "
+            f"{_fmt(dtype, shape)}: {'; '.join(problems)}"
+        )
     return _Column(spec, key, dtype, shape, mode)
 
 
@@ -321,8 +348,9 @@ def _plan_column(where: str, spec: TensorSpec, key: str, dtype: np.dtype,
 # --------------------------------------------------------------------------------------------
 
 
-def _channel_vector(where: str, spec: TensorSpec, pre: Preprocessing, values: tuple[float, ...],
-                    what: str) -> np.ndarray:
+def _channel_vector(
+    where: str, spec: TensorSpec, pre: Preprocessing, values: tuple[float, ...], what: str
+) -> np.ndarray:
     """``mean`` / ``std`` shaped to broadcast over a sample ``[1, ...]`` along the channel axis."""
     if len(values) == 1:
         return np.float32(values[0])
@@ -333,7 +361,8 @@ def _channel_vector(where: str, spec: TensorSpec, pre: Preprocessing, values: tu
         raise CalibrationError(
             f"{where}: preprocessing {what} has {len(values)} values but input '{spec.name}' "
             f"{_fmt(spec.dtype, spec.shape)} has {channels} channels on the {pre.layout} channel "
-            f"axis: give one value or one per channel")
+            f"axis: give one value or one per channel"
+        )
     shape = [1] * rank
     shape[axis] = len(values)
     return np.asarray(values, dtype=np.float32).reshape(shape)
@@ -351,15 +380,17 @@ def _to_dtype(where: str, name: str, x: np.ndarray, dtype: np.dtype) -> np.ndarr
     if info is not None and x.size and (x.min() < info.min or x.max() > info.max):
         raise CalibrationError(
             f"{where}: input '{name}' holds values in [{x.min()}, {x.max()}] outside the "
-            f"{dtype.name} range [{info.min}, {info.max}]")
+            f"{dtype.name} range [{info.min}, {info.max}]"
+        )
     return x.astype(dtype)
 
 
 class _ArrayConverter:
     """Applies optional normalization and the dtype cast to raw array samples."""
 
-    def __init__(self, where: str, inputs: list[TensorSpec],
-                 preprocessing: Preprocessing | None) -> None:
+    def __init__(
+        self, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None
+    ) -> None:
         self.pre = preprocessing
         self.dtypes = {s.name: np.dtype(s.dtype) for s in inputs}
         self.norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -367,7 +398,8 @@ class _ArrayConverter:
             for s in inputs:
                 self.norm[s.name] = (
                     _channel_vector(where, s, preprocessing, preprocessing.mean, "mean"),
-                    _channel_vector(where, s, preprocessing, preprocessing.std, "std"))
+                    _channel_vector(where, s, preprocessing, preprocessing.std, "std"),
+                )
 
     def __call__(self, where: str, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -422,8 +454,10 @@ class _ArrayFile(ABC):
             counts["labels"] = len(self.labels)
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"'{k}' {v}" for k, v in counts.items())
-            raise CalibrationError(f"{self.where}: arrays hold different sample counts ({listed}); "
-                                   "every array needs one row per sample")
+            raise CalibrationError(
+                f"{self.where}: arrays hold different sample counts ({listed}); "
+                "every array needs one row per sample"
+            )
         if self.n == 0:
             raise CalibrationError(f"{self.where}: no samples (the arrays have 0 rows)")
 
@@ -435,17 +469,18 @@ class _ArrayFile(ABC):
 class _NpyFile(_ArrayFile):
     """A single-input ``.npy`` file, memory-mapped (rows are copied out one at a time)."""
 
-    def __init__(self, path: Path, where: str, inputs: list[TensorSpec],
-                 preprocessing: Preprocessing | None) -> None:
+    def __init__(
+        self, path: Path, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None
+    ) -> None:
         super().__init__(path, where)
         if len(inputs) != 1:
             raise CalibrationError(
                 f"{where}: a .npy file holds one array but the model has {len(inputs)} inputs "
-                f"({', '.join(s.name for s in inputs)}): use an .npz with one key per input")
+                f"({', '.join(s.name for s in inputs)}): use an .npz with one key per input"
+            )
         with open(path, "rb") as f:
             shape, _, dtype = _read_npy_header(f, where)
-        self.columns = [_plan_column(where, inputs[0], inputs[0].name, dtype, shape,
-                                     preprocessing)]
+        self.columns = [_plan_column(where, inputs[0], inputs[0].name, dtype, shape, preprocessing)]
         self._check_counts()
 
     def read(self, rows: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -456,8 +491,10 @@ class _NpyFile(_ArrayFile):
             raise CalibrationError(f"{self.where}: cannot read array ({exc})") from None
         for i in rows:
             row = arr if col.mode == "single" else arr[int(i)]
-            yield f"{self.where}: sample {int(i)}", {
-                col.spec.name: np.array(row).reshape(col.sample_shape)}
+            yield (
+                f"{self.where}: sample {int(i)}",
+                {col.spec.name: np.array(row).reshape(col.sample_shape)},
+            )
 
 
 @dataclass(frozen=True)
@@ -484,13 +521,13 @@ class _NpzFile(_ArrayFile):
     Members can't be memory-mapped, so rows are read from the zip stream one at a time.
     """
 
-    def __init__(self, path: Path, where: str, inputs: list[TensorSpec],
-                 preprocessing: Preprocessing | None) -> None:
+    def __init__(
+        self, path: Path, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None
+    ) -> None:
         super().__init__(path, where)
         try:
             with zipfile.ZipFile(path) as zf:
-                members = {i.filename[:-4]: i for i in zf.infolist()
-                           if i.filename.endswith(".npy")}
+                members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
                 headers = {k: self._header(zf, info) for k, info in members.items()}
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise CalibrationError(f"{where}: not a valid .npz file ({exc})") from None
@@ -503,8 +540,10 @@ class _NpzFile(_ArrayFile):
             self.columns.append(_plan_column(f"{where}", spec, key, dtype, shape, preprocessing))
             self.members[spec.name] = _Member(key, members[key], offset, fortran)
             if fortran:
-                self.warnings.append(f"{where}: array '{key}' is Fortran-ordered, so it is read "
-                                     "whole into memory; save it C-ordered to stream it")
+                self.warnings.append(
+                    f"{where}: array '{key}' is Fortran-ordered, so it is read "
+                    "whole into memory; save it C-ordered to stream it"
+                )
         unused = sorted(set(data_keys) - {m.key for m in self.members.values()})
         if unused:
             self.warnings.append(f"{where}: ignored arrays {', '.join(unused)} (not model inputs)")
@@ -512,8 +551,9 @@ class _NpzFile(_ArrayFile):
             self.labels = self._load_labels(label_keys)
         self._check_counts()
 
-    def _header(self, zf: zipfile.ZipFile,
-                info: zipfile.ZipInfo) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    def _header(
+        self, zf: zipfile.ZipFile, info: zipfile.ZipInfo
+    ) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         with zf.open(info) as f:
             shape, fortran, dtype = _read_npy_header(f, f"{self.where}: {info.filename}")
             offset = f.tell()
@@ -521,8 +561,7 @@ class _NpzFile(_ArrayFile):
             raise CalibrationError(f"{self.where}: array '{info.filename[:-4]}' is truncated")
         return shape, fortran, dtype, offset
 
-    def _assign(self, inputs: list[TensorSpec],
-                keys: list[str]) -> list[tuple[TensorSpec, str]]:
+    def _assign(self, inputs: list[TensorSpec], keys: list[str]) -> list[tuple[TensorSpec, str]]:
         if len(inputs) == 1 and len(keys) == 1:
             return [(inputs[0], keys[0])]  # a single array feeds a single input, whatever its key
         pairs, missing = [], []
@@ -534,7 +573,8 @@ class _NpzFile(_ArrayFile):
         if missing:
             raise CalibrationError(
                 f"{self.where}: no array for input(s) {', '.join(repr(m) for m in missing)} "
-                f"(arrays: {', '.join(keys) or 'none'}): save one array per input named after it")
+                f"(arrays: {', '.join(keys) or 'none'}): save one array per input named after it"
+            )
         return pairs
 
     def _load_labels(self, label_keys: list[str]) -> np.ndarray:
@@ -550,41 +590,52 @@ class _NpzFile(_ArrayFile):
     def read(self, rows: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         with contextlib.ExitStack() as stack:
             zf = stack.enter_context(zipfile.ZipFile(self.path))
-            readers = {c.spec.name: stack.enter_context(_member_rows(self.path, zf, c,
-                                                                     self.members[c.spec.name]))
-                       for c in self.columns}
+            readers = {
+                c.spec.name: stack.enter_context(
+                    _member_rows(self.path, zf, c, self.members[c.spec.name])
+                )
+                for c in self.columns
+            }
             for i in rows:
-                yield f"{self.where}: sample {int(i)}", {
-                    name: read_row(int(i)) for name, read_row in readers.items()}
+                yield (
+                    f"{self.where}: sample {int(i)}",
+                    {name: read_row(int(i)) for name, read_row in readers.items()},
+                )
 
 
 @contextlib.contextmanager
-def _member_rows(path: Path, zf: zipfile.ZipFile, col: _Column,
-                 member: _Member) -> Iterator[Callable[[int], np.ndarray]]:
+def _member_rows(
+    path: Path, zf: zipfile.ZipFile, col: _Column, member: _Member
+) -> Iterator[Callable[[int], np.ndarray]]:
     """A function reading row ``i`` of one npz member (rows must be asked in ascending order)."""
     row_bytes = math.prod(col.row_shape) * col.dtype.itemsize
     if member.fortran:  # rows are strided across the whole member: read it whole
         with np.load(path, allow_pickle=False) as npz:
             whole = npz[member.key]
         yield lambda i: np.array(whole if col.mode == "single" else whole[i]).reshape(
-            col.sample_shape)
+            col.sample_shape
+        )
         return
     if member.info.compress_type == zipfile.ZIP_STORED:
         # Uncompressed (np.savez): seek straight to the row in the zip file itself.
         with open(path, "rb") as f:
             start = _stored_data_start(f, member.info, path) + member.data_offset
+
             def read_stored(i: int) -> np.ndarray:
                 f.seek(start + i * row_bytes)
-                return _row_from(f.read(row_bytes), row_bytes, col, path)
+                return _read_row(f, col, path)
+
             yield read_stored
         return
     with zf.open(member.info) as f:  # compressed (np.savez_compressed): forward-only stream
         pos = [0]
         f.read(member.data_offset)
+
         def read_deflated(i: int) -> np.ndarray:
             _skip(f, i * row_bytes - pos[0])
             pos[0] = (i + 1) * row_bytes
-            return _row_from(f.read(row_bytes), row_bytes, col, path)
+            return _read_row(f, col, path)
+
         yield read_deflated
 
 
@@ -608,10 +659,12 @@ def _skip(f: BinaryIO, n: int) -> None:
         n -= got
 
 
-def _row_from(buf: bytes, row_bytes: int, col: _Column, path: Path) -> np.ndarray:
-    if len(buf) != row_bytes:
+def _read_row(f: BinaryIO, col: _Column, path: Path) -> np.ndarray:
+    """Read one row into a fresh (writable) array shaped like a sample."""
+    out = np.empty(col.sample_shape, dtype=col.dtype)
+    if f.readinto(memoryview(out).cast("B")) != out.nbytes:
         raise CalibrationError(f"{path}: array '{col.key}' is truncated")
-    return np.frombuffer(buf, dtype=col.dtype).reshape(col.sample_shape)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,11 +677,17 @@ _FILE_KINDS: dict[str, type[_ArrayFile]] = {".npy": _NpyFile, ".npz": _NpzFile}
 class _ArrayReader(CalibrationReader):
     """Samples from one or more ``.npy`` / ``.npz`` files, indexed across files in order."""
 
-    def __init__(self, path: Path, display: str, inputs: list[TensorSpec],
-                 preprocessing: Preprocessing | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        inputs: list[TensorSpec],
+        preprocessing: Preprocessing | None,
+    ) -> None:
         super().__init__(path, display, inputs, preprocessing)
-        self.files = [_FILE_KINDS[p.suffix.lower()](p, w, inputs, preprocessing)
-                      for p, w in self._files()]
+        self.files = [
+            _FILE_KINDS[p.suffix.lower()](p, w, inputs, preprocessing) for p, w in self._files()
+        ]
         self.starts = np.cumsum([0] + [f.n for f in self.files])
         self.count = int(self.starts[-1])
         for f in self.files:
@@ -644,19 +703,22 @@ class _ArrayReader(CalibrationReader):
         if not any(have):
             return None
         if not all(have):
-            self.warnings.append(f"{self.display}: only {sum(have)} of {len(have)} files hold "
-                                 "labels; labels are ignored")
+            self.warnings.append(
+                f"{self.display}: only {sum(have)} of {len(have)} files hold "
+                "labels; labels are ignored"
+            )
             return None
         try:
             return np.concatenate([f.labels for f in self.files])
         except ValueError as exc:
-            raise CalibrationError(f"{self.display}: labels differ in shape across files "
-                                   f"({exc})") from None
+            raise CalibrationError(
+                f"{self.display}: labels differ in shape across files ({exc})"
+            ) from None
 
     def read(self, indices: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         cuts = np.searchsorted(indices, self.starts)
         for k, f in enumerate(self.files):
-            local = indices[cuts[k]:cuts[k + 1]] - self.starts[k]
+            local = indices[cuts[k] : cuts[k + 1]] - self.starts[k]
             if len(local):
                 yield from f.read(local)
 
@@ -692,8 +754,13 @@ def _listing(path: Path, suffixes: tuple[str, ...]) -> list[str]:
     Plain names, not Path objects: a listing of many thousand files stays small.
     """
     with os.scandir(path) as entries:
-        return sorted(e.name for e in entries if not e.name.startswith(".")
-                      and os.path.splitext(e.name)[1].lower() in suffixes and e.is_file())
+        return sorted(
+            e.name
+            for e in entries
+            if not e.name.startswith(".")
+            and os.path.splitext(e.name)[1].lower() in suffixes
+            and e.is_file()
+        )
 
 
 @register_reader
@@ -707,8 +774,10 @@ class ArrayDirReader(_ArrayReader):
         return path.is_dir() and bool(_listing(path, ARRAY_SUFFIXES))
 
     def _files(self) -> list[tuple[Path, str]]:
-        return [(self.path / name, os.path.join(self.display, name))
-                for name in _listing(self.path, ARRAY_SUFFIXES)]
+        return [
+            (self.path / name, os.path.join(self.display, name))
+            for name in _listing(self.path, ARRAY_SUFFIXES)
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -728,8 +797,10 @@ def _pillow_guard(where: str) -> Iterator[None]:
             pywarnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise CalibrationError(f"{where}: image too large ({exc}); the limit is "
-                               f"{MAX_IMAGE_PIXELS} pixels: downscale it first") from None
+        raise CalibrationError(
+            f"{where}: image too large ({exc}); the limit is "
+            f"{MAX_IMAGE_PIXELS} pixels: downscale it first"
+        ) from None
     except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise CalibrationError(f"{where}: cannot decode image ({exc})") from None
     finally:
@@ -746,13 +817,19 @@ class ImageDirReader(CalibrationReader):
     def matches(cls, path: Path) -> bool:
         return path.is_dir() and bool(_listing(path, IMAGE_SUFFIXES))
 
-    def __init__(self, path: Path, display: str, inputs: list[TensorSpec],
-                 preprocessing: Preprocessing | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        inputs: list[TensorSpec],
+        preprocessing: Preprocessing | None,
+    ) -> None:
         super().__init__(path, display, inputs, preprocessing)
         if len(inputs) != 1:
             raise CalibrationError(
                 f"{display}: an image directory feeds one input but the model has {len(inputs)} "
-                f"({', '.join(s.name for s in inputs)}): use an .npz with one key per input")
+                f"({', '.join(s.name for s in inputs)}): use an .npz with one key per input"
+            )
         self.spec = inputs[0]
         self.pre = self._resolve(preprocessing)
         self.files = _listing(path, IMAGE_SUFFIXES)
@@ -772,7 +849,8 @@ class ImageDirReader(CalibrationReader):
             pre = Preprocessing(layout=layout, color="grayscale" if c == 1 else "rgb")
             self.warnings.append(
                 f"{self.display}: no image preprocessing given: using {pre.layout}, {pre.color}, "
-                "x/255 (inputs in [0, 1]); pass preprocessing if the model expects another range")
+                "x/255 (inputs in [0, 1]); pass preprocessing if the model expects another range"
+            )
         if pre.resize is None and len(shape) == 4:
             hw = (shape[2], shape[3]) if pre.layout == "NCHW" else (shape[1], shape[2])
             if None not in hw:
@@ -790,14 +868,18 @@ class ImageDirReader(CalibrationReader):
         elif pre.resize is None:
             problems.append("the input's height/width are dynamic: set preprocessing resize")
         elif not _dims_match(got[1:], spec.shape[1:]):
-            problems.append(f"preprocessing gives {_fmt(spec.dtype, got)} ({pre.layout}, "
-                            f"{pre.color}, resize {pre.resize}): set layout / color / resize to "
-                            "match the input")
+            problems.append(
+                f"preprocessing gives {_fmt(spec.dtype, got)} ({pre.layout}, "
+                f"{pre.color}, resize {pre.resize}): set layout / color / resize to "
+                "match the input"
+            )
         if np.dtype(spec.dtype).kind not in "fiu":
             problems.append(f"images cannot feed a {spec.dtype} input")
         if problems:
-            raise CalibrationError(f"{self.display}: input '{spec.name}' expects "
-                                   f"{_fmt(spec.dtype, spec.shape)}: {'; '.join(problems)}")
+            raise CalibrationError(
+                f"{self.display}: input '{spec.name}' expects "
+                f"{_fmt(spec.dtype, spec.shape)}: {'; '.join(problems)}"
+            )
 
     def manifest_preprocessing(self) -> dict[str, Any] | None:
         return self.pre.to_dict()
@@ -820,8 +902,9 @@ class ImageDirReader(CalibrationReader):
                 img = img.convert("L" if pre.color == "grayscale" else "RGB")
                 height, width = pre.resize
                 if img.size != (width, height):
-                    img = img.resize((width, height), getattr(Image.Resampling,
-                                                             pre.interpolation.upper()))
+                    img = img.resize(
+                        (width, height), getattr(Image.Resampling, pre.interpolation.upper())
+                    )
                 x = np.asarray(img, dtype=np.float32)
         x = x[..., None] if x.ndim == 2 else x
         if pre.channel_order == "BGR":
@@ -850,9 +933,12 @@ class SyntheticReader(CalibrationReader):
         if dynamic:
             raise CalibrationError(
                 f"synthetic calibration needs static shapes but input '{dynamic[0].name}' is "
-                f"{_fmt(dynamic[0].dtype, dynamic[0].shape)}: pass --calib PATH with real data")
-        self.warnings.append("synthetic calibration data: quantization ranges will not reflect "
-                             "real inputs; pass --calib PATH for a deployable model")
+                f"{_fmt(dynamic[0].dtype, dynamic[0].shape)}: pass --calib PATH with real data"
+            )
+        self.warnings.append(
+            "synthetic calibration data: quantization ranges will not reflect "
+            "real inputs; pass --calib PATH for a deployable model"
+        )
 
     @classmethod
     def matches(cls, path: Path) -> bool:
@@ -911,9 +997,15 @@ class CalibrationSource:
         warnings: things worth telling the user (degenerate ranges, ignored arrays, ...).
     """
 
-    def __init__(self, reader: CalibrationReader, indices: np.ndarray, source: str,
-                 synthetic: bool, preprocessing: dict[str, Any] | None,
-                 warnings: list[str]) -> None:
+    def __init__(
+        self,
+        reader: CalibrationReader,
+        indices: np.ndarray,
+        source: str,
+        synthetic: bool,
+        preprocessing: dict[str, Any] | None,
+        warnings: list[str],
+    ) -> None:
         self._reader, self._indices = reader, indices
         self.inputs = reader.inputs
         self.count = len(indices)
@@ -931,8 +1023,11 @@ class CalibrationSource:
 
     def _hash_start(self) -> Any:
         h = hashlib.sha256(HASH_SCHEMA)
-        h.update(json.dumps({"count": self.count, "preprocessing": self.preprocessing},
-                            sort_keys=True).encode())
+        h.update(
+            json.dumps(
+                {"count": self.count, "preprocessing": self.preprocessing}, sort_keys=True
+            ).encode()
+        )
         return h
 
     def _pass(self, stats: _Stats | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -952,29 +1047,38 @@ class CalibrationSource:
         if not self.sha256:
             self.sha256 = digest
         elif digest != self.sha256:
-            raise CalibrationError(f"{self.source}: calibration data changed while in use "
-                                   f"(sha256 {self.sha256[:12]} became {digest[:12]})")
+            raise CalibrationError(
+                f"{self.source}: calibration data changed while in use "
+                f"(sha256 {self.sha256[:12]} became {digest[:12]})"
+            )
 
     def _check(self, where: str, sample: dict[str, np.ndarray]) -> None:
         for name, x in sample.items():
             spec = self._specs[name]
             if x.dtype.kind == "f" and not np.isfinite(x).all():
                 nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-                raise CalibrationError(f"{where}: input '{name}' holds {nan} NaN and {inf} Inf "
-                                       "values: calibration data must be finite")
+                raise CalibrationError(
+                    f"{where}: input '{name}' holds {nan} NaN and {inf} Inf "
+                    "values: calibration data must be finite"
+                )
             if x.dtype != np.dtype(spec.dtype) or not _dims_match(x.shape[1:], spec.shape[1:]):
-                raise AssertionError(f"reader {self.format} produced {_fmt(x.dtype, x.shape)} "
-                                     f"for {spec}")  # a reader bug, not a user error
+                raise AssertionError(
+                    f"reader {self.format} produced {_fmt(x.dtype, x.shape)} for {spec}"
+                )  # a reader bug, not a user error
 
     def _flag_degenerate(self) -> None:
         if self.count == 1:
-            self.warnings.append(f"{self.source}: only 1 calibration sample; quantization ranges "
-                                 "will fit it exactly and may clip real inputs")
+            self.warnings.append(
+                f"{self.source}: only 1 calibration sample; quantization ranges "
+                "will fit it exactly and may clip real inputs"
+            )
         for name, (lo, hi) in self.ranges.items():
             if lo == hi:
-                self.warnings.append(f"{self.source}: input '{name}' is constant ({lo:g}) across "
-                                     "all calibration samples: its quantization range is "
-                                     "degenerate; use varied, representative data")
+                self.warnings.append(
+                    f"{self.source}: input '{name}' is constant ({lo:g}) across "
+                    "all calibration samples: its quantization range is "
+                    "degenerate; use varied, representative data"
+                )
 
     def __len__(self) -> int:
         return self.count
@@ -1010,17 +1114,24 @@ class CalibrationSource:
         for name in samples[0]:
             shapes = {s[name].shape for s in samples}
             if len(shapes) > 1:
-                raise CalibrationError(f"{self.source}: input '{name}' samples differ in shape "
-                                       f"({', '.join(map(str, sorted(shapes)))}) and cannot be "
-                                       "batched: use batch size 1")
+                raise CalibrationError(
+                    f"{self.source}: input '{name}' samples differ in shape "
+                    f"({', '.join(map(str, sorted(shapes)))}) and cannot be "
+                    "batched: use batch size 1"
+                )
             out[name] = np.concatenate([s[name] for s in samples])
         return out
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest's ``calibration`` entry (the converter adds ``method``)."""
-        return {"sha256": self.sha256, "count": self.count, "source": self.source,
-                "synthetic": self.synthetic, "format": self.format,
-                "preprocessing": self.preprocessing}
+        return {
+            "sha256": self.sha256,
+            "count": self.count,
+            "source": self.source,
+            "synthetic": self.synthetic,
+            "format": self.format,
+            "preprocessing": self.preprocessing,
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -1028,17 +1139,11 @@ class CalibrationSource:
 # --------------------------------------------------------------------------------------------
 
 
-def _select(total: int, num: int | None, seed: int, display: str,
-            warnings: list[str]) -> np.ndarray:
+def _select(total: int, num: int | None, seed: int, display: str) -> np.ndarray:
     """Sorted indices of the chosen samples: all, or a seeded random subset of ``num``."""
     if total == 0:
         raise CalibrationError(f"{display}: no calibration samples found")
-    if num is not None and num < 1:
-        raise CalibrationError(f"{display}: number of calibration samples must be >= 1, got {num}")
-    if num is None or num >= total:
-        if num is not None and num > total:
-            warnings.append(f"{display}: asked for {num} samples but only {total} exist; "
-                            "using all of them")
+    if num is None or num >= total:  # ``num`` is a cap (callers pass e.g. an eval limit)
         return np.arange(total, dtype=np.int64)
     # Sorted so files are read front to back (compressed members can only stream forward).
     return np.sort(np.random.default_rng(seed).choice(total, size=num, replace=False))
@@ -1047,8 +1152,9 @@ def _select(total: int, num: int | None, seed: int, display: str,
 def _pick_reader(path: Path, display: str, format: str | None) -> type[CalibrationReader]:
     if format is not None:
         if format not in _READERS:
-            raise CalibrationError(f"unknown calibration format {format!r} "
-                                   f"(known: {', '.join(reader_names())})")
+            raise CalibrationError(
+                f"unknown calibration format {format!r} (known: {', '.join(reader_names())})"
+            )
         return _READERS[format]
     if not path.exists():
         raise CalibrationError(f"{display}: no such file or directory")
@@ -1056,21 +1162,32 @@ def _pick_reader(path: Path, display: str, format: str | None) -> type[Calibrati
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        raise CalibrationError(f"{display}: ambiguous calibration data (matches "
-                               f"{', '.join(r.name for r in found)}): keep one kind of file per "
-                               "directory")
+        raise CalibrationError(
+            f"{display}: ambiguous calibration data (matches "
+            f"{', '.join(r.name for r in found)}): keep one kind of file per "
+            "directory"
+        )
     if path.is_dir():
-        raise CalibrationError(f"{display}: no calibration samples found (expected "
-                               f"{', '.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)} files)")
-    raise CalibrationError(f"{display}: unsupported calibration file (expected .npz, .npy, or a "
-                           "directory of images or .npy/.npz files)")
+        raise CalibrationError(
+            f"{display}: no calibration samples found (expected "
+            f"{', '.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)} files)"
+        )
+    raise CalibrationError(
+        f"{display}: unsupported calibration file (expected .npz, .npy, or a "
+        "directory of images or .npy/.npz files)"
+    )
 
 
-def open_calibration(path: str | os.PathLike[str] | None, inputs: list[TensorSpec], *,
-                     num: int | None = None, seed: int = 0,
-                     preprocessing: Preprocessing | None = None,
-                     allow_synthetic: bool = False,
-                     format: str | None = None) -> CalibrationSource:
+def open_calibration(
+    path: str | os.PathLike[str] | None,
+    inputs: list[TensorSpec],
+    *,
+    num: int | None = None,
+    seed: int = 0,
+    preprocessing: Preprocessing | None = None,
+    allow_synthetic: bool = False,
+    format: str | None = None,
+) -> CalibrationSource:
     """Open calibration data for a model, check it against the inputs, and hash it.
 
     Shapes and dtypes are checked from file headers before any sample is read; then one
@@ -1097,7 +1214,8 @@ def open_calibration(path: str | os.PathLike[str] | None, inputs: list[TensorSpe
     """
     if not inputs:
         raise CalibrationError("the model has no inputs to calibrate")
-    warnings: list[str] = []
+    if num is not None and num < 1:
+        raise CalibrationError(f"number of calibration samples must be >= 1, got {num}")
     if path is None:
         if not allow_synthetic:
             raise CalibrationError("no calibration data: pass --calib PATH or --allow-synthetic")
@@ -1107,7 +1225,7 @@ def open_calibration(path: str | os.PathLike[str] | None, inputs: list[TensorSpe
     display = os.fspath(path)
     p = Path(path)
     reader = _pick_reader(p, display, format)(p, display, list(inputs), preprocessing)
-    warnings.extend(reader.warnings)
-    indices = _select(reader.count, num, seed, display, warnings)
-    return CalibrationSource(reader, indices, display, False, reader.manifest_preprocessing(),
-                             warnings)
+    indices = _select(reader.count, num, seed, display)
+    return CalibrationSource(
+        reader, indices, display, False, reader.manifest_preprocessing(), reader.warnings
+    )

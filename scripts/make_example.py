@@ -44,15 +44,19 @@ def load_digits_16x16() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
-    big = np.stack([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-                    for im in small])
+    big = np.stack(
+        [
+            np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+            for im in small
+        ]
+    )
     return big, digits.target.astype(np.int64)
 
 
 def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Disjoint calibration / validation / training indices from one seeded permutation."""
     order = np.random.default_rng(seed).permutation(n)
-    return order[:N_CALIB], order[N_CALIB:N_CALIB + N_VAL], order[N_CALIB + N_VAL:]
+    return order[:N_CALIB], order[N_CALIB : N_CALIB + N_VAL], order[N_CALIB + N_VAL :]
 
 
 def to_input(images: np.ndarray) -> np.ndarray:
@@ -108,8 +112,9 @@ def build_model():  # noqa: ANN201 (keras is imported lazily)
     return keras.Model(inp, out, name="digits_cnn")
 
 
-def train(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-          epochs: int) -> tuple[object, float]:
+def train(
+    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, epochs: int
+) -> tuple[object, float]:
     """Train the CNN from a fixed seed; return the model and its validation accuracy."""
     import keras
     import tensorflow as tf
@@ -117,8 +122,11 @@ def train(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(x, y, batch_size=32, epochs=epochs, shuffle=True, verbose=0)
     # Ship an uncompiled copy: no optimizer state in the file, nothing to warn about on load.
     clean = build_model()
@@ -155,10 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     write_pngs(data / "images", images[calib[:N_IMAGES]], labels[calib[:N_IMAGES]])
 
     start = time.perf_counter()
-    model, acc = train(to_input(images[rest]), labels[rest], to_input(images[val]), labels[val],
-                       args.epochs)
-    print(f"trained on {len(rest)} digits in {time.perf_counter() - start:.1f} s: "
-          f"val accuracy {acc:.3f} on {len(val)}", file=sys.stderr)
+    model, acc = train(
+        to_input(images[rest]), labels[rest], to_input(images[val]), labels[val], args.epochs
+    )
+    print(
+        f"trained on {len(rest)} digits in {time.perf_counter() - start:.1f} s: "
+        f"val accuracy {acc:.3f} on {len(val)}",
+        file=sys.stderr,
+    )
     if acc < args.min_accuracy:
         print(f"error: val accuracy {acc:.3f} < {args.min_accuracy}", file=sys.stderr)
         return 1
@@ -166,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     examples.mkdir(exist_ok=True)
     for name in ("digits_cnn.keras", "digits_cnn.h5"):
         save_model(model, examples / name)
-        print(f"wrote {examples / name} ({(examples / name).stat().st_size} bytes)",
-              file=sys.stderr)
+        print(
+            f"wrote {examples / name} ({(examples / name).stat().st_size} bytes)", file=sys.stderr
+        )
     return 0
 
 
