@@ -42,7 +42,7 @@ from edgeopt.targets import TargetProfile
 
 from . import report as R
 from .partition import ancestors, partition
-from .tflite_graph import OpInfo, TFLiteGraph, read_tflite
+from .tflite_graph import OpInfo, TensorInfo, TFLiteGraph, read_tflite
 
 DELEGATE = "edgetpu"
 ON_CHIP_CACHE_BYTES = 8 * 1024 * 1024
@@ -248,6 +248,16 @@ def analyze(graph: TFLiteGraph, target: TargetProfile) -> dict[str, Any]:
     """
     ops = graph.ops
     own = [op_reasons(op, target) for op in ops]
+    dynamic = _dynamic_tensors(graph) if target.shapes.static else []
+    if dynamic:
+        # edgetpu_compiler 16 rejects the whole model ("Attempting to use a delegate that only
+        # supports static-sized tensors..."), so no op maps, not only the dynamic ones.
+        whole = R.reason(
+            R.DYNAMIC_SHAPE,
+            f"the model has dynamic-size tensors ('{dynamic[0].name}' {R.shape_str(dynamic[0])}"
+            f"{' and more' if len(dynamic) > 1 else ''}): edgetpu_compiler rejects the whole model",
+        )
+        own = [r if any(x["code"] == R.DYNAMIC_SHAPE for x in r) else r + [whole] for r in own]
     supported = [not r for r in own]
     subsets = partition(ops, supported)
     delegated = [s for s in subsets if s.delegated]
@@ -293,11 +303,15 @@ def analyze(graph: TFLiteGraph, target: TargetProfile) -> dict[str, Any]:
         "ops": entries,
         "summary": R.summary(entries, "the Edge TPU", first),
         "partition": _partition_block(graph, entries, tpu, breakers, len(delegated)),
-        "notes": _model_notes(graph),
+        "notes": _model_notes(graph, bool(dynamic)),
     }
 
 
-def _model_notes(graph: TFLiteGraph) -> list[str]:
+def _dynamic_tensors(graph: TFLiteGraph) -> list[TensorInfo]:
+    return [t for t in graph.tensors if not t.is_constant and t.is_dynamic]
+
+
+def _model_notes(graph: TFLiteGraph, dynamic: bool) -> list[str]:
     notes = [
         "prediction: Coral's documented rules + TFLite's partitioner; edgetpu_compiler is "
         "closed-source and can still leave an op on the CPU for size/precision reasons"
@@ -307,6 +321,13 @@ def _model_notes(graph: TFLiteGraph) -> list[str]:
         notes.append(
             "no int8 tensors: edgetpu_compiler refuses this model ('Invalid model ... Model not "
             "quantized'); convert it with full-integer int8 quantization first"
+        )
+    if dynamic:
+        notes.append(
+            "dynamic-size tensors (e.g. an unknown batch): edgetpu_compiler 16 fails with "
+            "'Attempting to use a delegate that only supports static-sized tensors with a graph "
+            "that has dynamic-sized tensors' (google-coral/edgetpu#829); convert with a static "
+            "batch size of 1"
         )
     return notes
 

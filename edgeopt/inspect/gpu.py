@@ -128,7 +128,10 @@ def op_reasons(op: OpInfo, target: TargetProfile) -> list[dict[str, str]]:
             continue
         if t.dtype in _BAD_DTYPES:
             reasons.append(R.reason(R.UNSUPPORTED_DTYPE, f"tensor '{t.name}' is {t.dtype}"))
-        if t.is_dynamic and target.shapes.static:
+        # An unknown batch alone is fine: LiteRT allocates the stored shape (batch 1) and the
+        # delegate is built for it (most Keras-converted models look like that). Other unknown
+        # dimensions come from shape-dependent ops whose outputs are resized at run time.
+        if target.shapes.static and any(d < 0 for d in t.shape_signature[1:]):
             reasons.append(
                 R.reason(R.DYNAMIC_SHAPE, f"dynamic shape: tensor '{t.name}' is {R.shape_str(t)}")
             )
@@ -269,6 +272,11 @@ def analyze(graph: TFLiteGraph, target: TargetProfile, analyzer: bool = True) ->
 
 def _notes(graph: TFLiteGraph, ana: dict[str, Any], own: list[list[dict[str, str]]]) -> list[str]:
     notes = []
+    if any(t.shape_signature[:1] == (-1,) for t in graph.inputs):
+        notes.append(
+            "the batch dimension is dynamic: the GPU delegate is built for the stored batch (1); "
+            "resizing the input re-initializes it"
+        )
     if any(t.dtype in ("int8", "uint8") and t.quantization for t in graph.tensors):
         notes.append("int8 model: the GPU delegate dequantizes and computes in fp16/fp32")
     flagged = sum(1 for r in own if any(x["code"] != R.ANALYZER for x in r))

@@ -67,6 +67,9 @@ def test_unsupported_op_in_the_middle_breaks_the_graph_exactly_there() -> None:
 
 def test_dynamic_batch_is_reported_with_static_batch_advice() -> None:
     rep = preflight(_models.dynamic_batch_int8(), EDGETPU)
+    # edgetpu_compiler 16 refuses a model with dynamic-size tensors as a whole
+    assert rep["summary"]["delegated"] == 0 and rep["partition"]["subgraphs"] == 0
+    assert any("static-sized tensors" in n for n in rep["notes"])
     conv = next(e for e in rep["ops"] if e["op"] == "CONV_2D")
     assert not conv["delegated"] and R.DYNAMIC_SHAPE in codes(conv)
     assert "static batch size of 1" in conv["suggestion"]
@@ -439,3 +442,17 @@ def test_per_op_comparison_through_the_compiled_models_cpu_ops() -> None:
     diffs = edgetpu._compare_cpu_ops({"cpu_ops_in_output": cpu_ops}, pred)
     assert f"op #{conv0['index']} CONV_2D: predicted on the TPU" in diffs[0]
     assert len(diffs) == 1 + len(tail) - 1
+
+
+def test_one_dynamic_tensor_stops_the_whole_compile() -> None:
+    """A -1 deep inside the graph: the compiler rejects the model, so nothing maps."""
+    from edgeopt.inspect.tflite_graph import TFLiteGraph
+
+    a, b = _t(0), _t(1)
+    c = _t(2, shape=(1, 1, 16), sig=(1, -1, 16))
+    ops = [_op(0, "CONV_2D", [a], [b]), _op(1, "RESHAPE", [b], [c])]
+    graph = TFLiteGraph("mem", tuple(ops), (a, b, c), (a,), (c,), 1, 0)
+    rep = edgetpu.analyze(graph, EDGETPU)
+    conv = rep["ops"][0]
+    assert not conv["delegated"] and codes(conv) == {R.DYNAMIC_SHAPE}
+    assert "rejects the whole model" in conv["reasons"][0]["message"]

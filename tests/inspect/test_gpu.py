@@ -38,10 +38,15 @@ def test_unsupported_op_keeps_only_the_largest_partition_on_the_gpu() -> None:
     assert rep["summary"]["first_blocking_op"]["op"] == "TOPK_V2"
 
 
-def test_dynamic_batch_is_flagged_for_the_static_shape_delegate() -> None:
+def test_dynamic_batch_alone_is_a_note_other_dynamic_dims_block() -> None:
     rep = preflight(_models.dynamic_batch_int8(), GPU)
-    conv = next(e for e in rep["ops"] if e["op"] == "CONV_2D")
-    assert R.DYNAMIC_SHAPE in codes(conv) and "static" in conv["suggestion"]
+    assert rep["summary"]["fully_delegated"]
+    assert any("batch dimension is dynamic" in n for n in rep["notes"])
+    op = OpInfo(
+        0, "RESHAPE", 1, (_t(0),), (TensorInfo(1, "y", "float32", (1, 1), (1, -1), None, 0),), {}
+    )
+    reasons = gpu.op_reasons(op, GPU)
+    assert [r["code"] for r in reasons] == [R.DYNAMIC_SHAPE]
 
 
 def test_analyzer_silence_is_called_out_when_rules_disagree() -> None:
