@@ -436,6 +436,8 @@ def _md_layers(pl: Mapping[str, Any] | None, head: str) -> list[str]:
              f"{fmt(pl.get('num_samples'))} samples)", ""]
     if pl.get("scope"):
         lines += [f"_{pl['scope']}_", ""]
+    if pl.get("calibration"):
+        lines += [f"_Re-quantized with {pl['calibration']}._", ""]
     lines += _md_table([c[0] for c in _LAYER_COLS],
                        ([f(e) for _, f in _LAYER_COLS] for e in layers[:_TOP_LAYERS]))
     if len(layers) > _TOP_LAYERS:
@@ -628,7 +630,9 @@ def _html_layers(pl: Mapping[str, Any] | None) -> str:
                           tooltips=[str(e.get("tensor")) for e in layers])
     rows = [[f(e) for _, f in _LAYER_COLS] for e in layers]
     return (f'<h3>Per-layer error ({_e(pl.get("method"))}, {_e(fmt(pl.get("num_samples")))} '
-            f'samples)</h3><p class="note">{_e(pl.get("scope", ""))}</p>{chart}'
+            f'samples)</h3><p class="note">{_e(pl.get("scope", ""))}'
+            + (f' Re-quantized with {_e(pl["calibration"])}.' if pl.get("calibration") else "")
+            + f"</p>{chart}"
             + _html_table([c[0] for c in _LAYER_COLS], rows, left=(1, 2)))
 
 

@@ -142,7 +142,7 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _per_layer(ref: Any, cand: Any, source: Path | None, samples: list[dict[str, np.ndarray]],
-               notes: list[str]) -> dict[str, Any]:
+               calib: list[dict[str, np.ndarray]] | None, notes: list[str]) -> dict[str, Any]:
     """The per-layer section: ONNX from the two files, TFLite from --source; else why not."""
     from edgeopt import layers
 
@@ -150,7 +150,13 @@ def _per_layer(ref: Any, cand: Any, source: Path | None, samples: list[dict[str,
         if cand.format == "onnx" and ref.format == "onnx":
             return layers.onnx_layer_report(ref.path, cand.path, samples)
         if cand.format == "tflite" and source is not None:
-            return layers.tflite_layer_report(source, samples)
+            section = layers.tflite_layer_report(source, samples, calibration=calib)
+            # The debugger re-quantizes the source: its ranges come from this data, not from
+            # the candidate file, so say which data calibrated it.
+            section["calibration"] = ("--calib data" if calib is not None else
+                                      "the --data samples (pass --calib with the candidate's "
+                                      "calibration set to reproduce its ranges)")
+            return section
     except EdgeOptError:
         raise
     except Exception as exc:  # a diagnostic must not sink the comparison; say why it failed
@@ -196,7 +202,7 @@ def _parse_gates(max_drop: str | None, has_labels: bool) -> tuple[float, bool] |
 def run_compare(
     reference: Path, candidate: Path, data: Path, *, labels_path: Path | None = None,
     num: int | None = None, seed: int = 0, threads: int | None = None,
-    per_layer: bool = True, source: Path | None = None,
+    per_layer: bool = True, source: Path | None = None, calib: Path | None = None,
     layer_samples: int = DEFAULT_LAYER_SAMPLES, max_drop: str | None = None,
     drop_metric: str = "accuracy", min_sqnr: float | None = None,
     min_cosine: float | None = None,
@@ -236,7 +242,10 @@ def run_compare(
                       "warnings": list(src.warnings)}
     report["drift"] = compare_outputs(refs, cands, [s.name for s in ref.outputs])
     report["task"] = task_metrics(refs, cands, labels, seed=seed) if labels is not None else None
-    report["per_layer"] = (_per_layer(ref, cand, source, samples[:layer_samples], notes)
+    calib_samples = (list(open_calibration(calib, list(ref.inputs), num=200, seed=seed))
+                     if per_layer and calib is not None else None)
+    report["per_layer"] = (_per_layer(ref, cand, source, samples[:layer_samples], calib_samples,
+                                      notes)
                            if per_layer else {"available": False, "reason": "--no-per-layer",
                                               "layers": []})
     report["latency"] = _latency(ref_ns, cand_ns)
@@ -285,14 +294,17 @@ def _latency(ref_ns: list[int], cand_ns: list[int]) -> dict[str, Any] | None:
               help="Rank layers by quantization error (ONNX QDQ, or TFLite with --source).")
 @click.option("--source", type=click.Path(path_type=Path),
               help="Float Keras/SavedModel source, for TFLite per-layer analysis.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration data the candidate was quantized with (TFLite per-layer "
+                   "re-quantizes --source with it; default: --data).")
 @click.option("--layer-samples", type=click.IntRange(min=1), default=DEFAULT_LAYER_SAMPLES,
               show_default=True, help="Samples used by the per-layer analysis.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress on stderr.")
 def command(reference: Path, candidate: Path, data: Path, labels_path: Path | None,
             num: int | None, seed: int, threads: int | None, out_dir: Path, as_json: bool,
             max_drop: str | None, drop_metric: str, min_sqnr: float | None,
-            min_cosine: float | None, per_layer: bool, source: Path | None, layer_samples: int,
-            verbose: bool) -> None:
+            min_cosine: float | None, per_layer: bool, source: Path | None, calib: Path | None,
+            layer_samples: int, verbose: bool) -> None:
     """Compare a quantized CANDIDATE's outputs with its float REFERENCE on the same data.
 
     Writes report.json / report.md / report.html to --out. Exit code 1 when a gate
@@ -303,7 +315,7 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="edgeopt: %(message)s")
     report = run_compare(reference, candidate, data, labels_path=labels_path, num=num, seed=seed,
-                         threads=threads, per_layer=per_layer, source=source,
+                         threads=threads, per_layer=per_layer, source=source, calib=calib,
                          layer_samples=layer_samples, max_drop=max_drop,
                          drop_metric=drop_metric, min_sqnr=min_sqnr, min_cosine=min_cosine)
     paths = write_report(report, out_dir)
