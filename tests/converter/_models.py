@@ -86,6 +86,20 @@ def savedmodel_dir() -> Path:
 
 
 @functools.cache
+def mlp_keras_file() -> Path:
+    """Dense 64x64: big enough (>= 1024 weights) for TFLite dynamic-range quantization."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((64,), name="features")
+    x = keras.layers.Dense(64, activation="relu", name="hidden")(inp)
+    out = keras.layers.Dense(CLASSES, name="logits")(x)
+    path = root() / "mlp.keras"
+    keras.Model(inp, out).save(path)
+    return path
+
+
+@functools.cache
 def lambda_keras_file() -> Path:
     import keras
 
