@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and drift measurements with results tables (run as modules)."""
