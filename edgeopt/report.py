@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
@@ -474,7 +475,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{padding:4px 8px;
  border-bottom:1px solid #eceef2;text-align:right;white-space:nowrap}
 th{background:#f0f2f6;font-weight:600}td:first-child,th:first-child{text-align:left}
-td.l{text-align:left;white-space:normal;word-break:break-all}
+td.l{text-align:left}td.w{text-align:left;white-space:normal;word-break:break-all}
 .gates{padding:10px 14px;border-radius:8px;font-weight:600;margin:12px 0}
 .pass{background:#e6f6ea;color:#17602b;border:1px solid #9fd8ad}
 .fail{background:#fdeaea;color:#8a1c1c;border:1px solid #f0a8a8}
@@ -488,12 +489,16 @@ def _e(s: Any) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
-                left: Sequence[int] = (0,)) -> str:
+_NUMERIC = re.compile(r"^[-+]?(\d|∞|—|n/a|\[|yes$|no$)")
+
+
+def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A table; numbers are right-aligned, text left-aligned (and allowed to wrap)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for r in rows:
-        cells = "".join(f'<td class="l">{_e(c)}</td>' if i in left and i else f"<td>{_e(c)}</td>"
+        cells = "".join(f"<td>{_e(c)}</td>" if i == 0 or _NUMERIC.match(str(c))
+                        else f'<td class="{"w" if len(str(c)) > 40 else "l"}">{_e(c)}</td>'
                         for i, c in enumerate(r))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -550,7 +555,7 @@ def _html_models(report: Mapping[str, Any]) -> str:
     out = ""
     if rows:
         out += "<h2>Models</h2>" + _html_table(
-            ["role", "path", "format", "precision", "size", "backend"], rows, left=(1,))
+            ["role", "path", "format", "precision", "size", "backend"], rows)
     if data:
         labels = data.get("labels") or {}
         out += (f'<p class="note">Data {_e(data.get("source", "—"))}: '
@@ -633,7 +638,7 @@ def _html_layers(pl: Mapping[str, Any] | None) -> str:
             f'samples)</h3><p class="note">{_e(pl.get("scope", ""))}'
             + (f' Re-quantized with {_e(pl["calibration"])}.' if pl.get("calibration") else "")
             + f"</p>{chart}"
-            + _html_table([c[0] for c in _LAYER_COLS], rows, left=(1, 2)))
+            + _html_table([c[0] for c in _LAYER_COLS], rows))
 
 
 def _html_latency(sec: Mapping[str, Any]) -> str:
@@ -797,10 +802,17 @@ def svg_histogram(series: Sequence[tuple[str, Sequence[float]]], *, title: str, 
     pad_l, pad_r, top, bottom = 44, 16, 40, 34
     fin = _finite(v for _, vals in series for v in vals)
     lo, hi = (min(fin), max(fin)) if fin else (0.0, 1.0)
+    # A few slow outliers (scheduler hiccups) would squash the distribution into one bin:
+    # the axis ends at the largest per-series 99th percentile, and the clipped count is shown.
+    tails = [_percentile(_finite(vals), 0.99) for _, vals in series if vals]
+    clip = max(t for t in tails if t is not None) if any(t is not None for t in tails) else hi
+    clipped = sum(v > clip for v in fin) if clip < hi else 0
+    hi = clip if clipped else hi
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
-    counts = [_bin_counts(_finite(vals), lo, hi, bins) for _, vals in series]
+    counts = [_bin_counts([v for v in _finite(vals) if v <= hi], lo, hi, bins)
+              for _, vals in series]
     cmax = max([1, *(c for cs in counts for c in cs)])
     x = _scale(lo, hi, pad_l, width - pad_r)
     y = _scale(0, cmax, height - bottom, top)
@@ -808,8 +820,9 @@ def svg_histogram(series: Sequence[tuple[str, Sequence[float]]], *, title: str, 
     for t in nice_ticks(lo, hi, 7):
         out.append(f'<text x="{x(t):.1f}" y="{height - bottom + 14}" '
                    f'text-anchor="middle">{fmt(t, 3)}</text>')
+    more = f" ({clipped} runs above {fmt(hi, 3)} not shown)" if clipped else ""
     out.append(f'<text x="{width / 2:.0f}" y="{height - 4}" text-anchor="middle">'
-               f"{_e(xlabel)}</text>")
+               f"{_e(xlabel)}{_e(more)}</text>")
     for k, ((name, vals), cs) in enumerate(zip(series, counts, strict=True)):
         color = (_BLUE, _ORANGE)[k % 2]
         for i, c in enumerate(cs):
@@ -834,6 +847,16 @@ def _bin_counts(vals: Sequence[float], lo: float, hi: float, bins: int) -> list[
         i = min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))
         counts[i] += 1
     return counts
+
+
+def _percentile(vals: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated quantile ``q`` in [0, 1] (numpy's default method)."""
+    if not vals:
+        return None
+    s = sorted(vals)
+    pos = q * (len(s) - 1)
+    i = int(pos)
+    return s[i] if i + 1 >= len(s) else s[i] + (s[i + 1] - s[i]) * (pos - i)
 
 
 def _median(vals: Sequence[float]) -> float | None:
