@@ -95,7 +95,10 @@ class _Reader:
         start, n = self.vector(pos, 1, what)
         if start + n >= self.end or self.buf[start + n] != 0:
             raise _Corrupt(f"{what} is not a terminated string")
-        return bytes(self.buf[start : start + n]).decode("utf-8", "replace")
+        try:  # flatbuffer strings are UTF-8; LiteRT's Python wrapper fails on anything else
+            return str(self.buf[start : start + n], "utf-8")
+        except UnicodeDecodeError:
+            raise _Corrupt(f"{what} is not valid UTF-8") from None
 
 
 class _Table:
@@ -173,6 +176,16 @@ class _Model:
         self.opcodes: list[int] = []  # effective builtin code per operator code
         self.n_subgraphs = 0
         self.calls: dict[int, set[int]] = {}  # subgraph -> subgraphs its ops call
+        self.io: list[tuple[list[_Tensor], list[_Tensor]]] = []  # per subgraph: inputs, outputs
+
+
+class _Tensor:
+    """What the operator checks need to know about one tensor."""
+
+    __slots__ = ("kind", "ttype", "scales")
+
+    def __init__(self, kind: int, ttype: int, scales: tuple[float, ...]) -> None:
+        self.kind, self.ttype, self.scales = kind, ttype, scales
 
 
 def check_tflite(data: bytes | bytearray | memoryview, source: str) -> None:
@@ -215,7 +228,9 @@ def _check_model(r: _Reader) -> None:
     counts = [_check_subgraph(m, i, sg) for i, sg in enumerate(subgraphs)]
     root.string(3, "model description")
     _check_metadata(m)
-    _check_signatures(m, counts)
+    _check_io_types(m, 0)
+    for sg in _check_signatures(m, counts):
+        _check_io_types(m, sg)
     _check_external_buffers(root)
     _check_call_graph(m.calls)
 
@@ -260,7 +275,9 @@ def _check_metadata(m: _Model) -> None:
             raise _Corrupt(f"{t.what} names buffer {t.scalar(1, _U32)} of {nbuf}")
 
 
-def _check_signatures(m: _Model, tensor_counts: list[int]) -> None:
+def _check_signatures(m: _Model, tensor_counts: list[int]) -> set[int]:
+    """Check signature defs; return the subgraphs they expose."""
+    exposed = set()
     for sig in m.root.tables(7, "signature"):
         sg = sig.scalar(4, _U32)
         if sg >= m.n_subgraphs:
@@ -274,6 +291,23 @@ def _check_signatures(m: _Model, tensor_counts: list[int]) -> None:
                     raise _Corrupt(
                         f"{tm.what} names tensor {idx}; subgraph {sg} has {tensor_counts[sg]}"
                     )
+        exposed.add(sg)
+    return exposed
+
+
+# Tensor types the LiteRT Python API can hand over as numpy arrays.
+_NUMPY_TYPES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16})
+
+
+def _check_io_types(m: _Model, sg: int) -> None:
+    """Inputs/outputs a caller feeds or reads must have a numpy type (else the wrapper raises)."""
+    for kind, tensors in zip(("input", "output"), m.io[sg], strict=True):
+        for k, t in enumerate(tensors):
+            if t.ttype not in _NUMPY_TYPES:
+                raise _Corrupt(
+                    f"subgraph {sg} {kind} {k} has type {TENSOR_TYPES[t.ttype][0]}, which "
+                    "cannot be passed to or from the interpreter as an array"
+                )
 
 
 def _check_external_buffers(root: _Table) -> None:
@@ -312,21 +346,38 @@ def _check_subgraph(m: _Model, index: int, sg: _Table) -> int:
     where = f"subgraph {index}"
     tensors = sg.tables(0, f"{where} tensor")
     n = len(tensors)
-    const = [_check_tensor(m, t) for t in tensors]
+    infos = [_check_tensor(m, t) for t in tensors]
+    const = [t.kind == _CONSTANT for t in infos]
+    ios = {}
     for fid, kind in ((1, "input"), (2, "output")):
-        for k, idx in enumerate(sg.ints(fid, f"{where} {kind} list")):
+        ios[kind] = sg.ints(fid, f"{where} {kind} list")
+        for k, idx in enumerate(ios[kind]):
             if not 0 <= idx < n:
                 raise _Corrupt(f"{where} {kind} {k} is tensor {idx}; the subgraph has {n}")
             if kind == "input" and const[idx]:
                 raise _Corrupt(f"{where} input {k} (tensor {idx}) is a constant")
     sg.string(4, f"{where} name")
+    # Data flow: LiteRT runs operators in file order, so each input must already hold data.
+    m.io.append(([infos[i] for i in ios["input"]], [infos[i] for i in ios["output"]]))
+    ready = {i for i, t in enumerate(infos) if t.kind != _ACTIVATION} | set(ios["input"])
     for op in sg.tables(3, f"{where} operator"):
-        _check_operator(m, index, op, n, const)
+        inputs, outputs = _check_operator(m, index, op, n, const)
+        _check_requantization(op.what, m.opcodes[op.scalar(0, _U32)], inputs, outputs, infos)
+        for k, t in enumerate(inputs):
+            if t != -1 and t not in ready:
+                raise _Corrupt(f"{op.what} input {k} (tensor {t}) is read before it is written")
+        ready.update(outputs)
+    for k, t in enumerate(ios["output"]):
+        if t not in ready:
+            raise _Corrupt(f"{where} output {k} (tensor {t}) is never written")
     return n
 
 
-def _check_tensor(m: _Model, t: _Table) -> bool:
-    """Check one tensor; return True when it holds constant data."""
+_ACTIVATION, _CONSTANT, _VARIABLE = 0, 1, 2
+
+
+def _check_tensor(m: _Model, t: _Table) -> _Tensor:
+    """Check one tensor; its kind is _CONSTANT (holds data), _VARIABLE or _ACTIVATION."""
     name = t.string(3, f"{t.what} name")
     if name:
         t.what = f"{t.what} ({name[:60]})"
@@ -345,13 +396,22 @@ def _check_tensor(m: _Model, t: _Table) -> bool:
     b = t.scalar(2, _U32)
     if b >= len(m.buffers):
         raise _Corrupt(f"{t.what} uses buffer {b}; the model has {len(m.buffers)}")
-    _check_quantization(t, shape)
+    scales = _check_quantization(t, shape)
     sparsity = t.table(6, f"{t.what} sparsity")
     dense = _check_sparsity(sparsity, shape) if sparsity else None
     pos, nbytes = m.buffers[b]
     if nbytes:
         _check_tensor_data(m.r, t, ttype, shape, elements if dense is None else dense, pos, nbytes)
-    return nbytes > 0
+        kind = _CONSTANT
+    else:
+        kind = _VARIABLE if t.scalar(5, _U8) else _ACTIVATION
+    # Kernels turn scales into fixed-point multipliers and abort (TFLITE_CHECK) on a zero one;
+    # only per-channel constant scales (all-zero weight channels) may be 0.
+    if scales and (len(scales) == 1 or kind != _CONSTANT) and min(scales) < _MIN_SCALE:
+        raise _Corrupt(
+            f"{t.what} has quantization scale {min(scales):g}, expected a positive normal float"
+        )
+    return _Tensor(kind, ttype, scales)
 
 
 def _check_shape(t: _Table, shape: tuple[int, ...]) -> int:
@@ -403,10 +463,14 @@ def _check_string_data(r: _Reader, t: _Table, elements: int, pos: int, nbytes: i
         prev = off
 
 
-def _check_quantization(t: _Table, shape: tuple[int, ...]) -> None:
+_MIN_SCALE = 1.1754944e-38  # smallest normal float32; XNNPACK and kernels need normal scales
+
+
+def _check_quantization(t: _Table, shape: tuple[int, ...]) -> tuple[float, ...]:
+    """Check quantization parameters; return the scales."""
     q = t.table(4, f"{t.what} quantization")
     if q is None:
-        return
+        return ()
     q.ints(0, f"{q.what} min", "f"), q.ints(1, f"{q.what} max", "f")
     scales = q.ints(2, f"{q.what} scales", "f")
     zps = q.vector(3, 8, f"{q.what} zero points")[1]
@@ -424,6 +488,7 @@ def _check_quantization(t: _Table, shape: tuple[int, ...]) -> None:
                 f"{list(shape)} has {shape[dim]} channels"
             )
     _check_union(q, 4, 5, _QUANT_DETAILS, f"{q.what} details", None)
+    return scales
 
 
 def _check_sparsity(sp: _Table, shape: tuple[int, ...]) -> int:
@@ -477,20 +542,22 @@ def _sparse_index_vector(dm: _Table, type_fid: int, value_fid: int) -> tuple[int
     return table.ints(0, f"{table.what} values", fmt)
 
 
-def _check_operator(m: _Model, sg: int, op: _Table, n: int, const: list[bool]) -> None:
+def _check_operator(
+    m: _Model, sg: int, op: _Table, n: int, const: list[bool]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check one operator; return its (inputs, outputs) tensor indices."""
     idx = op.scalar(0, _U32)
     if idx >= len(m.opcodes):
         raise _Corrupt(f"{op.what} uses operator code {idx}; the model has {len(m.opcodes)}")
     code = m.opcodes[idx]
     op.what = f"{op.what} (<op {code}>)"  # named only if an error is raised (see _name_ops)
-    for fid, kind, optional in (
-        (1, "input", True),
-        (2, "output", False),
-        (8, "intermediate", False),
-    ):
-        for k, t in enumerate(op.ints(fid, f"{op.what} {kind}s")):
-            if t == -1 and optional:
-                continue  # an omitted optional input
+    inputs = op.ints(1, f"{op.what} inputs")
+    outputs = op.ints(2, f"{op.what} outputs")
+    _check_arity(op.what, code, inputs, outputs)
+    for kind, idxs in (("input", inputs), ("output", outputs), ("intermediate", op.ints(8, "x"))):
+        for k, t in enumerate(idxs):
+            if t == -1 and kind == "input":
+                continue  # an omitted optional input (positions checked by _check_arity)
             if not 0 <= t < n:
                 raise _Corrupt(f"{op.what} {kind} {k} is tensor {t}; the subgraph has {n}")
             if kind == "output" and const[t]:
@@ -504,6 +571,86 @@ def _check_operator(m: _Model, sg: int, op: _Table, n: int, const: list[bool]) -
     callees = m.calls.setdefault(sg, set())
     _check_union(op, 3, 4, _OPTIONS, f"{op.what} options", (m.n_subgraphs, callees))
     _check_union(op, 11, 12, _OPTIONS_2, f"{op.what} options", (m.n_subgraphs, callees))
+    return inputs, outputs
+
+
+_INT8, _UINT8, _INT16 = 9, 3, 7
+
+
+def _check_requantization(
+    what: str, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], tensors: list[_Tensor]
+) -> None:
+    """Scale combinations that make a quantized kernel abort in Prepare.
+
+    Quantized ADD/SUB rescale through ``QuantizeMultiplierSmallerThanOneExp``, which aborts the
+    process unless 2 * max(input scales) / (2^20 * output scale) < 1 (2^15 for int16).
+    """
+    if code in _CONV_LIKE:
+        _check_conv_requantization(what, code, inputs, outputs, tensors)
+    if code not in (0, 41) or len(inputs) != 2 or -1 in inputs:
+        return
+    a, b, out = tensors[inputs[0]], tensors[inputs[1]], tensors[outputs[0]]
+    if out.ttype not in (_INT8, _UINT8, _INT16) or not (a.scales and b.scales and out.scales):
+        return
+    shift = 15 if out.ttype == _INT16 else 20
+    twice_max = 2.0 * max(a.scales[0], b.scales[0])
+    if not twice_max / ((1 << shift) * out.scales[0]) < 1.0:
+        raise _Corrupt(
+            f"{what}: output scale {out.scales[0]:g} is too small for input scales "
+            f"{a.scales[0]:g} and {b.scales[0]:g} (the kernel would abort)"
+        )
+
+
+# Builtin code -> (input position, filter position) of ops XNNPACK runs as int8 convolutions.
+_CONV_LIKE = {3: (0, 1), 4: (0, 1), 9: (0, 1), 67: (2, 1)}
+
+
+def _check_conv_requantization(
+    what: str, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], tensors: list[_Tensor]
+) -> None:
+    """XNNPACK accepts an int8 conv/FC after checking the first filter scale only, then fails to
+    create it when another channel's input * filter / output scale is outside [2^-32, 256), and
+    its clean-up path frees memory twice (abort). Check every channel."""
+    xi, wi = _CONV_LIKE[code]
+    if len(inputs) <= max(xi, wi) or inputs[xi] == -1 or inputs[wi] == -1:
+        return
+    x, w, out = tensors[inputs[xi]], tensors[inputs[wi]], tensors[outputs[0]]
+    if out.ttype not in (_INT8, _UINT8) or not (x.scales and w.scales and out.scales):
+        return
+    for c, ws in enumerate(w.scales):
+        r = x.scales[0] * ws / out.scales[0]
+        if ws and not 2.0**-32 <= r < 256.0:
+            raise _Corrupt(
+                f"{what}: requantization scale {r:g} (input {x.scales[0]:g} x filter {ws:g} / "
+                f"output {out.scales[0]:g}, channel {c}) is outside [2^-32, 256)"
+            )
+
+
+def _check_arity(what: str, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> None:
+    """Input/output counts and omitted (-1) inputs the kernels and delegates accept.
+
+    XNNPACK and several kernels index ``node->inputs`` before (or without) checking its size, so
+    an op with too few inputs, or -1 where an input is not optional, reads past an array and
+    crashes, e.g. XNNPACK's STRIDED_SLICE visitor (found by tests/runtime/test_fuzz.py).
+    """
+    if code in _ARITY:
+        lo_in, hi_in, lo_out, hi_out = _ARITY[code]
+    else:  # ops not in the table: only the generic rules
+        lo_in = 0 if code in _NO_INPUTS_OK else 1
+        lo_out = 0 if code in _NO_OUTPUTS_OK else 1
+        hi_in = hi_out = 1 << 30
+    if not lo_in <= len(inputs) <= hi_in:
+        raise _Corrupt(f"{what} has {len(inputs)} inputs, expected {_range(lo_in, hi_in)}")
+    if not lo_out <= len(outputs) <= hi_out:
+        raise _Corrupt(f"{what} has {len(outputs)} outputs, expected {_range(lo_out, hi_out)}")
+    optional = _OPTIONAL_INPUTS.get(code, ())
+    for k, t in enumerate(inputs):
+        if t == -1 and optional is not None and k not in optional:
+            raise _Corrupt(f"{what} input {k} is omitted (-1) but is not optional")
+
+
+def _range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"at least {lo}" if hi >= 1 << 30 else f"{lo}..{hi}"
 
 
 def _check_union(
@@ -718,6 +865,81 @@ def probe_in_subprocess(path: str | os.PathLike[str], timeout: float = 120.0) ->
         raise ModelLoadError(
             f"{path}: the TFLite interpreter refused the model in an isolated probe: {detail}"
         )
+
+
+# -- operator arity ------------------------------------------------------------------------------
+# Builtin code -> (min inputs, max inputs, min outputs, max outputs), from the LiteRT kernels.
+def _codes(spec: str) -> tuple[int, ...]:
+    """Builtin codes from "NAME=code ..." (names kept next to the numbers for readers)."""
+    return tuple(int(item.partition("=")[2]) for item in spec.split())
+
+
+_UNARY = _codes("""
+    ABS=101 CEIL=104 FLOOR=8 ROUND=116 NEG=59 SQRT=75 RSQRT=76 SQUARE=92 EXP=47 LOG=73 SIN=66
+    COS=108 TANH=28 LOGISTIC=14 RELU=19 RELU6=21 RELU_N1_TO_1=20 RELU_0_TO_1=152 ELU=111
+    GELU=150 HARD_SWISH=117 LEAKY_RELU=98 SOFTMAX=25 LOG_SOFTMAX=50 L2_NORMALIZATION=11
+    QUANTIZE=114 DEQUANTIZE=6 SIGN=158 CAST=53 ZEROS_LIKE=93 LOGICAL_NOT=87 AVERAGE_POOL_2D=1
+    MAX_POOL_2D=17 L2_POOL_2D=12 SPACE_TO_DEPTH=26 DEPTH_TO_SPACE=5 SQUEEZE=43 SHAPE=77
+    LOCAL_RESPONSE_NORMALIZATION=13 READ_VARIABLE=143
+""")
+_BINARY = _codes("""
+    ADD=0 SUB=41 MUL=18 DIV=42 MAXIMUM=55 MINIMUM=57 SQUARED_DIFFERENCE=99 POW=78 PRELU=54
+    FLOOR_DIV=90 FLOOR_MOD=95 EQUAL=71 NOT_EQUAL=72 LESS=58 LESS_EQUAL=63 GREATER=61
+    GREATER_EQUAL=62 LOGICAL_AND=86 LOGICAL_OR=84 MIRROR_PAD=100 MEAN=40 SUM=74 REDUCE_MAX=82
+    REDUCE_MIN=89 REDUCE_PROD=81 REDUCE_ANY=91 TRANSPOSE=39 RESIZE_BILINEAR=23
+    RESIZE_NEAREST_NEIGHBOR=97 BATCH_MATMUL=126 GATHER=36 GATHER_ND=107 EXPAND_DIMS=70
+    ARG_MAX=56 ARG_MIN=79 TILE=69 BROADCAST_TO=130 FILL=94 CUMSUM=128 REVERSE_V2=105
+    EMBEDDING_LOOKUP=7
+""")
+_TERNARY = _codes("""
+    RANGE=96 SELECT=64 SELECT_V2=123 BATCH_TO_SPACE_ND=37 SPACE_TO_BATCH_ND=38 SLICE=65
+    SCATTER_ND=122 DYNAMIC_UPDATE_SLICE=151
+""")
+_MANY = 1 << 30
+_ARITY: dict[int, tuple[int, int, int, int]] = {
+    **{c: (1, 1, 1, 1) for c in _UNARY},
+    **{c: (2, 2, 1, 1) for c in _BINARY},
+    **{c: (3, 3, 1, 1) for c in _TERNARY},
+    3: (2, 3, 1, 1),  # CONV_2D: input, filter, optional bias
+    4: (2, 3, 1, 1),  # DEPTHWISE_CONV_2D
+    9: (2, 3, 1, 2),  # FULLY_CONNECTED (+ shuffled-weights workspace output)
+    67: (3, 4, 1, 1),  # TRANSPOSE_CONV: output shape, filter, input, optional bias
+    2: (1, _MANY, 1, 1),  # CONCATENATION
+    83: (1, _MANY, 1, 1),  # PACK
+    88: (1, 1, 1, _MANY),  # UNPACK
+    49: (2, 2, 1, _MANY),  # SPLIT: axis, input
+    102: (3, 3, 1, _MANY),  # SPLIT_V
+    48: (2, 2, 2, 2),  # TOPK_V2
+    22: (1, 2, 1, 1),  # RESHAPE: input, optional shape tensor
+    34: (2, 3, 1, 1),  # PAD (shares its kernel with PADV2)
+    60: (2, 3, 1, 1),  # PADV2: input, paddings, optional constant
+    45: (4, 4, 1, 1),  # STRIDED_SLICE
+    142: (0, 0, 1, 1),  # VAR_HANDLE
+    144: (2, 2, 0, 0),  # ASSIGN_VARIABLE
+    129: (0, 0, 0, 0),  # CALL_ONCE
+}
+_NO_INPUTS_OK = frozenset({32, 119, 196})  # CUSTOM, WHILE (no loop vars), STABLEHLO_IOTA
+_NO_OUTPUTS_OK = frozenset({32, 119, 118})  # CUSTOM, WHILE, IF
+# Builtin code -> input positions that may be -1 (omitted); None: any position. Ops not listed
+# have no optional inputs.
+_OPTIONAL_INPUTS: dict[int, frozenset[int] | None] = {
+    3: frozenset({2}),  # CONV_2D bias
+    4: frozenset({2}),  # DEPTHWISE_CONV_2D bias
+    9: frozenset({2}),  # FULLY_CONNECTED bias
+    67: frozenset({3}),  # TRANSPOSE_CONV bias
+    132: frozenset({2}),  # CONV_3D bias
+    141: frozenset({3}),  # CONV_3D_TRANSPOSE bias
+    34: frozenset({2}),  # PAD constant
+    60: frozenset({2}),  # PADV2 constant
+    15: frozenset({2}),  # LSH_PROJECTION weight
+    27: frozenset({3}),  # SVDF bias
+    16: None,  # LSTM and the sequence LSTM / RNN ops: many optional inputs
+    44: None,
+    52: None,
+    46: None,
+    35: None,
+    32: None,  # CUSTOM: unknown
+}
 
 
 # -- builtin-options layouts ---------------------------------------------------------------------

@@ -53,6 +53,7 @@ class OnnxRunner:
     ) -> None:
         ort = _ort()
         self.backend = f"onnxruntime {ort.__version__}"
+        self._source = source
         self.threads = threads
         available = ort.get_available_providers()
         providers = list(providers or ["CPUExecutionProvider"])
@@ -83,7 +84,13 @@ class OnnxRunner:
         self._out_names = [s.name for s in self.outputs]
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return self._sess.run(self._out_names, dict(zip(self._in_names, arrays, strict=True)))
+        try:
+            return self._sess.run(self._out_names, dict(zip(self._in_names, arrays, strict=True)))
+        except Exception as exc:  # ORT raises its own Fail/InvalidArgument/... classes
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"{self._source}: ONNX Runtime failed to run the model: {first}"
+            ) from None
 
     @property
     def session(self) -> Any:

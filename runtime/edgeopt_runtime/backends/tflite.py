@@ -125,12 +125,18 @@ class TFLiteRunner:
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         interp = self._interp
-        for i, (idx, arr) in enumerate(zip(self._in_idx, arrays, strict=True)):
-            if arr.shape != self._cur_shapes[i]:
-                self._resize(i, arr.shape)
-            interp.set_tensor(idx, arr)
-        interp.invoke()
-        return [interp.get_tensor(idx) for idx in self._out_idx]
+        try:
+            for i, (idx, arr) in enumerate(zip(self._in_idx, arrays, strict=True)):
+                if arr.shape != self._cur_shapes[i]:
+                    self._resize(i, arr.shape)
+                interp.set_tensor(idx, arr)
+            interp.invoke()
+            return [interp.get_tensor(idx) for idx in self._out_idx]
+        except (ValueError, RuntimeError) as exc:  # a corrupt model can fail only at invoke
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"{self._source}: the TFLite interpreter failed to run the model: {msg}"
+            ) from None
 
     def _resize(self, i: int, shape: tuple[int, ...]) -> None:
         # Only dynamic dims differ here (Model checked the rest), so strict resizing is allowed.
