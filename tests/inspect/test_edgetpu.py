@@ -456,3 +456,24 @@ def test_one_dynamic_tensor_stops_the_whole_compile() -> None:
     conv = rep["ops"][0]
     assert not conv["delegated"] and codes(conv) == {R.DYNAMIC_SHAPE}
     assert "rejects the whole model" in conv["reasons"][0]["message"]
+
+
+def test_parse_the_operation_log_file_format() -> None:
+    """``*_edgetpu.log`` (what -s prints without the memory summary) parses the same way."""
+    log = (
+        "Edge TPU Compiler version 14.1.317412892\n"
+        "Input: detector.tflite\n"
+        "Output: detector_edgetpu.tflite\n\n"
+        "Operator                       Count      Status\n\n"
+        "CONCATENATION                  1          More than one subgraph is not supported\n"
+        "MAX_POOL_2D                    6          Mapped to Edge TPU\n"
+        "RESIZE_NEAREST_NEIGHBOR        1          Operation version not supported\n"
+        "CONV_2D                        11         Mapped to Edge TPU\n"
+    )
+    p = edgetpu.parse_compiler_output(log)
+    assert p["output_model"] == "detector_edgetpu.tflite"
+    assert p["ops_tpu"] == 17 and p["ops_cpu"] == 2
+    assert [r["status"] for r in p["operators"] if not r["mapped"]] == [
+        "More than one subgraph is not supported",
+        "Operation version not supported",
+    ]
