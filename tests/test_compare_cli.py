@@ -244,3 +244,20 @@ def test_onnx_qdq_per_layer_from_the_two_files(tmp_path: Path) -> None:
     assert pl["available"] and pl["method"] == "onnx-qdq-activation-matching"
     assert pl["layers"][0]["layer"] == "model/fragile/MatMul"
     assert "Per-layer SQNR" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_labels_file_follows_the_num_subset(models: dict[str, Path], tmp_path: Path) -> None:
+    with np.load(models["val"]) as z:
+        np.save(tmp_path / "labels.npy", z["labels"])
+    reps = []
+    for extra in ([], ["--labels", tmp_path / "labels.npy"]):
+        r = _run("compare", models["float"], models["int8"], "--data", models["val"],
+                 "--num", 50, "--seed", 7, "--out", tmp_path / f"r{len(extra)}",
+                 "--no-per-layer", "--json", *extra)
+        assert r.exit_code == 0, r.stderr
+        reps.append(json.loads(r.stdout))
+    a, b = (rep["task"]["metrics"]["accuracy"] for rep in reps)
+    # Misaligned labels would put a ~97% accurate model near chance.
+    assert a == b and a["float"] > 0.85 and reps[0]["data"]["count"] == 50
+    rows = reps[0]["data"]["rows"]
+    assert len(rows) == 50 and rows == sorted(rows) and max(rows) < 300

@@ -240,6 +240,10 @@ def run_compare(
                       "labels": ({"source": labels_source, "count": int(len(labels))}
                                  if labels is not None else None),
                       "warnings": list(src.warnings)}
+    rows = getattr(src, "indices", getattr(src, "_indices", None))
+    if num is not None and rows is not None:
+        # Sample indices in drift (flipped_top1) count evaluated samples; these map them to rows.
+        report["data"]["rows"] = [int(i) for i in rows]
     report["drift"] = compare_outputs(refs, cands, [s.name for s in ref.outputs])
     report["task"] = task_metrics(refs, cands, labels, seed=seed) if labels is not None else None
     calib_samples = (list(open_calibration(calib, list(ref.inputs), num=200, seed=seed))
