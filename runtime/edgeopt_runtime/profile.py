@@ -193,7 +193,7 @@ def _load_measured(
         timing = {"backend_import_ms": None, "load_ms": None, "load_method": why}
         mem = {
             "rss_before_load": MemValue(None, why),
-            "rss_after_load": memory.rss(),
+            "rss_after_load": _at_start(memory.rss()),
             "peak_during_load": MemValue(None, why),
         }
         return model_or_path, timing, mem
@@ -218,6 +218,10 @@ def _load_measured(
     }
     mem = {"rss_before_load": before, "rss_after_load": after, "peak_during_load": peak}
     return model, timing, mem
+
+
+def _at_start(value: MemValue) -> MemValue:
+    return MemValue(value.bytes, f"{value.method} when profile() started (model already loaded)")
 
 
 def _formats_of(path: Path) -> list[str]:
@@ -483,11 +487,10 @@ def _op_profile(
     if model.format == "onnx":
         return {**base, **_onnx_op_profile(model, feeds, progress)}
     ops = model.runner.ops() if hasattr(model.runner, "ops") else []
-    pkg = model.backend.split()[0]
     return {
         **base,
-        "reason": f"per-op time not exposed by the LiteRT Python API ({pkg}: the Interpreter "
-        "has no profiler hook); ops listed without times",
+        "reason": f"per-op time not exposed by the LiteRT Python API ({model.backend}: neither "
+        "the Interpreter nor CompiledModel has a profiler hook); ops listed without times",
         "ops": ops,
         "op_counts": _count(o["op_name"] for o in ops),
         "ops_note": "as the interpreter lists them; a DELEGATE node runs the ops a delegate "
