@@ -92,6 +92,10 @@ def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
         "worse", "better"}``.
     """
     a, b = _entries(old), _entries(new)
+    if len(a) == len(b) == 1 and set(a) != set(b):
+        # One evaluation each under different keys (compare vs one-artifact convert): pair them.
+        (ka, va), (kb, vb) = next(iter(a.items())), next(iter(b.items()))
+        a, b = {f"{ka} -> {kb}": va}, {f"{ka} -> {kb}": vb}
     entries = []
     for key in list(a) + [k for k in b if k not in a]:
         if key not in b or key not in a:
