@@ -203,3 +203,14 @@ def test_diff_flags_regressions_beyond_tolerance() -> None:
     assert "vec: SQNR dB" in text and "WORSE" in text
     d = diff_reports(old, old)
     assert d["regressions"] == 0 and d["entries"][0]["status"] == "same"
+
+
+def test_diff_pairs_a_compare_with_a_one_artifact_convert_report() -> None:
+    cmp = _compare_report(noise=0.01)
+    conv = {"schema": SCHEMA, "kind": "convert", "created": "now",
+            "targets": [{"name": "arm-cpu", "artifacts": [
+                {"file": "m.tflite", "size_bytes": 1500, "drift": _compare_report(0.3)["drift"]}]}]}
+    d = diff_reports(cmp, conv)
+    assert [e["key"] for e in d["entries"]] == ["candidate -> arm-cpu · m.tflite"]
+    changes = {c["what"]: c for c in d["entries"][0]["changes"]}
+    assert changes["vec: SQNR dB"]["worse"] and "size bytes" not in changes  # same size
