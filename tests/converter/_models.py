@@ -12,7 +12,9 @@ import functools
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -227,3 +229,48 @@ SOURCES = {
     "onnx-dynamic": onnx_dynamic_file,
     "onnx-opset9": onnx_opset9_file,
 }
+
+
+# ------------------------------------------------------------- inspecting produced files
+
+
+def tflite_ops(path: Path) -> list[dict[str, Any]]:
+    """Per op of the primary subgraph: name, input / output dtype names, scale counts."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    det = {d["index"]: d for d in interp.get_tensor_details()}
+    ops = []
+    for op in interp._get_ops_details():  # noqa: SLF001
+        ops.append({
+            "op": op["op_name"],
+            "in": [np.dtype(det[i]["dtype"]).name for i in op["inputs"] if i >= 0],
+            "out": [np.dtype(det[i]["dtype"]).name for i in op["outputs"]],
+            "in_scales": [len(det[i]["quantization_parameters"]["scales"])
+                          for i in op["inputs"] if i >= 0],
+        })
+    return ops
+
+
+def onnx_summary(path: Path) -> dict[str, Any]:
+    """Op counts, activation zero-point dtypes, weight dtypes / scale counts, and for every
+    Conv / MatMul / Gemm whether both its data and weight inputs come from DequantizeLinear."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    ops = Counter(n.op_type for n in model.graph.node)
+    act_zp, weight_types, weight_scales, fed_by_dq = set(), set(), {}, {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            act_zp.add(inits[n.input[2]].dtype.name)
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            weight_types.add(inits[n.input[0]].dtype.name)
+            weight_scales[n.input[0]] = inits[n.input[1]].size
+        if n.op_type in ("Conv", "MatMul", "Gemm"):
+            srcs = [producer.get(i) for i in n.input[:2]]
+            fed_by_dq[n.name] = all(s is not None and s.op_type == "DequantizeLinear" for s in srcs)
+    return {"ops": ops, "act_zp": act_zp, "weight_types": weight_types,
+            "weight_scales": weight_scales, "fed_by_dq": fed_by_dq, "model": model}

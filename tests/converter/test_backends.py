@@ -86,24 +86,6 @@ def _with(profile: TargetProfile, section: str, **changes: Any) -> TargetProfile
         getattr(profile, section), **changes)})
 
 
-def _tflite_ops(path: Path) -> list[dict[str, Any]]:
-    """Per op: name, input / output dtype names (-1 = optional input skipped)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    det = {d["index"]: d for d in interp.get_tensor_details()}
-    ops = []
-    for op in interp._get_ops_details():  # noqa: SLF001
-        ops.append({
-            "op": op["op_name"],
-            "in": [np.dtype(det[i]["dtype"]).name for i in op["inputs"] if i >= 0],
-            "out": [np.dtype(det[i]["dtype"]).name for i in op["outputs"]],
-            "in_scales": [len(det[i]["quantization_parameters"]["scales"])
-                          for i in op["inputs"] if i >= 0],
-        })
-    return ops
-
-
 def _drift(quant: Path, ref: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, float]:
     q, f = rt.load(quant, threads=1), rt.load(ref, threads=1)
     names = [s.name for s in q.outputs]
@@ -121,7 +103,7 @@ COMPUTE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 def test_tflite_int8_float_io_every_compute_op_int8(tmp_path: Path) -> None:
     src, prof = _source("keras"), load_target("arm-cpu")
     built = _build(src, prof, "int8", tmp_path, "tflite")
-    ops = _tflite_ops(built.path)
+    ops = M.tflite_ops(built.path)
     compute = [o for o in ops if o["op"] in COMPUTE]
     assert len(compute) == 4
     for o in compute:  # activations and weights int8, bias int32
@@ -143,7 +125,7 @@ def test_tflite_edgetpu_uint8_io_static_within_two_output_steps(tmp_path: Path) 
     m = rt.load(built.path)
     assert [(s.dtype, s.shape) for s in m.inputs] == [("uint8", (1, *M.HWC))]
     assert [(s.dtype, s.shape) for s in m.outputs] == [("uint8", (1, M.CLASSES))]
-    assert all(o["op"] not in COMPUTE or o["out"] == ["int8"] for o in _tflite_ops(built.path))
+    assert all(o["op"] not in COMPUTE or o["out"] == ["int8"] for o in M.tflite_ops(built.path))
     ref = rt.load(_float_path(src, "tflite", tmp_path, _static(src)))
     step = m.outputs[0].quantization.scale[0]
     worst = max(float(np.abs(m.run(s)[0] - ref.run(s)[0]).max()) for s in CALIB_HWC)
@@ -167,7 +149,7 @@ def test_tflite_float16_dynamic_int16x8_float32_variants(tmp_path: Path) -> None
     dtypes = {}
     for precision in ("float16", "dynamic", "int16x8", "float32"):
         built = _build(src, prof, precision, tmp_path, "tflite", shapes=_static(src))
-        ops = _tflite_ops(built.path)
+        ops = M.tflite_ops(built.path)
         conv = next(o for o in ops if o["op"] == "CONV_2D")
         dtypes[precision] = (conv["in"][0], conv["in"][1], conv["out"][0])
         if precision == "float16":
@@ -182,7 +164,7 @@ def test_tflite_dynamic_range_quantizes_large_weights_only(tmp_path: Path) -> No
     src = load_source(M.mlp_keras_file())
     prof = _with(load_target("arm-cpu"), "quantization", scheme=Scheme.DYNAMIC)
     built = _build(src, prof, "dynamic", tmp_path, "tflite")
-    fcs = [o for o in _tflite_ops(built.path) if o["op"] == "FULLY_CONNECTED"]
+    fcs = [o for o in M.tflite_ops(built.path) if o["op"] == "FULLY_CONNECTED"]
     # hidden: 64x64 = 4096 weights -> int8 weights, float activations; logits: 320 -> float.
     assert [(o["in"][0], o["in"][1], o["out"][0]) for o in fcs] == [
         ("float32", "int8", "float32"), ("float32", "float32", "float32")]
@@ -201,9 +183,9 @@ def test_tflite_keep_float_leaves_only_matching_layer_float(tmp_path: Path) -> N
     src, prof = _source("keras"), load_target("arm-cpu")
     built = _build(src, prof, "int8", tmp_path, "tflite", keep_float=("/fc_1/",))
     assert built.details["keep_float"] and all("/fc_1/" in n for n in built.details["keep_float"])
-    fcs = [o for o in _tflite_ops(built.path) if o["op"] == "FULLY_CONNECTED"]
+    fcs = [o for o in M.tflite_ops(built.path) if o["op"] == "FULLY_CONNECTED"]
     assert [o["out"][0] for o in fcs] == ["float32", "int8"]  # fc in float, probs stays int8
-    assert all(o["out"] == ["int8"] for o in _tflite_ops(built.path) if o["op"] == "CONV_2D")
+    assert all(o["out"] == ["int8"] for o in M.tflite_ops(built.path) if o["op"] == "CONV_2D")
     metrics = _drift(built.path, _float_path(src, "tflite", tmp_path), CALIB_HWC)
     assert metrics["sqnr_db"] >= INT8_MIN_SQNR_DB
 
@@ -218,7 +200,7 @@ def test_tflite_keep_float_uint8_io_and_unmatched_pattern(tmp_path: Path) -> Non
 def test_tflite_per_tensor_when_profile_says_so(tmp_path: Path) -> None:
     prof = _with(load_target("arm-cpu"), "quantization", per_channel=False)
     built = _build(_source("keras"), prof, "int8", tmp_path, "tflite")
-    conv = next(o for o in _tflite_ops(built.path) if o["op"] == "CONV_2D")
+    conv = next(o for o in M.tflite_ops(built.path) if o["op"] == "CONV_2D")
     assert conv["in_scales"][1] == 1
 
 
@@ -230,32 +212,10 @@ def test_tflite_refuses_onnx_sources() -> None:
 # ------------------------------------------------------------------------------------ ONNX
 
 
-def _onnx_summary(path: Path) -> dict[str, Any]:
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    ops = Counter(n.op_type for n in model.graph.node)
-    act_zp, weight_types, weight_scales, fed_by_dq = set(), set(), {}, {}
-    for n in model.graph.node:
-        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
-            act_zp.add(inits[n.input[2]].dtype.name)
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
-            weight_types.add(inits[n.input[0]].dtype.name)
-            weight_scales[n.input[0]] = inits[n.input[1]].size
-        if n.op_type in ("Conv", "MatMul", "Gemm"):
-            srcs = [producer.get(i) for i in n.input[:2]]
-            fed_by_dq[n.name] = all(s is not None and s.op_type == "DequantizeLinear" for s in srcs)
-    return {"ops": ops, "act_zp": act_zp, "weight_types": weight_types,
-            "weight_scales": weight_scales, "fed_by_dq": fed_by_dq, "model": model}
-
-
 def test_onnx_static_u8s8_qdq_per_channel(tmp_path: Path) -> None:
     src, prof = _source("keras"), load_target("arm-cpu")
     built = _build(src, prof, "int8", tmp_path, "onnx")
-    s = _onnx_summary(built.path)
+    s = M.onnx_summary(built.path)
     assert s["ops"]["QuantizeLinear"] >= 4 and s["ops"]["DequantizeLinear"] >= 8
     assert s["act_zp"] == {"uint8"}  # arm-cpu profile: uint8 activations (measured faster)
     assert "int8" in s["weight_types"]
@@ -268,7 +228,7 @@ def test_onnx_static_u8s8_qdq_per_channel(tmp_path: Path) -> None:
 
 def test_onnx_s8s8_from_profile(tmp_path: Path) -> None:
     prof = _with(load_target("arm-cpu"), "onnx", activation_type=QuantType.INT8)
-    s = _onnx_summary(_build(_source("onnx-dynamic"), prof, "int8", tmp_path, "onnx").path)
+    s = M.onnx_summary(_build(_source("onnx-dynamic"), prof, "int8", tmp_path, "onnx").path)
     assert s["act_zp"] == {"int8"}
 
 
@@ -276,7 +236,7 @@ def test_onnx_dynamic_scheme_uses_quantize_dynamic(tmp_path: Path) -> None:
     prof = _with(load_target("arm-cpu"), "onnx", scheme=OnnxScheme.DYNAMIC)
     assert get_backend("onnx").precisions(prof) == ["dynamic"]
     built = _build(_source("keras"), prof, "dynamic", tmp_path, "onnx")
-    ops = _onnx_summary(built.path)["ops"]
+    ops = M.onnx_summary(built.path)["ops"]
     assert ops["DynamicQuantizeLinear"] >= 1 and ops["MatMulInteger"] >= 1
     assert built.details["calibration_method"] is None
 
@@ -285,14 +245,14 @@ def test_onnx_keep_float_excludes_matching_nodes(tmp_path: Path) -> None:
     src, prof = _source("onnx-dynamic"), load_target("arm-cpu")
     built = _build(src, prof, "int8", tmp_path, "onnx", keep_float=(r"^/fc/",))
     assert built.details["keep_float"] == ["/fc/Gemm"]
-    fed = _onnx_summary(built.path)["fed_by_dq"]
+    fed = M.onnx_summary(built.path)["fed_by_dq"]
     assert fed == {"/conv1/Conv": True, "/fc/Gemm": False}
 
 
 def _relu_scale(path: Path) -> float:
     from onnx import numpy_helper
 
-    s = _onnx_summary(path)
+    s = M.onnx_summary(path)
     inits = {i.name: numpy_helper.to_array(i) for i in s["model"].graph.initializer}
     q = next(n for n in s["model"].graph.node if n.op_type == "QuantizeLinear"
              and n.input[0] in ("r1", "c1"))
@@ -329,7 +289,7 @@ def test_onnx_opset9_source_is_upgraded_and_quantized(tmp_path: Path) -> None:
     float_model = onnx.load(str(_float_path(src, "onnx", tmp_path)))
     assert float_model.opset_import[0].version >= 13 and len(float_model.graph.input) == 1
     built = _build(src, load_target("arm-cpu"), "int8", tmp_path, "onnx")
-    assert all(_onnx_summary(built.path)["fed_by_dq"].values())
+    assert all(M.onnx_summary(built.path)["fed_by_dq"].values())
     metrics = _drift(built.path, _float_path(src, "onnx", tmp_path), CALIB_CHW)
     assert metrics["sqnr_db"] >= INT8_MIN_SQNR_DB
 
@@ -355,7 +315,7 @@ def test_onnx_preprocess_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "b").mkdir()
     built = _build(src, prof, "int8", tmp_path / "b", "onnx")
     assert built.details["preprocess"] == "none"
-    assert _onnx_summary(built.path)["ops"]["QuantizeLinear"] >= 2
+    assert M.onnx_summary(built.path)["ops"]["QuantizeLinear"] >= 2
 
 
 def test_duplicate_backend_is_an_error() -> None:
