@@ -369,8 +369,11 @@ def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
 
 def _host_load(path: Path) -> rt.Model:
     """Load for measuring on this host: CPU (XNNPACK for TFLite), fixed thread count."""
+    from .backends._frameworks import stdout_to_stderr
+
     delegate = "xnnpack" if path.suffix == ".tflite" else None
-    return rt.load(path, threads=HOST_THREADS, delegate=delegate)
+    with stdout_to_stderr():  # LiteRT prints "INFO: Created ... XNNPACK delegate" on stderr
+        return rt.load(path, threads=HOST_THREADS, delegate=delegate)
 
 
 def _evaluate(

@@ -33,7 +33,8 @@ def import_tf() -> Any:
     """
     _quiet_env()
     try:
-        import tensorflow as tf
+        with stdout_to_stderr():  # absl prints a few lines at import, before any log level
+            import tensorflow as tf
     except ImportError:
         raise MissingDependencyError("tensorflow", "tensorflow", "to read TF models") from None
     tf.get_logger().setLevel(logging.ERROR)
