@@ -16,7 +16,13 @@ from edgeopt.targets import load_target
 
 from . import _models
 
-pytestmark = pytest.mark.slow
+# Skipped unless selected with -m slow: the fast suite (plain `pytest`) must stay fast.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        "'slow' not in (config.getoption('markexpr') or '')", reason="slow: run with -m slow"
+    ),
+]
 
 
 def _mobilenet_int8(batch: int | None) -> Path:
