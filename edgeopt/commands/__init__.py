@@ -1,0 +1,1 @@
+"""Subcommands of the `edgeopt` CLI, imported lazily by edgeopt.cli."""
