@@ -174,7 +174,7 @@ def run_analyzer(path: str) -> dict[str, Any]:
         "    from ai_edge_litert import _pywrap_analyzer_wrapper as a\n"
         "    tool = 'ai_edge_litert ModelAnalyzer'\n"
         "except ImportError:\n"
-        "    from tensorflow.lite.python import _pywrap_analyzer_wrapper as a\n"
+        "    from tensorflow.lite.python.analyzer_wrapper import _pywrap_analyzer_wrapper as a\n"
         "    tool = 'tf.lite.experimental.Analyzer'\n"
         "sys.stdout.write(tool + '\\n' + a.ModelAnalyzer(sys.argv[1], True, True))\n"
     )
