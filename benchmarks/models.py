@@ -29,6 +29,7 @@ class ModelSpec:
     input_shape: tuple[int, ...]  # without the batch dim
     build: Callable[[int], Any]  # seed -> keras.Model
     value_range: tuple[float, float] = (0.0, 1.0)  # uniform input range ("image" in [0, 1])
+    input_name: str = "image"
 
     def inputs(self, n: int, seed: int) -> list[np.ndarray]:
         """``n`` seeded batch-1 float32 inputs drawn uniformly from ``value_range``."""
@@ -207,6 +208,7 @@ MODELS: dict[str, ModelSpec] = {
             (_SEQ, _D),
             transformer_encoder,
             value_range=(-1.0, 1.0),
+            input_name="embeddings",
         ),
     )
 }
