@@ -70,6 +70,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     out += _header(doc)
     out += _checks(doc)
     out += _latency(doc)
+    out += _op_profiles(doc)
     out += _conversion(doc)
     out += _overhead(doc)
     out += _host_peak(doc)
@@ -144,6 +145,27 @@ def _latency(doc: dict[str, Any]) -> list[str]:
          "speed-up vs float", "CPU-time speed-up", "size ratio", "SQNR dB", "cosine", "GMAC/s",
          "roof"], rows
     )
+
+
+def _op_profiles(doc: dict[str, Any]) -> list[str]:
+    out = ["## Where the time goes: ONNX Runtime per-op class, float vs int8 (arm-cpu), 1 thread",
+           "", "Median kernel time per run of each op class, from profiling traces of the two "
+           "models run alternately (benchmarks/opprofile.py). A class with a speed-up below the "
+           "model's is what holds int8 back. LiteRT exposes no per-op time from Python.", ""]
+    for m in doc["models"]:
+        prof = m.get("onnx_op_profile")
+        if not prof:
+            continue
+        rows = [[c["class"], str(c["nodes"]), _f(c["float_ms"], 3), _f(c["int8_ms"], 3),
+                 "–" if c["speedup"] is None else f"{c['speedup']:.2f}x",
+                 f"{100 * c['int8_share']:.1f} %"]
+                for c in prof["classes"] if c["int8_ms"] >= 0.001 or c["float_ms"] >= 0.001]
+        out.append(f"**{m['name']}**: profiled run {prof['float_run_ms']:.3f} ms float, "
+                   f"{prof['int8_run_ms']:.3f} ms int8.")
+        out.append("")
+        out += _table(["op class", "int8 nodes", "float ms", "int8 ms", "speed-up",
+                       "share of int8"], rows)
+    return out
 
 
 def _stage_cell(stage: dict[str, Any] | None) -> str:

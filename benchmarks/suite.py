@@ -180,6 +180,16 @@ def bench_model(name: str, config: Config, workdir: Path, log: Log,
         "latency": groups,
         "notes": notes,
     }
+    onnx_int8 = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8"
+                      and "arm-cpu" in a["targets"]), None)
+    if onnx_int8 is not None and "onnx" in floats:
+        from .opprofile import op_classes
+
+        log(f"{name}: ONNX Runtime per-op-class profile, float vs int8")
+        result["onnx_op_profile"] = op_classes(
+            Path(floats["onnx"]), Path(onnx_int8["artifact_dir"]) / onnx_int8["file"], inputs[0],
+            runs=10 if config.quick else 20,
+        )
     if config.overhead and name in OVERHEAD_MODELS:
         result["overhead"] = wrapper_overhead(floats, artifacts, inputs[0], log, name, config)
     return result

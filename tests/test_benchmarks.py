@@ -203,6 +203,12 @@ def test_tiny_run_structure_and_mac_count(tiny_run: tuple[dict, Path]) -> None:
     for stage in ("load", "data_check", "calibrate", "convert", "validate"):
         assert stages[stage]["seconds"] >= 0.0 and stages[stage]["peak_rss_mib"] > 0
     assert m["conversion"]["per_target"]["arm-cpu"]["calibrate"]["windows"] == 2  # tflite, onnx
+    # ORT per-op classes: the tiny CNN's three convolutions are told apart by weight shape
+    prof = m["onnx_op_profile"]
+    classes = {c["class"]: c for c in prof["classes"]}
+    for cls in ("dense conv 3x3", "depthwise conv 3x3", "dense conv 1x1"):
+        assert classes[cls]["nodes"] == 1 and classes[cls]["int8_ms"] > 0
+    assert sum(c["int8_share"] for c in prof["classes"]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_tiny_run_ratios_come_from_same_run_rounds(tiny_run: tuple[dict, Path]) -> None:
