@@ -502,6 +502,9 @@ def _report(
         notes += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
         for a in t["artifacts"]:
             notes += [f"{t['name']}/{a['file']}: {n}" for n in a["notes"]]
+            summary = (a.get("preflight") or {}).get("summary") or {}
+            if summary.get("fully_delegated") is False and summary.get("verdict"):
+                notes.append(f"{t['name']}/{a['file']}: pre-flight: {summary['verdict']}")
     report.update({
         "synthetic_calibration": calib.synthetic,
         "models": {"source": {

@@ -15,6 +15,52 @@ import click
 
 _FORMATS = ["tflite", "onnx", "all"]
 _METHODS = ["minmax", "entropy", "percentile"]
+_NUMBER_LISTS = {"mean", "std", "resize"}
+
+
+def _number(key: str, text: str) -> float:
+    """A float, also written as a fraction (``scale=1/127.5``)."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        from edgeopt_runtime.errors import CalibrationError
+
+        raise CalibrationError(
+            f"invalid --preprocess {key}={text!r}: expected a number such as 0.5 or 1/255"
+        ) from None
+
+
+def parse_preprocess(items: tuple[str, ...]) -> Any:
+    """``--preprocess KEY=VALUE`` items -> ``Preprocessing`` (None when there are none).
+
+    Lists are comma-separated (``mean=0.485,0.456,0.406``, ``resize=224,224``).
+
+    Raises:
+        CalibrationError: malformed item, unknown key or invalid value.
+    """
+    if not items:
+        return None
+    from edgeopt_runtime.errors import CalibrationError
+
+    from edgeopt.calibration import Preprocessing
+
+    fields: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not value:
+            raise CalibrationError(f"invalid --preprocess {item!r}: expected KEY=VALUE")
+        if key in _NUMBER_LISTS:
+            numbers = [_number(key, v.strip()) for v in value.split(",")]
+            fields[key] = [int(n) for n in numbers] if key == "resize" else numbers
+        elif key == "scale":
+            fields[key] = _number(key, value)
+        else:
+            fields[key] = value.strip()
+    return Preprocessing.from_dict(fields)
 
 
 def _progress(enabled: bool) -> Any:
@@ -59,6 +105,10 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
               help="Output format(s); 'all' = every format each target allows.")
 @click.option("--calib-method", type=click.Choice(_METHODS),
               help="Calibration method (default: the target profile's). TFLite uses min/max.")
+@click.option("--preprocess", multiple=True, metavar="KEY=VALUE",
+              help="How raw calibration data becomes model input, e.g. scale=1/127.5, "
+              "mean=1, std=0.229,0.224,0.225, resize=224,224, layout=NCHW, "
+              "channel_order=BGR, color=grayscale. Repeatable. See calibration_data/README.md.")
 @click.option("--num-calib", type=click.IntRange(min=1), metavar="N",
               help="Use a seeded random subset of N calibration samples.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -79,7 +129,8 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(
     model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
-    calib_method: str | None, num_calib: int | None, seed: int, keep_float: tuple[str, ...],
+    calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
+    keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
     as_json: bool,
 ) -> None:
@@ -95,6 +146,7 @@ def command(
         num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
         allow_synthetic=allow_synthetic, trust_model=trust_model,
         progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
+        preprocessing=parse_preprocess(preprocess),
     )
     if as_json:
         click.echo(dumps(report.data), nl=False)

@@ -98,6 +98,28 @@ def test_bad_input_exit_code_2_one_line_nothing_written(
     assert not list(tmp_path.glob(".*edgeopt-*"))
 
 
+def test_image_folder_calibration_with_preprocess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    images = REPO / "calibration_data" / "digits" / "images"
+    result = _cli(["convert", str(M.keras_file()), "--target", "arm-cpu", "--format", "onnx",
+                   "--calib", str(images), "--preprocess", "resize=8,8", "--preprocess",
+                   "color=rgb", "--preprocess", "scale=1/255", "--num-calib", "10",
+                   "--latency-runs", "1", "--out", str(out)], monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "arm-cpu" / "manifest.json").read_text())
+    assert manifest["calibration"]["format"] == "image-dir"
+    assert manifest["calibration"]["count"] == 10
+    pre = manifest["preprocessing"]
+    assert pre["resize"] == [8, 8] and pre["color"] == "rgb"
+    assert pre["scale"] == pytest.approx(1 / 255)
+    bad = _cli(["convert", str(M.keras_file()), "--target", "arm-cpu", "--calib", str(images),
+                "--preprocess", "mean=abc", "--out", str(tmp_path / "bad")], monkeypatch)
+    assert bad.exit_code == 2 and "--preprocess mean='abc'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_usage_errors_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     for args in (["--format", "coreml"], ["--num-calib", "0"], ["--calib-method", "kl"]):
         result = _cli(["convert", str(M.keras_file()), "--target", "arm-cpu", *args],
