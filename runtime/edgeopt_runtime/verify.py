@@ -362,7 +362,7 @@ def _check_subgraph(m: _Model, index: int, sg: _Table) -> int:
     ready = {i for i, t in enumerate(infos) if t.kind != _ACTIVATION} | set(ios["input"])
     for op in sg.tables(3, f"{where} operator"):
         inputs, outputs = _check_operator(m, index, op, n, const)
-        _check_requantization(op.what, m.opcodes[op.scalar(0, _U32)], inputs, outputs, infos)
+        _check_op_tensors(op.what, m.opcodes[op.scalar(0, _U32)], inputs, outputs, infos)
         for k, t in enumerate(inputs):
             if t != -1 and t not in ready:
                 raise _Corrupt(f"{op.what} input {k} (tensor {t}) is read before it is written")
@@ -575,6 +575,41 @@ def _check_operator(
 
 
 _INT8, _UINT8, _INT16 = 9, 3, 7
+_QUANT_TYPES = (_INT8, _UINT8, _INT16)
+
+
+def _check_op_tensors(
+    what: str, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], tensors: list[_Tensor]
+) -> None:
+    """Tensor types and quantization an operator's kernel (or XNNPACK) relies on without checking.
+
+    Found by tests/runtime/test_fuzz.py: mismatched types slip past XNNPACK's node checks and make
+    its setup fail, and XNNPACK's clean-up path then frees memory twice (abort); quantized kernels
+    given an int8 tensor without scales, or with per-channel scales where they read one scale,
+    turn a zero scale into a multiplier and abort in a TFLITE_CHECK.
+    """
+    ins = [tensors[t] for t in inputs if t != -1]
+    outs = [tensors[t] for t in outputs]
+    same = ins + outs if code in _SAME_TYPE else []
+    if code in _SAME_TYPE_AS_INPUT and len(inputs) > _SAME_TYPE_AS_INPUT[code]:
+        first = inputs[_SAME_TYPE_AS_INPUT[code]]
+        same = ([tensors[first]] if first != -1 else []) + outs
+    if len({t.ttype for t in same}) > 1:
+        types = ", ".join(TENSOR_TYPES[t.ttype][0] for t in same)
+        raise _Corrupt(f"{what} mixes tensor types ({types}); its kernel needs one type")
+    if code in _REQUANTIZING:
+        per_channel = _PER_CHANNEL_INPUTS.get(code, ())
+        for k, t in [*enumerate(inputs), *((None, t) for t in outputs)]:
+            info = tensors[t] if t != -1 else None
+            if info is None or info.ttype not in _QUANT_TYPES:
+                continue
+            if not info.scales:
+                raise _Corrupt(f"{what}: tensor {t} is {TENSOR_TYPES[info.ttype][0]} without "
+                               "quantization parameters")  # fmt: skip
+            if len(info.scales) > 1 and k not in per_channel:
+                raise _Corrupt(f"{what}: tensor {t} has per-channel scales where the kernel "
+                               "reads one scale")  # fmt: skip
+    _check_requantization(what, code, inputs, outputs, tensors)
 
 
 def _check_requantization(
@@ -686,11 +721,10 @@ def _check_field(t: _Table, fid: int, code: str, calls: tuple[int, set[int]] | N
     elif code[0] == "v":
         t.vector(fid, int(code[1]), f"{t.what} field {fid}")
     else:  # "g": one subgraph index, "G": a vector of them (control flow)
-        idxs = (t.scalar(fid, _I32, -2),) if code == "g" else t.ints(fid, f"{t.what} field {fid}")
+        # An absent index field reads as 0 (the schema default): the op calls subgraph 0.
+        idxs = (t.scalar(fid, _I32),) if code == "g" else t.ints(fid, f"{t.what} field {fid}")
         n_sub, callees = calls if calls else (0, set())
         for i in idxs:
-            if i == -2:
-                continue  # absent scalar field
             if not 0 <= i < n_sub:
                 raise _Corrupt(f"{t.what} calls subgraph {i}; the model has {n_sub}")
             callees.add(i)
@@ -901,7 +935,7 @@ _ARITY: dict[int, tuple[int, int, int, int]] = {
     **{c: (2, 2, 1, 1) for c in _BINARY},
     **{c: (3, 3, 1, 1) for c in _TERNARY},
     3: (2, 3, 1, 1),  # CONV_2D: input, filter, optional bias
-    4: (2, 3, 1, 1),  # DEPTHWISE_CONV_2D
+    4: (3, 3, 1, 1),  # DEPTHWISE_CONV_2D: LiteRT's kernel segfaults without a bias input
     9: (2, 3, 1, 2),  # FULLY_CONNECTED (+ shuffled-weights workspace output)
     67: (3, 4, 1, 1),  # TRANSPOSE_CONV: output shape, filter, input, optional bias
     2: (1, _MANY, 1, 1),  # CONCATENATION
@@ -940,6 +974,40 @@ _OPTIONAL_INPUTS: dict[int, frozenset[int] | None] = {
     35: None,
     32: None,  # CUSTOM: unknown
 }
+
+
+# -- operator tensor types ----------------------------------------------------------------------
+# Every input and output of these ops has one type (elementwise math, activations, pooling, concat).
+_SAME_TYPE = frozenset(_codes("""
+    ADD=0 SUB=41 MUL=18 DIV=42 MAXIMUM=55 MINIMUM=57 SQUARED_DIFFERENCE=99 POW=78 PRELU=54
+    FLOOR_DIV=90 FLOOR_MOD=95 ABS=101 CEIL=104 FLOOR=8 ROUND=116 NEG=59 SQRT=75 RSQRT=76
+    SQUARE=92 EXP=47 LOG=73 SIN=66 COS=108 TANH=28 LOGISTIC=14 RELU=19 RELU6=21 RELU_N1_TO_1=20
+    RELU_0_TO_1=152 ELU=111 GELU=150 HARD_SWISH=117 LEAKY_RELU=98 LOG_SOFTMAX=50
+    L2_NORMALIZATION=11 AVERAGE_POOL_2D=1 MAX_POOL_2D=17 L2_POOL_2D=12 SPACE_TO_DEPTH=26
+    DEPTH_TO_SPACE=5 LOCAL_RESPONSE_NORMALIZATION=13 SIGN=158 ZEROS_LIKE=93 CONCATENATION=2 PACK=83
+"""))  # fmt: skip
+# Builtin code -> the input position whose type all outputs share (data-movement ops, reductions,
+# convolutions: hybrid ones take int8 weights but keep the activation type).
+_SAME_TYPE_AS_INPUT = dict.fromkeys(_codes("""
+    RESHAPE=22 TRANSPOSE=39 PAD=34 PADV2=60 MIRROR_PAD=100 STRIDED_SLICE=45 SLICE=65 MEAN=40
+    SUM=74 REDUCE_MAX=82 REDUCE_MIN=89 REDUCE_PROD=81 RESIZE_BILINEAR=23
+    RESIZE_NEAREST_NEIGHBOR=97 GATHER=36 GATHER_ND=107 TILE=69 BROADCAST_TO=130 EXPAND_DIMS=70
+    SPLIT_V=102 UNPACK=88 BATCH_TO_SPACE_ND=37 SPACE_TO_BATCH_ND=38 REVERSE_V2=105 SQUEEZE=43
+    CONV_2D=3 DEPTHWISE_CONV_2D=4 FULLY_CONNECTED=9 BATCH_MATMUL=126
+"""), 0) | {49: 1, 67: 2}  # fmt: skip  # SPLIT: axis first; TRANSPOSE_CONV: output shape first
+# Quantized kernels of these ops derive fixed-point multipliers from the tensors' scales.
+_REQUANTIZING = frozenset(_codes("""
+    ADD=0 SUB=41 MUL=18 DIV=42 SQUARED_DIFFERENCE=99 CONV_2D=3 DEPTHWISE_CONV_2D=4
+    FULLY_CONNECTED=9 TRANSPOSE_CONV=67 BATCH_MATMUL=126 SOFTMAX=25 LOG_SOFTMAX=50 LOGISTIC=14
+    TANH=28 MEAN=40 SUM=74 REDUCE_PROD=81 LEAKY_RELU=98 PRELU=54 HARD_SWISH=117
+    L2_NORMALIZATION=11 QUANTIZE=114 DEQUANTIZE=6 AVERAGE_POOL_2D=1 CONCATENATION=2 RELU=19
+    RELU6=21 RELU_N1_TO_1=20 ELU=111 GELU=150 EXP=47 LOG=73 RSQRT=76 SQRT=75 SQUARE=92 ABS=101
+    POW=78
+"""))  # fmt: skip
+# Input positions that may carry per-channel scales (filters, biases, weight-only dequantize).
+_PER_CHANNEL_INPUTS: dict[int, tuple[int | None, ...]] = {
+    3: (1, 2), 4: (1, 2), 9: (1, 2), 67: (1, 3), 126: (1,), 6: (0,), 114: (0, None),
+}  # fmt: skip
 
 
 # -- builtin-options layouts ---------------------------------------------------------------------

@@ -1,0 +1,476 @@
+"""edgeopt_runtime.verify: valid models pass, hand-made corruptions give one clear ModelLoadError.
+
+Corruptions are made by editing the unpacked flatbuffer (``ModelT``) and repacking it, so each
+test changes exactly one fact and names the message it expects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import edgeopt_runtime as rt
+import flatbuffers
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from edgeopt_runtime import verify
+from edgeopt_runtime.errors import ModelLoadError
+
+from . import conftest_verify
+
+base_models = conftest_verify.base_models  # the session fixture, shared with test_fuzz
+
+TFLITE_BASES = ("float_conv.tflite", "int8_conv.tflite", "float_mixed.tflite", "int8_mixed.tflite")
+ONNX_BASES = ("float_conv.onnx", "int8_conv.onnx", "helper.onnx")
+OPS = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int)}
+CODES = {k: v for v, k in OPS.items()}
+
+
+def _edit(data: bytes, fn: Callable[[schema.ModelT], object]) -> bytes:
+    """Unpack the model, let ``fn`` change it, repack with the TFL3 identifier."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    fn(model)
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def _op(m: schema.ModelT, name: str) -> schema.OperatorT:
+    """The first operator of subgraph 0 with builtin ``name``."""
+    for op in m.subgraphs[0].operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == CODES[name]:
+            return op
+    raise LookupError(name)
+
+
+def _tensor(m: schema.ModelT, name_part: str) -> schema.TensorT:
+    return next(t for t in m.subgraphs[0].tensors if name_part in t.name.decode())
+
+
+def _output(m: schema.ModelT) -> schema.TensorT:
+    return m.subgraphs[0].tensors[m.subgraphs[0].outputs[0]]
+
+
+def _reject(data: bytes, pattern: str) -> str:
+    with pytest.raises(ModelLoadError, match=pattern) as info:
+        verify.check_tflite(data, "m.tflite")
+    msg = str(info.value)
+    assert msg.startswith("m.tflite: corrupt TFLite model: ") and "\n" not in msg
+    return msg
+
+
+# -- valid models --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", TFLITE_BASES)
+def test_valid_tflite_models_pass_and_repack_unchanged_passes(
+    base_models: dict[str, Path], name: str
+) -> None:
+    data = base_models[name].read_bytes()
+    verify.check_tflite(data, name)
+    verify.check_tflite(memoryview(data), name)
+    verify.check_tflite(bytearray(data), name)
+    verify.check_tflite(_edit(data, lambda m: None), name)  # the edit helper itself is sound
+    assert verify.sniff_format(data) == "tflite"
+    assert verify.sniff_format(base_models[name]) == "tflite"
+
+
+@pytest.mark.parametrize("name", ONNX_BASES)
+def test_valid_onnx_models_pass(base_models: dict[str, Path], name: str) -> None:
+    data = base_models[name].read_bytes()
+    verify.check_onnx_header(data, name)
+    assert verify.sniff_format(data) == "onnx"
+    assert verify.sniff_format(str(base_models[name])) == "onnx"
+
+
+def test_sniff_rejects_what_is_neither() -> None:
+    assert verify.sniff_format(b"") is None
+    assert verify.sniff_format(b"hello world, not a model at all") is None
+    assert verify.sniff_format(np.random.default_rng(0).bytes(4096)) is None
+    assert verify.sniff_format("/nonexistent/file.tflite") is None
+
+
+# -- structural corruption -----------------------------------------------------------------------
+def test_empty_and_tiny_files(base_models: dict[str, Path]) -> None:
+    _reject(b"", "only 0 bytes")
+    _reject(b"\x1c\x00\x00\x00TFL", "only 7 bytes")
+
+
+def test_bad_identifier(base_models: dict[str, Path]) -> None:
+    data = bytearray(base_models["float_conv.tflite"].read_bytes())
+    data[4:8] = b"XYZ3"
+    _reject(bytes(data), r"file identifier is b'XYZ3', expected b'TFL3'")
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, 0.99])
+def test_truncated_file(base_models: dict[str, Path], keep: float) -> None:
+    data = base_models["int8_conv.tflite"].read_bytes()
+    _reject(data[: int(len(data) * keep)], r"outside the file|past the end")
+
+
+def test_root_offset_out_of_range(base_models: dict[str, Path]) -> None:
+    data = bytearray(base_models["float_conv.tflite"].read_bytes())
+    data[0:4] = (len(data) + 64).to_bytes(4, "little")
+    _reject(bytes(data), r"model table points outside the file \(byte \d+, file is \d+ bytes\)")
+
+
+def test_schema_version(base_models: dict[str, Path]) -> None:
+    data = _edit(base_models["float_conv.tflite"].read_bytes(), lambda m: setattr(m, "version", 2))
+    _reject(data, "schema version 2, expected 3")
+
+
+def test_external_buffer_past_end(base_models: dict[str, Path]) -> None:
+    def edit(m: schema.ModelT) -> None:
+        b = m.buffers[_tensor(m, "conv2d_1/convolution").buffer]
+        b.data, b.offset, b.size = None, 1 << 20, 1024
+
+    _reject(_edit(base_models["float_conv.tflite"].read_bytes(), edit), "lies past the end")
+
+
+# -- tensors -------------------------------------------------------------------------------------
+CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
+    (
+        "op input index out of range",
+        "float_conv.tflite",
+        lambda m: _op(m, "ADD").inputs.__setitem__(1, 999),
+        r"operator 2 \(ADD\) input 1 is tensor 999; the subgraph has \d+",
+    ),
+    (
+        "op output index negative",
+        "float_conv.tflite",
+        lambda m: _op(m, "SOFTMAX").outputs.__setitem__(0, -7),
+        r"\(SOFTMAX\) output 0 is tensor -7",
+    ),
+    (
+        "subgraph input out of range",
+        "float_conv.tflite",
+        lambda m: setattr(m.subgraphs[0], "inputs", np.array([1234], np.int32)),
+        r"subgraph 0 input 0 is tensor 1234",
+    ),
+    (
+        "constant buffer one byte short",
+        "float_conv.tflite",
+        lambda m: setattr(
+            m.buffers[_tensor(m, "dense_1/MatMul").buffer],
+            "data",
+            m.buffers[_tensor(m, "dense_1/MatMul").buffer].data[:-1],
+        ),
+        r"constant buffer holds 1279 bytes, shape \[10, 32\] float32 needs 1280",
+    ),
+    (
+        "buffer index out of range",
+        "float_conv.tflite",
+        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "buffer", 500),
+        r"uses buffer 500; the model has \d+",
+    ),
+    (
+        "unknown tensor type",
+        "float_conv.tflite",
+        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "type", 77),
+        r"has unknown type 77",
+    ),
+    (
+        "negative dimension",
+        "float_conv.tflite",
+        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "shape", np.array([-10, 32], np.int32)),
+        r"negative dimension in shape \[-10, 32\]",
+    ),
+    (
+        "too many elements",
+        "float_conv.tflite",
+        lambda m: setattr(_output(m), "shape", np.array([65536, 65536], np.int32)),
+        r"has 4294967296 elements",
+    ),
+    (
+        "per-channel scale count differs from channels",
+        "int8_conv.tflite",
+        lambda m: setattr(
+            _tensor(m, "conv2d_1/convolution").quantization,
+            "scale",
+            _tensor(m, "conv2d_1/convolution").quantization.scale[:5],
+        ),
+        r"5 scales but 8 zero points",
+    ),
+    (
+        "quantized dimension outside rank",
+        "int8_conv.tflite",
+        lambda m: setattr(_tensor(m, "conv2d_1/convolution").quantization, "quantizedDimension", 9),
+        r"quantized dimension 9 outside rank 4",
+    ),
+    (
+        "zero activation scale (kernel abort)",
+        "int8_conv.tflite",
+        lambda m: setattr(
+            _tensor(m, "add_1/Add").quantization, "scale", np.array([0.0], np.float32)
+        ),
+        r"add_1/Add\) has quantization scale 0, expected a positive normal float",
+    ),
+    (
+        "NaN scale",
+        "int8_conv.tflite",
+        lambda m: setattr(
+            _tensor(m, "add_1/Add").quantization, "scale", np.array([np.nan], np.float32)
+        ),
+        r"scales must be finite",
+    ),
+    (
+        "tensor name not UTF-8",
+        "float_conv.tflite",
+        lambda m: setattr(_output(m), "name", b"bad\xf5name"),
+        r"name is not valid UTF-8",
+    ),
+    (
+        "IO tensor of a type numpy cannot hold",
+        "float_conv.tflite",
+        lambda m: setattr(m.subgraphs[0].tensors[m.subgraphs[0].inputs[0]], "type", 17),
+        r"subgraph 0 input 0 has type int4, which cannot be passed",
+    ),
+    # -- operators -------------------------------------------------------------------------------
+    (
+        "opcode index out of range",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "SOFTMAX"), "opcodeIndex", 40),
+        r"uses operator code 40; the model has \d+",
+    ),
+    (
+        "unknown builtin code",
+        "float_conv.tflite",
+        lambda m: setattr(m.operatorCodes[0], "builtinCode", 4000),
+        r"operator code 0 has unknown builtin code 4000",
+    ),
+    (
+        "custom op without a name",
+        "float_conv.tflite",
+        lambda m: setattr(m.operatorCodes[0], "builtinCode", 32),
+        r"is a custom op without a custom code",
+    ),
+    (
+        "missing input (XNNPACK reads it without checking)",
+        "float_mixed.tflite",
+        lambda m: setattr(_op(m, "STRIDED_SLICE"), "inputs", _op(m, "STRIDED_SLICE").inputs[:3]),
+        r"\(STRIDED_SLICE\) has 3 inputs, expected 4",
+    ),
+    (
+        "no outputs",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "SOFTMAX"), "outputs", np.array([], np.int32)),
+        r"\(SOFTMAX\) has 0 outputs, expected 1",
+    ),
+    (
+        "omitted input that is not optional",
+        "float_conv.tflite",
+        lambda m: _op(m, "ADD").inputs.__setitem__(0, -1),
+        r"\(ADD\) input 0 is omitted \(-1\) but is not optional",
+    ),
+    (
+        "output written into a constant",
+        "float_conv.tflite",
+        lambda m: _op(m, "SOFTMAX").outputs.__setitem__(
+            0, m.subgraphs[0].tensors.index(_tensor(m, "dense_1/MatMul"))
+        ),
+        r"\(SOFTMAX\) output 0 \(tensor \d+\) is a constant",
+    ),
+    (
+        "input read before it is written",
+        "float_conv.tflite",
+        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "buffer", 0),
+        r"\(FULLY_CONNECTED\) input 1 \(tensor \d+\) is read before it is written",
+    ),
+    (
+        "unknown builtin options type",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "SOFTMAX"), "builtinOptionsType", 200),
+        r"unknown options type 200",
+    ),
+    (
+        "int8 ADD whose output scale makes the kernel abort",
+        "int8_conv.tflite",
+        lambda m: setattr(
+            _tensor(m, "add_1/Add").quantization, "scale", np.array([1e-9], np.float32)
+        ),
+        r"\(ADD\): output scale 1e-09 is too small for input scales",
+    ),
+    (
+        "one per-channel filter scale XNNPACK cannot requantize",
+        "int8_conv.tflite",
+        lambda m: _tensor(m, "dense_1/MatMul").quantization.scale.__setitem__(7, 2e33),
+        r"\(FULLY_CONNECTED\): requantization scale .* channel 7\) is outside \[2\^-32, 256\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "base,edit,pattern", [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS]
+)
+def test_corruption_is_named(
+    base_models: dict[str, Path], base: str, edit: Callable, pattern: str
+) -> None:
+    data = base_models[base].read_bytes()
+    _reject(_edit(data, edit), pattern)
+
+
+# -- control flow --------------------------------------------------------------------------------
+def _add_while(m: schema.ModelT, cond: int, body: int) -> None:
+    """Append a WHILE op (looping over the model output) calling the given subgraphs."""
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = CODES["WHILE"]
+    code.version = 1
+    m.operatorCodes.append(code)
+    sg = m.subgraphs[0]
+    op = schema.OperatorT()
+    op.opcodeIndex = len(m.operatorCodes) - 1
+    op.inputs = np.array([sg.outputs[0]], np.int32)
+    new = schema.TensorT()
+    new.shape, new.type, new.buffer, new.name = _out_shape(sg), 0, 0, b"while_out"
+    sg.tensors.append(new)
+    op.outputs = np.array([len(sg.tensors) - 1], np.int32)
+    op.builtinOptionsType = schema.BuiltinOptions.WhileOptions
+    op.builtinOptions = schema.WhileOptionsT()
+    op.builtinOptions.condSubgraphIndex, op.builtinOptions.bodySubgraphIndex = cond, body
+    sg.operators.append(op)
+
+
+def _out_shape(sg: schema.SubGraphT) -> np.ndarray:
+    return np.array(sg.tensors[sg.outputs[0]].shape, np.int32)
+
+
+def test_control_flow_subgraph_index_out_of_range(base_models: dict[str, Path]) -> None:
+    data = _edit(base_models["float_conv.tflite"].read_bytes(), lambda m: _add_while(m, 0, 5))
+    _reject(data, r"\(WHILE\) options \(WhileOptions\) calls subgraph 5; the model has 1")
+
+
+def test_control_flow_calling_itself_is_a_cycle(base_models: dict[str, Path]) -> None:
+    data = _edit(base_models["float_conv.tflite"].read_bytes(), lambda m: _add_while(m, 0, 0))
+    _reject(data, r"call subgraphs in a cycle \(0 -> 0\)")
+
+
+# -- ONNX ----------------------------------------------------------------------------------------
+def test_onnx_header_errors(base_models: dict[str, Path]) -> None:
+    data = base_models["float_conv.onnx"].read_bytes()
+    with pytest.raises(ModelLoadError, match="file is empty"):
+        verify.check_onnx_header(b"", "m.onnx")
+    with pytest.raises(ModelLoadError, match="do not parse as a protobuf ModelProto"):
+        verify.check_onnx_header(data[: len(data) // 2], "m.onnx")
+    with pytest.raises(ModelLoadError, match="do not parse"):
+        verify.check_onnx_header(b"\xff" * 64, "m.onnx")
+    with pytest.raises(ModelLoadError, match="without a graph"):
+        verify.check_onnx_header(b"\x08\x08", "m.onnx")  # only ir_version = 8
+    tfl = base_models["float_conv.tflite"].read_bytes()
+    with pytest.raises(ModelLoadError, match="really a TFLite file"):
+        verify.check_onnx_header(tfl, "m.onnx")
+
+
+# -- through the public loader -------------------------------------------------------------------
+def test_load_names_a_mislabelled_file(base_models: dict[str, Path], tmp_path: Path) -> None:
+    fake_tflite = tmp_path / "model.tflite"
+    fake_tflite.write_bytes(base_models["float_conv.onnx"].read_bytes())
+    with pytest.raises(ModelLoadError, match=r"model\.tflite.*really a onnx file"):
+        rt.load(fake_tflite)
+    fake_onnx = tmp_path / "model.onnx"
+    fake_onnx.write_bytes(base_models["float_conv.tflite"].read_bytes())
+    with pytest.raises(ModelLoadError, match=r"model\.onnx.*really a tflite file"):
+        rt.load(fake_onnx)
+
+
+def test_load_rejects_corrupt_tflite_before_the_interpreter(
+    base_models: dict[str, Path], tmp_path: Path
+) -> None:
+    path = tmp_path / "broken.tflite"
+    path.write_bytes(
+        _edit(
+            base_models["float_mixed.tflite"].read_bytes(),
+            lambda m: setattr(
+                _op(m, "STRIDED_SLICE"), "inputs", _op(m, "STRIDED_SLICE").inputs[:3]
+            ),
+        )
+    )
+    with pytest.raises(ModelLoadError, match=r"broken\.tflite: corrupt TFLite model: .*3 inputs"):
+        rt.load(path)
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        rt.load(empty)
+
+
+# -- isolated probe ------------------------------------------------------------------------------
+def test_probe_passes_a_valid_model(base_models: dict[str, Path]) -> None:
+    verify.probe_in_subprocess(base_models["int8_mixed.tflite"], timeout=120)
+
+
+def test_probe_turns_a_crash_into_model_load_error(
+    base_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # The structural checks reject this file; the probe must stop it on its own: LiteRT's ADD
+    # kernel aborts (TFLITE_CHECK in QuantizeMultiplierSmallerThanOneExp) on a zero scale.
+    path = tmp_path / "abort.tflite"
+    path.write_bytes(
+        _edit(
+            base_models["int8_conv.tflite"].read_bytes(),
+            lambda m: setattr(
+                _tensor(m, "add_1/Add").quantization, "scale", np.array([0.0], np.float32)
+            ),
+        )
+    )
+    with pytest.raises(ModelLoadError, match=r"crashed the interpreter \(signal 6, SIGABRT\)"):
+        verify.probe_in_subprocess(path, timeout=120)
+
+
+def test_probe_reports_a_refused_model(tmp_path: Path) -> None:
+    path = tmp_path / "junk.tflite"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="refused the model in an isolated probe"):
+        verify.probe_in_subprocess(path, timeout=120)
+
+
+# -- the embedded schema tables match the installed LiteRT schema --------------------------------
+_WIDTH = {"Bool": 1, "Int8": 1, "Uint8": 1, "Int16": 2, "Uint16": 2, "Int32": 4, "Uint32": 4}
+_WIDTH |= {"Float32": 4, "Int64": 8, "Uint64": 8, "Float64": 8}
+
+
+def _layout(cls: type) -> str:
+    """Field codes of a generated table class, as verify._OPTIONS writes them."""
+    codes: dict[int, str] = {}
+    for name, fn in vars(cls).items():
+        if not callable(fn) or name.endswith(("IsNone", "AsNumpy")):
+            continue
+        src = inspect.getsource(fn)
+        slot = re.search(r"self\._tab\.Offset\((\d+)\)", src)
+        if not slot or "VectorLen(" in src:
+            continue
+        fid = (int(slot[1]) - 4) // 2
+        flags = re.search(r"number_types\.((?!UOffsetT)\w+)Flags", src)
+        if "String(" in src and "j *" not in src:
+            code = "s"
+        elif "j *" in src:
+            code = f"v{_WIDTH[flags[1]]}"
+        else:
+            code = str(_WIDTH[flags[1]])
+        if "Subgraph" in name or name == "CalledComputations":
+            code = {"4": "g", "v4": "G"}[code]
+        codes[fid] = code
+    return " ".join(codes.get(i, "_") for i in range(max(codes) + 1)) if codes else ""
+
+
+@pytest.mark.parametrize(
+    "union,table",
+    [(schema.BuiltinOptions, verify._OPTIONS), (schema.BuiltinOptions2, verify._OPTIONS_2)],
+)
+def test_options_layouts_match_installed_schema(union: type, table: dict) -> None:
+    members = {v: k for k, v in vars(union).items() if isinstance(v, int) and v}
+    assert set(members) == set(table)
+    for kind, name in members.items():
+        assert table[kind] == (name, _layout(getattr(schema, name))), name
+
+
+def test_builtin_code_tables_use_the_schema_numbers() -> None:
+    src = inspect.getsource(verify)
+    pairs = re.findall(r"\b([A-Z][A-Z0-9_]+)=(\d+)\b", src)
+    assert len(pairs) > 80
+    for name, code in pairs:
+        assert CODES[name] == int(code), name
+    assert max(OPS) == verify.MAX_BUILTIN_CODE
+    assert {v for k, v in vars(schema.TensorType).items() if isinstance(v, int)} == set(
+        verify.TENSOR_TYPES
+    )
