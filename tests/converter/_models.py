@@ -102,6 +102,21 @@ def mlp_keras_file() -> Path:
 
 
 @functools.cache
+def multi_io_keras_file() -> Path:
+    """Two named inputs, two named outputs (different activations)."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    x = keras.layers.Concatenate()([keras.layers.Dense(8, activation="relu")(a), b])
+    one = keras.layers.Dense(3, name="head_one")(x)
+    two = keras.layers.Dense(2, activation="sigmoid", name="head_two")(x)
+    path = root() / "multi_io.keras"
+    keras.Model([a, b], [one, two]).save(path)
+    return path
+
+
+@functools.cache
 def lambda_keras_file() -> Path:
     import keras
 

@@ -217,6 +217,21 @@ def test_synthetic_calibration_is_marked_loudly_and_keep_float_applies(tmp_path:
     assert art["details"]["keep_float"] and art["details"]["float_ops"] == {"FULLY_CONNECTED": 1}
 
 
+def test_multi_input_multi_output_keeps_names(tmp_path: Path) -> None:
+    calib = _npz(tmp_path, "multi.npz", a=M.images((8,), 16, seed=1), b=M.images((4,), 16, seed=2))
+    report = edgeopt.convert(M.multi_io_keras_file(), ["arm-cpu", "edgetpu"], calib,
+                             out=tmp_path / "out", latency_runs=1)
+    assert len(report.artifacts) == 3
+    for art in report.artifacts:
+        assert sorted(i["name"] for i in art["io"]["inputs"]) == ["a", "b"]
+        assert [o["name"] for o in art["io"]["outputs"]] == ["head_one", "head_two"]
+        assert [d["name"] for d in art["drift"]] == ["head_one", "head_two"]
+        assert all(d["metrics"]["sqnr_db"] >= INT8_MIN_SQNR_DB for d in art["drift"]), art["path"]
+    edgetpu = read_manifest(tmp_path / "out" / "edgetpu").models[0]
+    assert {(i["name"], i["dtype"], tuple(i["shape"])) for i in edgetpu.inputs} == {
+        ("a", "uint8", (1, 8)), ("b", "uint8", (1, 4))}
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
