@@ -60,17 +60,31 @@ def looks_like_output(out: Path) -> bool:
     return (out / REPORT_NAME).is_file() or any(out.glob(f"*/{MANIFEST_NAME}"))
 
 
+class Interrupted(KeyboardInterrupt):
+    """The conversion was stopped by SIGINT / SIGTERM; the staging folder has been removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Staging:
     """Context manager: a temp folder next to ``out``; ``commit()`` swaps it into place.
 
-    On exit without ``commit()`` (error, KeyboardInterrupt, SIGTERM) the temp folder is removed.
+    On exit without ``commit()`` (error, Ctrl-C, SIGTERM) the temp folder is removed. SIGINT and
+    SIGTERM raise ``Interrupted``; if TensorFlow turns the interrupt into another exception on
+    its way out (it does: a SystemError from inside graph tracing), ``Interrupted`` replaces it.
     """
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.tmp: Path | None = None
+        self.signum: int | None = None
         self._committed = False
-        self._old_term: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Staging:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +95,14 @@ class Staging:
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)
         if threading.current_thread() is threading.main_thread():
-            # SIGTERM becomes KeyboardInterrupt so the same cleanup path runs.
-            self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+            for sig in _SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # keep nohup / `&` semantics
+                    self._old[sig] = signal.signal(sig, self._on_signal)
         return self
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        raise Interrupted(signum)
 
     def path(self, *parts: str) -> Path:
         assert self.tmp is not None
@@ -103,15 +122,18 @@ class Staging:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._old_term is not None:
-            signal.signal(signal.SIGTERM, self._old_term)
-        if not self._committed and self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        for sig in self._old:  # a second Ctrl-C must not stop the cleanup half-way
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if not self._committed and self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            for sig, handler in self._old.items():
+                signal.signal(sig, handler)
+        if self.signum is not None and exc is not None and not isinstance(exc, Interrupted):
+            raise Interrupted(self.signum) from None
 
 
 def model_entry(path: Path, fmt: str, precision: str, loaded: Model) -> ModelEntry:

@@ -138,16 +138,22 @@ def command(
 
     Example: edgeopt convert model.keras --target arm-cpu --target edgetpu --calib calib.npz
     """
+    from edgeopt.artifact import Interrupted
     from edgeopt.convert import convert
     from edgeopt.report import dumps
 
-    report = convert(
-        model, list(targets), calib, val=val, formats=fmt, calib_method=calib_method,
-        num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
-        allow_synthetic=allow_synthetic, trust_model=trust_model,
-        progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
-        preprocessing=parse_preprocess(preprocess),
-    )
+    try:
+        report = convert(
+            model, list(targets), calib, val=val, formats=fmt, calib_method=calib_method,
+            num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
+            allow_synthetic=allow_synthetic, trust_model=trust_model,
+            progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
+            preprocessing=parse_preprocess(preprocess),
+        )
+    except Interrupted as exc:
+        click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",
+                   err=True)
+        raise SystemExit(128 + exc.signum) from None
     if as_json:
         click.echo(dumps(report.data), nl=False)
         return

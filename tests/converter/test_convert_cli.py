@@ -4,8 +4,10 @@ bad input, and the bundled example converting for all three targets."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import edgeopt_runtime as rt
@@ -44,6 +46,29 @@ def test_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
     assert any("min/max only" in n for n in report["notes"])
     assert by_format["tflite"]["details"]["keep_float"]
     assert "converting" not in proc.stderr  # progress only when stderr is a terminal
+
+
+def test_sigint_removes_the_staging_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # Many latency runs keep the conversion busy long enough to be interrupted mid-way.
+    cmd = [sys.executable, "-m", "edgeopt.cli", "convert", str(M.keras_file()), "--target",
+           "arm-cpu", "--calib", str(M.calib_npz()), "--out", str(out),
+           "--latency-runs", "500000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.edgeopt-tmp-*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".out.edgeopt-tmp-*")), "staging folder never appeared"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted by SIGINT" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no OUT, no staging folder
 
 
 def _bad(tmp: Path) -> dict[str, tuple[list[str], str]]:
