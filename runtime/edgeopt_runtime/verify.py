@@ -228,7 +228,6 @@ def _check_model(r: _Reader) -> None:
     counts = [_check_subgraph(m, i, sg) for i, sg in enumerate(subgraphs)]
     root.string(3, "model description")
     _check_metadata(m)
-    _check_io_types(m, 0)
     for sg in _check_signatures(m, counts):
         _check_io_types(m, sg)
     _check_external_buffers(root)
@@ -359,6 +358,8 @@ def _check_subgraph(m: _Model, index: int, sg: _Table) -> int:
     sg.string(4, f"{where} name")
     # Data flow: LiteRT runs operators in file order, so each input must already hold data.
     m.io.append(([infos[i] for i in ios["input"]], [infos[i] for i in ios["output"]]))
+    if index == 0:  # the entry point; signature subgraphs are checked once signatures are read
+        _check_io_types(m, 0)
     ready = {i for i, t in enumerate(infos) if t.kind != _ACTIVATION} | set(ios["input"])
     for op in sg.tables(3, f"{where} operator"):
         inputs, outputs = _check_operator(m, index, op, n, const)
@@ -396,7 +397,7 @@ def _check_tensor(m: _Model, t: _Table) -> _Tensor:
     b = t.scalar(2, _U32)
     if b >= len(m.buffers):
         raise _Corrupt(f"{t.what} uses buffer {b}; the model has {len(m.buffers)}")
-    scales = _check_quantization(t, shape)
+    scales = _check_quantization(t, shape, ttype)
     sparsity = t.table(6, f"{t.what} sparsity")
     dense = _check_sparsity(sparsity, shape) if sparsity else None
     pos, nbytes = m.buffers[b]
@@ -466,16 +467,29 @@ def _check_string_data(r: _Reader, t: _Table, elements: int, pos: int, nbytes: i
 _MIN_SCALE = 1.1754944e-38  # smallest normal float32; XNNPACK and kernels need normal scales
 
 
-def _check_quantization(t: _Table, shape: tuple[int, ...]) -> tuple[float, ...]:
+# Storage type -> zero-point range (kernels index lookup tables with value - zero point).
+_ZERO_POINT_RANGE = {
+    9: (-128, 127), 3: (0, 255), 7: (-32768, 32767), 17: (-8, 7), 20: (0, 15),
+    16: (0, 65535), 2: (-(2**31), 2**31 - 1),
+}  # fmt: skip
+
+
+def _check_quantization(t: _Table, shape: tuple[int, ...], ttype: int) -> tuple[float, ...]:
     """Check quantization parameters; return the scales."""
     q = t.table(4, f"{t.what} quantization")
     if q is None:
         return ()
     q.ints(0, f"{q.what} min", "f"), q.ints(1, f"{q.what} max", "f")
     scales = q.ints(2, f"{q.what} scales", "f")
-    zps = q.vector(3, 8, f"{q.what} zero points")[1]
-    if scales and zps != len(scales):
-        raise _Corrupt(f"{q.what}: {len(scales)} scales but {zps} zero points")
+    zps = q.ints(3, f"{q.what} zero points", "q")
+    if scales and len(zps) != len(scales):
+        raise _Corrupt(f"{q.what}: {len(scales)} scales but {len(zps)} zero points")
+    lo, hi = _ZERO_POINT_RANGE.get(ttype, (-(2**63), 2**63 - 1))
+    if zps and not lo <= min(zps) <= max(zps) <= hi:
+        bad = min(zps) if min(zps) < lo else max(zps)
+        raise _Corrupt(
+            f"{q.what}: zero point {bad} outside the {TENSOR_TYPES[ttype][0]} range [{lo}, {hi}]"
+        )
     if any(not math.isfinite(s) or s < 0 for s in scales):
         raise _Corrupt(f"{q.what}: scales must be finite and >= 0")
     dim = q.scalar(6, _I32)

@@ -55,13 +55,21 @@ def _mixed_keras(seed: int):  # noqa: ANN202
     return keras.Model([img, vec], [a, b])
 
 
-def _representative(shapes: dict[str, tuple[int, ...]], seed: int = 1):  # noqa: ANN202
-    """Seeded calibration samples keyed by input name (the converter may reorder inputs)."""
+def _representative(
+    shapes: dict[str, tuple[int, ...]], seed: int = 1, ints: frozenset[str] | set[str] = frozenset()
+):  # noqa: ANN202
+    """Seeded calibration samples keyed by input name (the converter may reorder inputs);
+    ``ints`` inputs get small token ids."""
 
     def gen():  # noqa: ANN202
         rng = np.random.default_rng(seed)
         for _ in range(8):
-            yield {n: rng.standard_normal((1, *s)).astype(np.float32) for n, s in shapes.items()}
+            yield {
+                n: rng.integers(0, 10, (1, *s)).astype(np.int32)
+                if n in ints
+                else rng.standard_normal((1, *s)).astype(np.float32)
+                for n, s in shapes.items()
+            }
 
     return gen
 
@@ -156,6 +164,77 @@ def _onnx_helper(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _misc_keras(seed: int):  # noqa: ANN202
+    """Conv/BN/LeakyReLU, separable and transposed conv, resize, split, gating, reduce-max."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3), batch_size=1, name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    x = keras.layers.LeakyReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.SeparableConv2D(8, 3, padding="same", activation="swish")(x)
+    y = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+    y = keras.layers.UpSampling2D(interpolation="bilinear")(keras.layers.MaxPooling2D(4)(y))
+    y = keras.layers.Resizing(16, 16)(y)
+    a, b = keras.ops.split(x, 2, axis=-1)
+    x = keras.layers.Concatenate()([a * keras.ops.sigmoid(b), y, keras.ops.relu6(x)[..., :2]])
+    x = keras.layers.Conv2D(4, 1, activation="hard_sigmoid")(x)
+    return keras.Model(inp, keras.ops.max(x, axis=[1, 2]))
+
+
+def _transformer_keras(seed: int):  # noqa: ANN202
+    """Embedding, attention (batch matmul, softmax), layer norm, GELU."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((8,), batch_size=1, dtype="int32", name="ids")
+    x = keras.layers.Embedding(50, 16)(ids)
+    x = keras.layers.LayerNormalization()(x + keras.layers.MultiHeadAttention(2, 8)(x, x))
+    x = keras.layers.Dense(16)(keras.layers.Dense(32, activation="gelu")(x))
+    return keras.Model(ids, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
+
+
+def _rnn_keras(seed: int):  # noqa: ANN202
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 4), batch_size=1, name="seq")
+    x = keras.layers.GRU(4)(keras.layers.LSTM(8, return_sequences=True)(inp))
+    return keras.Model(inp, x)
+
+
+def build_valid_zoo(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Valid models of many kinds (float16 weights, dynamic range, int8, 16x8, attention, RNN)
+    that the checks must accept."""
+    import tensorflow as tf
+
+    out.mkdir(parents=True, exist_ok=True)
+    models = {"misc": _misc_keras(seed), "transformer": _transformer_keras(seed)}
+    models["rnn"] = _rnn_keras(seed)
+    plan = [("misc", m) for m in ("fp16", "dynamic", "int8", "16x8")]
+    plan += [("transformer", "float"), ("transformer", "int8"), ("rnn", "dynamic")]
+    paths = {}
+    for name, mode in plan:
+        model = models[name]
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        if mode != "float":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "fp16":
+            conv.target_spec.supported_types = [tf.float16]
+        if mode in ("int8", "16x8"):
+            shapes = {t.name.split(":")[0]: tuple(t.shape[1:]) for t in model.inputs}
+            ints = {n for n, t in zip(shapes, model.inputs, strict=True) if "int" in str(t.dtype)}
+            conv.representative_dataset = _representative(shapes, ints=ints)
+            conv.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+                if mode == "int8"
+                else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+        paths[f"{name}_{mode}"] = out / f"{name}_{mode}.tflite"
+        paths[f"{name}_{mode}"].write_bytes(conv.convert())
+    return paths
+
+
 def build_base_models(out: Path, seed: int = 0) -> dict[str, Path]:
     """Build every base model into ``out``; return name -> path (suffix gives the format)."""
     import os
@@ -174,6 +253,12 @@ def build_base_models(out: Path, seed: int = 0) -> dict[str, Path]:
     }
     models["int8_conv.onnx"] = _onnx_int8(models["float_conv.onnx"], out / "int8_conv.onnx")
     return models
+
+
+@pytest.fixture(scope="session")
+def valid_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Valid models of many kinds, built once per test session."""
+    return build_valid_zoo(tmp_path_factory.mktemp("verify_zoo"))
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from edgeopt_runtime.errors import ModelLoadError
 from . import conftest_verify
 
 base_models = conftest_verify.base_models  # the session fixture, shared with test_fuzz
+valid_zoo = conftest_verify.valid_zoo
 
 TFLITE_BASES = ("float_conv.tflite", "int8_conv.tflite", "float_mixed.tflite", "int8_mixed.tflite")
 ONNX_BASES = ("float_conv.onnx", "int8_conv.onnx", "helper.onnx")
@@ -75,6 +76,16 @@ def test_valid_tflite_models_pass_and_repack_unchanged_passes(
     verify.check_tflite(_edit(data, lambda m: None), name)  # the edit helper itself is sound
     assert verify.sniff_format(data) == "tflite"
     assert verify.sniff_format(base_models[name]) == "tflite"
+
+
+def test_valid_models_of_many_kinds_pass_and_run(valid_zoo: dict[str, Path]) -> None:
+    """float16 weights, dynamic range, int8, 16x8, attention, RNN: no false alarms."""
+    assert len(valid_zoo) >= 7
+    for name, path in valid_zoo.items():
+        verify.check_tflite(path.read_bytes(), name)
+        model = rt.load(path)
+        feeds = {s.name: np.zeros([d or 1 for d in s.shape], s.dtype) for s in model.inputs}
+        assert all(np.all(np.isfinite(v)) for v in model.run(feeds).values()), name
 
 
 @pytest.mark.parametrize("name", ONNX_BASES)
@@ -214,6 +225,42 @@ CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
             _tensor(m, "add_1/Add").quantization, "scale", np.array([np.nan], np.float32)
         ),
         r"scales must be finite",
+    ),
+    (
+        "zero point outside the int8 range",
+        "int8_mixed.tflite",
+        lambda m: setattr(
+            _tensor(m, "Tanh1").quantization, "zeroPoint", np.array([-(2**31) - 1], np.int64)
+        ),
+        r"zero point -2147483649 outside the int8 range \[-128, 127\]",
+    ),
+    (
+        "int8 activation without quantization in a quantized op",
+        "int8_conv.tflite",
+        lambda m: setattr(_tensor(m, "add_1/Add"), "quantization", None),
+        r"\(ADD\): tensor 11 is int8 without quantization parameters",
+    ),
+    (
+        "per-channel tensor where the kernel reads one scale",
+        "int8_conv.tflite",
+        lambda m: _op(m, "ADD").inputs.__setitem__(
+            0, m.subgraphs[0].tensors.index(_tensor(m, "conv2d_1_2/convolution"))
+        ),
+        r"\(ADD\): tensor \d+ has per-channel scales where the kernel reads one scale",
+    ),
+    (
+        "op mixing int8 and float32",
+        "int8_mixed.tflite",
+        lambda m: setattr(m.subgraphs[0].tensors[_op(m, "LOGISTIC").outputs[0]], "type", 0),
+        r"\(LOGISTIC\) mixes tensor types \(int8, float32\)",
+    ),
+    (
+        "depthwise conv without bias (LiteRT segfaults)",
+        "float_conv.tflite",
+        lambda m: setattr(
+            _op(m, "DEPTHWISE_CONV_2D"), "inputs", _op(m, "DEPTHWISE_CONV_2D").inputs[:2]
+        ),
+        r"\(DEPTHWISE_CONV_2D\) has 2 inputs, expected 3",
     ),
     (
         "tensor name not UTF-8",
