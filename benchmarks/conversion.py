@@ -137,40 +137,72 @@ def write_calibration(spec: models.ModelSpec, n: int, seed: int, path: Path) -> 
 
 
 def _convert(spec: models.ModelSpec, req: dict[str, Any], mdir: Path) -> dict[str, Any]:
-    import edgeopt
+    """One ``edgeopt.convert`` call per target, so a target that refuses the model (e.g. an op
+    the Edge TPU cannot run in int8) is recorded as refused without losing the others."""
     from edgeopt import calibration
 
     clock = StageClock()
-    out = mdir / "out"
     restore = _instrument_calibration(calibration.CalibrationSource, clock)
     floats, restore_floats = _keep_floats(mdir / "float")
+    artifacts: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
     try:
         clock.start()
-        report = edgeopt.convert(
-            mdir / f"{spec.name}.keras", targets=req["targets"], calib=mdir / "calib.npz",
-            out=out, force=True, progress=clock.progress,
-        )
+        for target in req["targets"]:
+            artifacts += _convert_target(spec, mdir, target, clock, refused)
         clock.stop()
     finally:
         restore()
         restore_floats()
-    data = report.to_dict()
-    artifacts = [artifact_entry(a, out) for a in report.artifacts]
     return {
         "float": floats,
         "artifacts": artifacts,
         "conversion": {
             "wall_s": round(clock.total_s, 2),
-            "convert_wall_seconds": data.get("wall_seconds"),
             "peak_rss_mib": clock.peak_mib(),
             "stages": clock.by_stage(),
             "per_target": clock.by_target(),
+            "refused": refused,
             "float_refs": _check_floats(floats, artifacts),
-            "method": "stage boundaries from edgeopt.convert(progress=...); calibrate = first to "
-            "last calibration sample pulled during a build; peak RSS = VmHWM after a reset via "
-            "/proc/self/clear_refs at each boundary (fresh process, Keras model not prebuilt)",
+            "method": "one edgeopt.convert call per target in one fresh process (the first "
+            "call's load includes importing TensorFlow); stage boundaries from its progress "
+            "callback; calibrate = first to last calibration sample pulled during a build; peak "
+            "RSS = VmHWM after a reset via /proc/self/clear_refs at each boundary",
         },
     }
+
+
+def _convert_target(spec: models.ModelSpec, mdir: Path, target: str, clock: StageClock,
+                    refused: dict[str, str]) -> list[dict[str, Any]]:
+    """Convert for one target; when it refuses, retry each of its formats alone, so one
+    format's failure (say ONNX) does not hide the other's artifacts (TFLite)."""
+    from edgeopt_runtime.errors import EdgeOptError
+
+    import edgeopt
+    from edgeopt.targets import load_target
+
+    formats = [f.value for f in load_target(target).formats]
+    attempts = [("all", "all")] + ([(f, f) for f in formats] if len(formats) > 1 else [])
+    artifacts: list[dict[str, Any]] = []
+    for label, fmt in attempts:
+        out = mdir / "out" / (target if fmt == "all" else f"{target}-{fmt}")
+        clock.target = target
+        try:
+            report = edgeopt.convert(
+                mdir / f"{spec.name}.keras", targets=[target], calib=mdir / "calib.npz",
+                formats=fmt, out=out, force=True, progress=clock.progress,
+            )
+        except EdgeOptError as exc:
+            key = target if label == "all" else f"{target} ({label})"
+            refused[key] = f"{type(exc).__name__}: {exc}"
+            clock.switch("refused", target)
+            continue
+        artifacts += [artifact_entry(a, out) for a in report.artifacts]
+        if label == "all":
+            return artifacts
+    if artifacts:  # some formats converted alone: the all-formats failure is explained per format
+        refused.pop(target, None)
+    return artifacts
 
 
 def _check_floats(floats: dict[str, str], artifacts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,7 +213,8 @@ def _check_floats(floats: dict[str, str], artifacts: list[dict[str, Any]]) -> di
     for fmt, path in floats.items():
         sha = sha256_file(path)
         claimed = {a["float_sha256"] for a in artifacts if a["format"] == fmt}
-        out[fmt] = {"sha256": sha, "matches_report": claimed == {sha}}
+        # Each target's convert call exports its own float model; deterministic exports match.
+        out[fmt] = {"sha256": sha, "matches_report": claimed == {sha} if claimed else None}
     return out
 
 
@@ -255,11 +288,13 @@ class StageClock:
     """Consecutive windows (stage, target, seconds, peak RSS); a new window at each boundary."""
 
     def __init__(self) -> None:
+        self.target: str | None = None  # the target of the convert call in progress
         self.windows: list[dict[str, Any]] = []
         self.messages: list[str] = []
         self._stage: str | None = None
         self._target: str | None = None
         self._t0 = 0.0
+        self._start_rss: int | None = None
         self._started = 0.0
         self.total_s = 0.0
 
@@ -279,9 +314,10 @@ class StageClock:
         if self._stage is not None:
             self.windows.append({
                 "stage": self._stage, "target": self._target, "seconds": now - self._t0,
-                "peak_rss": memory.peak_rss().bytes,
+                "peak_rss": memory.peak_rss().bytes, "start_rss": self._start_rss,
             })
         memory.reset_peak()
+        self._start_rss = memory.rss().bytes
         self._stage, self._target, self._t0 = stage, target, time.perf_counter()
 
     @property
@@ -296,11 +332,11 @@ class StageClock:
         elif m := _MEASURING.match(msg):
             self.switch("validate", m["target"])
         elif msg.startswith("loading "):
-            self.switch("load", None)
+            self.switch("load", self.target)
         elif msg.startswith("checking calibration"):
-            self.switch("data_check", None)
+            self.switch("data_check", self.target)
         elif msg.startswith("writing report"):
-            self.switch("report", None)
+            self.switch("report", self.target)
 
     def by_stage(self) -> dict[str, dict[str, Any]]:
         """Per stage over all targets: total seconds and the largest peak RSS (MiB)."""
@@ -323,14 +359,21 @@ class StageClock:
 
 
 def _aggregate(windows: list[dict[str, Any]], key: Any) -> dict[str, dict[str, Any]]:
+    """Seconds summed; ``peak_rss_mib`` the largest peak; ``growth_mib`` the largest rise of a
+    window's peak over the RSS it started with (what the stage itself allocated — later
+    targets start with whatever earlier ones left behind)."""
     out: dict[str, dict[str, Any]] = {}
     for w in windows:
-        agg = out.setdefault(key(w), {"seconds": 0.0, "peak_rss_mib": None, "windows": 0})
+        agg = out.setdefault(key(w), {"seconds": 0.0, "peak_rss_mib": None, "growth_mib": None,
+                                      "windows": 0})
         agg["seconds"] = round(agg["seconds"] + w["seconds"], 3)
         agg["windows"] += 1
         peak = _mib(w["peak_rss"])
         if peak is not None and (agg["peak_rss_mib"] is None or peak > agg["peak_rss_mib"]):
             agg["peak_rss_mib"] = peak
+        if w["peak_rss"] and w.get("start_rss"):
+            growth = round(max(0, w["peak_rss"] - w["start_rss"]) / 2**20, 1)
+            agg["growth_mib"] = max(agg["growth_mib"] or 0.0, growth)
     return out
 
 
@@ -353,11 +396,11 @@ def _instrument_calibration(cls: type, clock: StageClock) -> Any:
                     if entered is None:
                         entered = clock.stage == "convert"
                         if entered:
-                            clock.switch("calibrate", clock._target)  # noqa: SLF001
+                            clock.switch("calibrate", clock.target)
                     yield sample
             finally:
                 if entered:
-                    clock.switch("convert", clock._target)  # noqa: SLF001
+                    clock.switch("convert", clock.target)
 
         return timed()
 

@@ -171,7 +171,9 @@ def _op_profiles(doc: dict[str, Any]) -> list[str]:
 def _stage_cell(stage: dict[str, Any] | None) -> str:
     if not stage:
         return "–"
-    return f"{_f(stage.get('seconds'), 1)} s / {_f(stage.get('peak_rss_mib'), 0)} MiB"
+    growth = stage.get("growth_mib")
+    extra = "" if growth is None else f" (+{growth:.0f})"
+    return f"{_f(stage.get('seconds'), 1)} s / {_f(stage.get('peak_rss_mib'), 0)} MiB{extra}"
 
 
 _STAGES = ("load", "data_check", "calibrate", "convert", "validate")
@@ -184,14 +186,22 @@ def _conversion(doc: dict[str, Any]) -> list[str]:
         rows.append([f"**{m['name']}**", "all", _f(c["wall_s"], 1), _f(c["peak_rss_mib"], 0),
                      *[_stage_cell(c["stages"].get(s)) for s in _STAGES]])
         for target, st in c["per_target"].items():
+            refused = [f"{k}: {v[:160]}…" if len(v) > 160 else f"{k}: {v}"
+                       for k, v in c.get("refused", {}).items() if k.split(" ")[0] == target]
+            cells = [_stage_cell(st.get(s)) for s in _STAGES]
+            if refused:
+                cells[-1] += " — **refused** " + "; ".join(refused)
             rows.append(["", target, _f(st["total"]["seconds"], 1),
-                         _f(st["total"]["peak_rss_mib"], 0), "", "",
-                         *[_stage_cell(st.get(s)) for s in _STAGES[2:]]])
-    return ["## Conversion cost (edgeopt.convert in a fresh process per model)", "",
-            "Wall time / peak RSS per stage. `load` includes importing TensorFlow; `calibrate` is "
+                         _f(st["total"]["peak_rss_mib"], 0), *cells])
+    return ["## Conversion cost (edgeopt.convert, one call per target, fresh process per model)",
+            "", "Wall time / peak RSS per stage. The first target's `load` includes importing "
+            "TensorFlow (later targets reuse it, as one `edgeopt convert --target a --target b` "
+            "run would); `calibrate` is "
             "the converter running the float model over the calibration samples; `convert` the "
             "rest of each build; `validate` edgeopt's own drift + latency check of each "
-            "artifact. Peak RSS: kernel VmHWM, reset at every stage boundary.", ""] + _table(
+            "artifact. Peak RSS: the process's kernel VmHWM, reset at every stage boundary; "
+            "(+N) is how far the stage rose above the RSS it started with — later targets start "
+            "with what earlier ones left allocated.", ""] + _table(
         ["model", "target", "wall s", "peak RSS MiB", "load", "data check", "calibrate",
          "convert", "validate"], rows
     )

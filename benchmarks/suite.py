@@ -149,7 +149,9 @@ def bench_model(name: str, config: Config, workdir: Path, log: Log,
     conv = conversion.convert_model(name, config, mdir, log)
     floats = conv["float"]  # {"tflite": path, "onnx": path}: the files convert measured against
     notes = [f"{fmt}: float reference differs from the one in the converter's report"
-             for fmt, ref in conv["conversion"]["float_refs"].items() if not ref["matches_report"]]
+             for fmt, ref in conv["conversion"]["float_refs"].items()
+             if ref["matches_report"] is False]
+    notes += [f"{t}: conversion refused: {why}" for t, why in conv["conversion"]["refused"].items()]
     macs = count_macs(floats["tflite"])
     artifacts = dedupe(conv["artifacts"])
     for a in artifacts:
@@ -229,8 +231,8 @@ def drift_all(artifacts: list[dict[str, Any]], floats: dict[str, Path],
     from edgeopt.drift import compare_outputs
 
     refs: dict[str, list[np.ndarray]] = {}
-    for fmt, path in floats.items():
-        refs[fmt] = _run_all(edgeopt_runtime.load(path, threads=1), inputs)
+    for fmt in sorted({a["format"] for a in artifacts}):
+        refs[fmt] = _run_all(edgeopt_runtime.load(floats[fmt], threads=1), inputs)
     for a in artifacts:
         m = edgeopt_runtime.load(a["artifact_dir"], format=a["format"], precision=a["precision"],
                                  threads=1)
@@ -345,7 +347,8 @@ def wrapper_overhead(floats: dict[str, Path], artifacts: list[dict[str, Any]], x
     1 thread, for the float models and every artifact (IO quantization included)."""
     from . import runtime_overhead
 
-    paths = {f"{fmt}/float32": Path(p) for fmt, p in floats.items()}
+    formats = {a["format"] for a in artifacts}
+    paths = {f"{fmt}/float32": Path(p) for fmt, p in floats.items() if fmt in formats}
     paths.update({a["id"]: Path(a["artifact_dir"]) / a["file"] for a in artifacts})
     log(f"{name}: runtime wrapper overhead on {len(paths)} models")
     rounds = 9 if config.quick else 15
