@@ -70,6 +70,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     out += _header(doc)
     out += _checks(doc)
     out += _latency(doc)
+    out += _xnnpack(doc)
     out += _op_profiles(doc)
     out += _conversion(doc)
     out += _overhead(doc)
@@ -145,6 +146,33 @@ def _latency(doc: dict[str, Any]) -> list[str]:
          "speed-up vs float", "CPU-time speed-up", "size ratio", "SQNR dB", "cosine", "GMAC/s",
          "roof"], rows
     )
+
+
+def _xnnpack(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for m in doc["models"]:
+        entries = [("float32", m["float"].get("tflite", {}).get("xnnpack"), None)]
+        entries += [(a["id"].split("/", 1)[1], a.get("xnnpack"), a) for a in m["artifacts"]
+                    if a["format"] == "tflite"]
+        for name, x, art in entries:
+            if not x:
+                continue
+            if "error" in x:
+                rows.append([m["name"], name, "–", x["error"], "–"])
+                continue
+            outside = ", ".join(f"{k} {v}" for k, v in x["outside"].items()) or "none"
+            float_ops = ", ".join(f"{k} {v}" for k, v in (art or {}).get("float_ops", {}).items())
+            rows.append([m["name"], name, str(x["partitions"]),
+                         f"{sum(x['outside'].values())}/{x['ops_total']}: {outside}",
+                         "–" if art is None or art["precision"] != "int8" else float_ops or "none"])
+    return ["## TFLite: XNNPACK placement and float ops", "",
+            "Measured with edgeopt.inspect.xnnpack (LiteRT's DELEGATE nodes mapped back to the "
+            "ops they replaced). Every partition boundary hands tensors between XNNPACK and "
+            "TFLite's built-in kernels; ops outside XNNPACK run on the slower built-in kernels. "
+            "Float ops in int8 models: as the converter reported them (kept float between "
+            "DEQUANTIZE/QUANTIZE).", ""] + _table(
+        ["model", "artifact", "XNNPACK partitions", "ops outside XNNPACK", "float ops (int8)"],
+        rows)
 
 
 def _op_profiles(doc: dict[str, Any]) -> list[str]:

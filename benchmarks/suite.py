@@ -156,6 +156,9 @@ def bench_model(name: str, config: Config, workdir: Path, log: Log,
     artifacts = dedupe(conv["artifacts"])
     for a in artifacts:
         a["size_ratio"] = round(a["size_bytes"] / Path(floats[a["format"]]).stat().st_size, 4)
+    for a in artifacts:
+        if a["format"] == "tflite":
+            a["xnnpack"] = xnnpack_placement(Path(a["artifact_dir"]) / a["file"])
     inputs = spec.inputs(config.drift_samples, seed=config.seed + 1)
     log(f"{name}: output drift on {len(inputs)} held-out inputs")
     drift_all(artifacts, floats, inputs)
@@ -174,7 +177,8 @@ def bench_model(name: str, config: Config, workdir: Path, log: Log,
         "description": spec.description,
         "input_shape": [1, *spec.input_shape],
         "macs": macs.to_dict(),
-        "float": {k: {"path": str(v), "size_bytes": Path(v).stat().st_size}
+        "float": {k: {"path": str(v), "size_bytes": Path(v).stat().st_size,
+                      **({"xnnpack": xnnpack_placement(Path(v))} if k == "tflite" else {})}
                   for k, v in floats.items()},
         "build": conv["build"],
         "conversion": conv["conversion"],
@@ -214,6 +218,31 @@ def dedupe(artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for a in out:
         a["id"] = f"{a['format']}/{a['precision']}@{'+'.join(a['targets'])}"
     return out
+
+
+def xnnpack_placement(path: Path) -> dict[str, Any]:
+    """Which ops XNNPACK takes, measured (``edgeopt.inspect.xnnpack``: LiteRT's DELEGATE nodes
+    mapped back to the ops they replaced).
+
+    Returns:
+        ``partitions`` (DELEGATE nodes: each boundary between XNNPACK and TFLite's own kernels
+        costs a hand-over), ``ops_total`` and ``outside`` ({op name: count} of the ops left on
+        TFLite's built-in kernels), or ``error``.
+    """
+    from collections import Counter
+
+    from edgeopt.inspect.tflite_graph import read_tflite
+    from edgeopt.inspect.xnnpack import covered_ops, measure
+
+    measured = measure(str(path))
+    if not measured.get("available"):
+        return {"error": measured.get("error")}
+    graph = read_tflite(path)
+    nodes = measured["delegate_nodes"]
+    covered = covered_ops(graph, nodes)
+    outside = Counter(op.name for op in graph.ops if op.index not in covered)
+    return {"partitions": len(nodes), "ops_total": len(graph.ops),
+            "outside": dict(outside.most_common())}
 
 
 # --------------------------------------------------------------------------- drift

@@ -199,6 +199,10 @@ def test_tiny_run_structure_and_mac_count(tiny_run: tuple[dict, Path]) -> None:
         # int8 of a 4-layer net on in-range inputs: well above 20 dB SQNR (about 3 bits of
         # noise on 8), cosine close to 1
         assert a["drift"][0]["sqnr_db"] > 20.0 and a["drift"][0]["cosine"] > 0.99
+    (tfl,) = [a for a in m["artifacts"] if a["format"] == "tflite"]
+    # Every op of the tiny CNN has an int8 XNNPACK kernel: one partition, nothing left outside
+    assert tfl["xnnpack"] == {"partitions": 1, "ops_total": tfl["xnnpack"]["ops_total"],
+                              "outside": {}}
     stages = m["conversion"]["stages"]
     for stage in ("load", "data_check", "calibrate", "convert", "validate"):
         assert stages[stage]["seconds"] >= 0.0 and stages[stage]["peak_rss_mib"] > 0
