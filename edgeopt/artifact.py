@@ -104,13 +104,24 @@ class Staging:
         self.signum = signum
         raise Interrupted(signum)
 
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a signal arrived that some library swallowed (several
+        catch-all ``except`` blocks in the frameworks eat KeyboardInterrupt)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
     def path(self, *parts: str) -> Path:
         assert self.tmp is not None
         return self.tmp.joinpath(*parts)
 
     def commit(self, drop: tuple[str, ...] = ()) -> None:
-        """Delete ``drop`` (scratch folders) from the stage, then move it to ``out``."""
+        """Delete ``drop`` (scratch folders) from the stage, then move it to ``out``.
+
+        Raises:
+            Interrupted: a signal arrived earlier (nothing is moved into place then).
+        """
         assert self.tmp is not None
+        self.check()
         for name in drop:
             shutil.rmtree(self.tmp / name, ignore_errors=True)
         old = None

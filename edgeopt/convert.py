@@ -171,7 +171,12 @@ def convert(
     with Staging(out) as stage:
         work = stage.path(WORK_DIR)
         work.mkdir()
-        ctx = _Context(source, calib_src, eval_src, method, patterns, work, say, latency_runs)
+
+        def step(message: str) -> None:
+            stage.check()  # stop at the next step when a library swallowed Ctrl-C
+            say(message)
+
+        ctx = _Context(source, calib_src, eval_src, method, patterns, work, step, latency_runs)
         results = [_convert_target(ctx, plan, stage.path(plan.profile.name)) for plan in plans]
         report = _report(ctx, results, settings={
             "formats": sorted(wanted) if wanted else "all", "calib_method": calib_method,
@@ -181,7 +186,7 @@ def convert(
         report["wall_seconds"] = round(time.perf_counter() - started, 3)
         from .report import write_report
 
-        say("writing report")
+        step("writing report")
         write_report(report, stage.path())
         stage.commit(drop=(WORK_DIR,))
     return ConvertReport(report, out)
