@@ -1,11 +1,14 @@
 """Checks that run before any interpreter sees a model file.
 
-LiteRT builds a model straight from its flatbuffer without running the flatbuffer verifier, so a
-corrupt ``.tflite`` (bad offsets, tensor indices, buffer sizes) reaches C++ code and can kill the
-process with a segfault. ``check_tflite`` walks the whole flatbuffer with bounds-checked reads
-(``struct.unpack_from`` on a memoryview: no copies, well under 100 ms for a 14 MB model) and raises
-``ModelLoadError`` with one line naming what is wrong. ONNX Runtime parses protobuf safely, so
-``check_onnx_header`` only makes sure the bytes are a protobuf ``ModelProto`` at all.
+A corrupt ``.tflite`` can kill the process that loads it. ai-edge-litert 2.3 runs the flatbuffer
+verifier (older ``tflite_runtime`` / ``tf.lite`` fallbacks may not), but nothing checks what the
+flatbuffer *means*: tensor indices, operator arity, omitted inputs, tensor types, quantization
+parameters. Kernels and XNNPACK trust those and segfault or abort (``tests/runtime/test_fuzz.py``
+and ``tests/stress/fuzz_models.py`` found each rule below the structural ones).
+``check_tflite`` walks the whole flatbuffer with bounds-checked reads (``struct.unpack_from`` on a
+memoryview: no copies; ~3 ms for a 14 MB MobileNetV2) and raises ``ModelLoadError`` with one line
+naming what is wrong. ONNX Runtime parses protobuf safely, so ``check_onnx_header`` only makes
+sure the bytes are a protobuf ``ModelProto`` at all.
 
 ``probe_in_subprocess`` is the last line of defence for files without a trusted manifest: it loads,
 allocates and invokes the model once in a child process and refuses the model if the child dies.
@@ -38,7 +41,6 @@ _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HH = struct.Struct("<HH")
-_SCALAR = {1: _U8, 2: _U16, 4: _I32, 8: _U64}
 
 # TensorType -> (name, bits per element); None bits: no fixed size (string, resource, variant).
 TENSOR_TYPES: dict[int, tuple[str, int | None]] = {
@@ -177,19 +179,32 @@ class _Model:
         self.n_subgraphs = 0
         self.calls: dict[int, set[int]] = {}  # subgraph -> subgraphs its ops call
         self.io: list[tuple[list[_Tensor], list[_Tensor]]] = []  # per subgraph: inputs, outputs
+        self.external_ids: set[int] = set()  # ids of weights in external files
 
 
 class _Tensor:
     """What the operator checks need to know about one tensor."""
 
-    __slots__ = ("kind", "ttype", "scales")
+    __slots__ = ("kind", "ttype", "shape", "signature", "scales")
 
-    def __init__(self, kind: int, ttype: int, scales: tuple[float, ...]) -> None:
-        self.kind, self.ttype, self.scales = kind, ttype, scales
+    def __init__(
+        self,
+        kind: int,
+        ttype: int,
+        shape: tuple[int, ...],
+        signature: tuple[int, ...],
+        scales: tuple[float, ...],
+    ) -> None:
+        self.kind, self.ttype, self.shape, self.scales = kind, ttype, shape, scales
+        self.signature = signature or shape  # -1 marks a dynamic dim
+
+    def static_dim(self, i: int) -> int | None:
+        """Dim ``i`` when it is known before run time, else None."""
+        return self.shape[i] if self.signature[i] >= 0 else None
 
 
 def check_tflite(data: bytes | bytearray | memoryview, source: str) -> None:
-    """Check that a TFLite flatbuffer is structurally safe to hand to the interpreter.
+    """Check that a TFLite model is safe to hand to the interpreter.
 
     Args:
         data: the whole ``.tflite`` file (not copied).
@@ -203,9 +218,10 @@ def check_tflite(data: bytes | bytearray | memoryview, source: str) -> None:
         _check_model(_Reader(buf))
     except _Corrupt as exc:
         raise ModelLoadError(f"{source}: corrupt TFLite model: {_name_ops(str(exc))}") from None
-    except (struct.error, ValueError, IndexError, OverflowError, RecursionError) as exc:
-        # Belt and braces: a read the checks above did not anticipate still fails cleanly.
-        raise ModelLoadError(f"{source}: corrupt TFLite model ({type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - any unanticipated failure still fails cleanly
+        raise ModelLoadError(
+            f"{source}: corrupt TFLite model (check failed with {type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _check_model(r: _Reader) -> None:
@@ -225,12 +241,12 @@ def _check_model(r: _Reader) -> None:
     if not subgraphs:
         raise _Corrupt("model has no subgraphs")
     m.n_subgraphs = len(subgraphs)
+    m.external_ids = _check_external_buffers(root)
     counts = [_check_subgraph(m, i, sg) for i, sg in enumerate(subgraphs)]
     root.string(3, "model description")
     _check_metadata(m)
     for sg in _check_signatures(m, counts):
         _check_io_types(m, sg)
-    _check_external_buffers(root)
     _check_call_graph(m.calls)
 
 
@@ -309,15 +325,19 @@ def _check_io_types(m: _Model, sg: int) -> None:
                 )
 
 
-def _check_external_buffers(root: _Table) -> None:
+def _check_external_buffers(root: _Table) -> set[int]:
+    """Check weights kept in external files; return the ids tensors may refer to."""
     groups = root.tables(8, "external buffer group")
     for g in groups:
         g.string(0, f"{g.what} name")
+    ids = set()
     for t in root.tables(9, "external buffer"):
         if t.scalar(1, _U32) >= len(groups):
             raise _Corrupt(f"{t.what} names group {t.scalar(1, _U32)} of {len(groups)}")
         t.scalar(2, _U64), t.scalar(3, _U64)
         t.string(4, f"{t.what} packing")
+        ids.add(t.scalar(0, _U32))
+    return ids
 
 
 def _check_call_graph(calls: dict[int, set[int]]) -> None:
@@ -356,22 +376,37 @@ def _check_subgraph(m: _Model, index: int, sg: _Table) -> int:
             if kind == "input" and const[idx]:
                 raise _Corrupt(f"{where} input {k} (tensor {idx}) is a constant")
     sg.string(4, f"{where} name")
-    # Data flow: LiteRT runs operators in file order, so each input must already hold data.
     m.io.append(([infos[i] for i in ios["input"]], [infos[i] for i in ios["output"]]))
     if index == 0:  # the entry point; signature subgraphs are checked once signatures are read
         _check_io_types(m, 0)
-    ready = {i for i, t in enumerate(infos) if t.kind != _ACTIVATION} | set(ios["input"])
-    for op in sg.tables(3, f"{where} operator"):
-        inputs, outputs = _check_operator(m, index, op, n, const)
-        _check_op_tensors(op.what, m.opcodes[op.scalar(0, _U32)], inputs, outputs, infos)
-        for k, t in enumerate(inputs):
+    _check_operators(m, index, sg, infos, ios["input"], ios["output"])
+    return n
+
+
+def _check_operators(
+    m: _Model,
+    index: int,
+    sg: _Table,
+    infos: list[_Tensor],
+    inputs: tuple[int, ...],
+    outputs: tuple[int, ...],
+) -> None:
+    """Check each operator, and the data flow: LiteRT runs operators in file order, so every
+    input must be a constant, a variable, a subgraph input or an earlier operator's output."""
+    const = [t.kind == _CONSTANT for t in infos]
+    ready = {i for i, t in enumerate(infos) if t.kind != _ACTIVATION} | set(inputs)
+    for op in sg.tables(3, f"subgraph {index} operator"):
+        op_in, op_out = _check_operator(m, index, op, len(infos), const)
+        code = m.opcodes[op.scalar(0, _U32)]
+        _check_op_tensors(op.what, code, op_in, op_out, infos)
+        _check_op_options(op, code, op_in, op_out, infos)
+        for k, t in enumerate(op_in):
             if t != -1 and t not in ready:
                 raise _Corrupt(f"{op.what} input {k} (tensor {t}) is read before it is written")
-        ready.update(outputs)
-    for k, t in enumerate(ios["output"]):
+        ready.update(op_out)
+    for k, t in enumerate(outputs):
         if t not in ready:
-            raise _Corrupt(f"{where} output {k} (tensor {t}) is never written")
-    return n
+            raise _Corrupt(f"subgraph {index} output {k} (tensor {t}) is never written")
 
 
 _ACTIVATION, _CONSTANT, _VARIABLE = 0, 1, 2
@@ -394,6 +429,9 @@ def _check_tensor(m: _Model, t: _Table) -> _Tensor:
         _check_shape(v, v.ints(0, f"{v.what} shape"))
         if v.scalar(1, _I8) not in TENSOR_TYPES:
             raise _Corrupt(f"{v.what} has unknown type {v.scalar(1, _I8)}")
+    external = t.scalar(10, _U32)
+    if external and external not in m.external_ids:
+        raise _Corrupt(f"{t.what} uses external buffer {external}, which the model lacks")
     b = t.scalar(2, _U32)
     if b >= len(m.buffers):
         raise _Corrupt(f"{t.what} uses buffer {b}; the model has {len(m.buffers)}")
@@ -412,7 +450,7 @@ def _check_tensor(m: _Model, t: _Table) -> _Tensor:
         raise _Corrupt(
             f"{t.what} has quantization scale {min(scales):g}, expected a positive normal float"
         )
-    return _Tensor(kind, ttype, scales)
+    return _Tensor(kind, ttype, shape, sig, scales)
 
 
 def _check_shape(t: _Table, shape: tuple[int, ...]) -> int:
@@ -608,6 +646,13 @@ def _check_op_tensors(
     if code in _SAME_TYPE_AS_INPUT and len(inputs) > _SAME_TYPE_AS_INPUT[code]:
         first = inputs[_SAME_TYPE_AS_INPUT[code]]
         same = ([tensors[first]] if first != -1 else []) + outs
+    if code in _SHAPE_PRESERVING and ins and outs and ins[0].shape != outs[0].shape:
+        # XNNPACK precomputes these outputs from constant inputs into a buffer sized by the
+        # declared output shape: a smaller one is a heap overflow.
+        raise _Corrupt(
+            f"{what} output shape {list(outs[0].shape)} differs from its input's "
+            f"{list(ins[0].shape)}"
+        )
     if len({t.ttype for t in same}) > 1:
         types = ", ".join(TENSOR_TYPES[t.ttype][0] for t in same)
         raise _Corrupt(f"{what} mixes tensor types ({types}); its kernel needs one type")
@@ -672,6 +717,82 @@ def _check_conv_requantization(
             raise _Corrupt(
                 f"{what}: requantization scale {r:g} (input {x.scales[0]:g} x filter {ws:g} / "
                 f"output {out.scales[0]:g}, channel {c}) is outside [2^-32, 256)"
+            )
+
+
+def _check_op_options(
+    op: _Table, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], tensors: list[_Tensor]
+) -> None:
+    """Builtin options that XNNPACK or the kernels trust (found by the fuzz tests)."""
+    if code in _WINDOW_OPTIONS:
+        _check_window(op, code, inputs, outputs, tensors)
+    elif code in _COUNT_OPTIONS:
+        # XNNPACK's SPLIT visitor indexes the outputs num_splits times before any check.
+        options_type, fid, what, io = _COUNT_OPTIONS[code]
+        opts = op.table(4, f"{op.what} options") if op.scalar(3, _U8) == options_type else None
+        count = opts.scalar(fid, _I32) if opts else 0
+        have = len(outputs) if io == "outputs" else len(inputs)
+        if count != have:
+            raise _Corrupt(f"{op.what}: {what} is {count} but the operator has {have} {io}")
+
+
+# Builtin code -> (options type, field of the count, its name, what it counts).
+_COUNT_OPTIONS = {
+    49: (35, 0, "num_splits", "outputs"),  # SPLIT / SplitOptions
+    102: (79, 0, "num_splits", "outputs"),  # SPLIT_V / SplitVOptions
+    83: (59, 0, "values_count", "inputs"),  # PACK / PackOptions
+    88: (64, 0, "num", "outputs"),  # UNPACK / UnpackOptions
+}
+# Builtin code -> (options type, (padding, stride w, stride h, dilation w, dilation h, filter w,
+# filter h) field ids; None: not in these options (dilation 1, filter from the weights)).
+_WINDOW_OPTIONS = {
+    3: (1, (0, 1, 2, 4, 5, None, None)),  # CONV_2D / Conv2DOptions
+    4: (2, (0, 1, 2, 5, 6, None, None)),  # DEPTHWISE_CONV_2D / DepthwiseConv2DOptions
+    1: (5, (0, 1, 2, None, None, 3, 4)),  # AVERAGE_POOL_2D / Pool2DOptions
+    17: (5, (0, 1, 2, None, None, 3, 4)),  # MAX_POOL_2D
+    12: (5, (0, 1, 2, None, None, 3, 4)),  # L2_POOL_2D
+}
+
+
+def _check_window(
+    op: _Table, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], tensors: list[_Tensor]
+) -> None:
+    """Padding, strides, dilations and filter of a 2-D conv or pool give the declared output.
+
+    LiteRT sizes the output from these at Prepare; a bad padding enum or a window larger than
+    the input yields an empty tensor that later kernels (e.g. int16 RESIZE_BILINEAR) overrun.
+    """
+    options_type, fids = _WINDOW_OPTIONS[code]
+    if op.scalar(3, _U8) != options_type or (opts := op.table(4, "x")) is None:
+        raise _Corrupt(f"{op.what} lacks its {_OPTIONS[options_type][0]}")
+    pad, sw, sh, dw, dh, fw, fh = (
+        None if f is None else opts.scalar(f, _I8 if i == 0 else _I32, 0 if i < 3 else 1)
+        for i, f in enumerate(fids)
+    )
+    if pad not in (0, 1):
+        raise _Corrupt(f"{op.what} has padding {pad}, expected 0 (SAME) or 1 (VALID)")
+    if fw is None:  # conv: the filter is weights [out, h, w, in] / depthwise [1, h, w, out]
+        w = tensors[inputs[1]].shape
+        fh, fw = (w[1], w[2]) if len(w) == 4 else (1, 1)
+    if min(sw, sh, dw or 1, dh or 1, fw, fh) < 1:
+        raise _Corrupt(
+            f"{op.what} has stride {sw}x{sh}, dilation {dw or 1}x{dh or 1}, filter {fw}x{fh}: "
+            "each must be >= 1"
+        )
+    x, out = tensors[inputs[0]], tensors[outputs[0]]
+    if len(x.shape) != 4 or len(out.shape) != 4:
+        return  # the kernel rejects other ranks itself
+    for axis, f, stride, dil in ((1, fh, sh, dh or 1), (2, fw, sw, dw or 1)):
+        size, declared = x.static_dim(axis), out.static_dim(axis)
+        if size is None:
+            continue
+        window = (f - 1) * dil + 1
+        expect = -(-size // stride) if pad == 0 else -(-(size - window + 1) // stride)
+        if expect < 1 or (declared is not None and declared != expect):
+            raise _Corrupt(
+                f"{op.what}: input size {size} with window {window}, stride {stride} and "
+                f"{('SAME', 'VALID')[pad]} padding gives output size {max(expect, 0)}, "
+                f"the model declares {declared}"
             )
 
 
@@ -928,7 +1049,7 @@ _UNARY = _codes("""
     GELU=150 HARD_SWISH=117 LEAKY_RELU=98 SOFTMAX=25 LOG_SOFTMAX=50 L2_NORMALIZATION=11
     QUANTIZE=114 DEQUANTIZE=6 SIGN=158 CAST=53 ZEROS_LIKE=93 LOGICAL_NOT=87 AVERAGE_POOL_2D=1
     MAX_POOL_2D=17 L2_POOL_2D=12 SPACE_TO_DEPTH=26 DEPTH_TO_SPACE=5 SQUEEZE=43 SHAPE=77
-    LOCAL_RESPONSE_NORMALIZATION=13 READ_VARIABLE=143
+    LOCAL_RESPONSE_NORMALIZATION=13 READ_VARIABLE=143 DENSIFY=124
 """)
 _BINARY = _codes("""
     ADD=0 SUB=41 MUL=18 DIV=42 MAXIMUM=55 MINIMUM=57 SQUARED_DIFFERENCE=99 POW=78 PRELU=54
@@ -1009,6 +1130,7 @@ _SAME_TYPE_AS_INPUT = dict.fromkeys(_codes("""
     SPLIT_V=102 UNPACK=88 BATCH_TO_SPACE_ND=37 SPACE_TO_BATCH_ND=38 REVERSE_V2=105 SQUEEZE=43
     CONV_2D=3 DEPTHWISE_CONV_2D=4 FULLY_CONNECTED=9 BATCH_MATMUL=126
 """), 0) | {49: 1, 67: 2}  # fmt: skip  # SPLIT: axis first; TRANSPOSE_CONV: output shape first
+_SHAPE_PRESERVING = frozenset(_codes("DEQUANTIZE=6 DENSIFY=124"))
 # Quantized kernels of these ops derive fixed-point multipliers from the tensors' scales.
 _REQUANTIZING = frozenset(_codes("""
     ADD=0 SUB=41 MUL=18 DIV=42 SQUARED_DIFFERENCE=99 CONV_2D=3 DEPTHWISE_CONV_2D=4

@@ -3,7 +3,8 @@
     python tests/stress/fuzz_models.py --count 1000 [--seed 0] [--mode load] [--cli 30]
         [--formats tflite,onnx] [--keep DIR] [--json]
 
-Builds the seeded base models (float/int8 TFLite and ONNX), writes ``--count`` mutated copies
+Builds the seeded base models (float/int8 TFLite and ONNX, plus float16-weight, dynamic-range,
+int8, 16x8, attention and RNN TFLite models), writes ``--count`` mutated copies
 (bit flips, byte runs, truncation, swapped sections, zeroed ranges, int32 overwrites, structural
 field overwrites), loads and runs each in worker processes (restarted after a crash so the
 culprit is known) and prints counts per outcome, per mutation kind and per base model. Exit code
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.runtime import _fuzz_worker as fw  # noqa: E402
-from tests.runtime.conftest_verify import build_base_models  # noqa: E402
+from tests.runtime.conftest_verify import build_base_models, build_valid_zoo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         formats = tuple(f".{f.strip()}" for f in args.formats.split(","))
         with contextlib.redirect_stdout(log):  # Keras prints export notes on stdout
             built = build_base_models(work / "base", args.seed)
+            zoo = build_valid_zoo(work / "base", args.seed)
+            built |= {f"{k}.tflite": v for k, v in zoo.items()}
         bases = {k: v for k, v in built.items() if k.endswith(formats)}
         cases = fw.make_corpus(bases, work / "corpus", args.count, args.seed)
         print(f"{len(cases)} files from {len(bases)} base models; running ...", file=log)
