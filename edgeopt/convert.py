@@ -356,6 +356,8 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
     return {
         "name": profile.name,
+        "status": "ok",  # a failing target fails the whole run (nothing half-written)
+        "error": None,
         "description": profile.description,
         "profile_path": profile.path,
         "directory": profile.name,
@@ -447,14 +449,16 @@ def _latency_pair(
     for _ in range(LATENCY_WARMUP):
         ref_model.run(feeds)
         quant.run(feeds)
-    samples: dict[str, list[int]] = {"float": [], "quantized": []}
+    # Keys as in docs/report-schema.md: reference = the float model, candidate = the artifact.
+    samples: dict[str, list[int]] = {"reference": [], "candidate": []}
     for _ in range(runs):
-        for key, model in (("float", ref_model), ("quantized", quant)):
+        for key, model in (("reference", ref_model), ("candidate", quant)):
             t0 = time.perf_counter_ns()
             model.run(feeds)
             samples[key].append(time.perf_counter_ns() - t0)
     result: dict[str, Any] = {k: latency_stats(v) for k, v in samples.items()}
-    result["speedup_p50"] = round(result["float"]["p50_ms"] / result["quantized"]["p50_ms"], 3)
+    ref_p50, cand_p50 = result["reference"]["p50_ms"], result["candidate"]["p50_ms"]
+    result["speedup_p50"] = round(ref_p50 / cand_p50, 3)
     result["threads"] = HOST_THREADS
     result["backend"] = quant.backend
     result["delegate"] = quant.delegate
@@ -521,7 +525,9 @@ def _report(
                         "ranges": {k: list(v) for k, v in calib.ranges.items()}},
         "data": {
             "role": "validation" if ev is not calib else "calibration",
-            "source": ev.source, "count": ev.count, "synthetic": ev.synthetic,
+            "source": ev.source, "format": ev.format, "count": ev.count, "sha256": ev.sha256,
+            "synthetic": ev.synthetic, "num": settings["num_calib"] if ev is calib else
+            MAX_EVAL_SAMPLES, "seed": settings["seed"],
             "labels": {"source": ev.source, "count": int(len(ev.labels))}
             if ev.labels is not None else None,
             "warnings": [],

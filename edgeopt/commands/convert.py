@@ -82,11 +82,12 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         for a in t["artifacts"]:
             lat = a["latency"]
             first = (a["drift"] or [{}])[0].get("metrics", {})
+            quant_ms, float_ms = lat["candidate"]["p50_ms"], lat["reference"]["p50_ms"]
             lines.append(
                 f"{a['path']}: {a['size_bytes']} bytes ({a['size_ratio']:.2f}x float), "
-                f"p50 {lat['quantized']['p50_ms']:.3g} ms vs float {lat['float']['p50_ms']:.3g} "
-                f"ms ({lat['speedup_p50']:.2f}x), SQNR {first.get('sqnr_db', float('nan')):.1f} "
-                f"dB, cosine {first.get('cosine', float('nan')):.5f}"
+                f"p50 {quant_ms:.3g} ms vs float {float_ms:.3g} ms ({lat['speedup_p50']:.2f}x), "
+                f"SQNR {first.get('sqnr_db', float('nan')):.1f} dB, "
+                f"cosine {first.get('cosine', float('nan')):.5f}"
             )
         lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
     return lines

@@ -62,9 +62,14 @@ def converted(kind: str) -> ConvertReport:
         (out / "stale.txt").write_text("from an earlier run")
     targets = list(EXPECTED) if kind in TF_KINDS else ["arm-cpu"]
     return edgeopt.convert(  # the package attribute is callable (lazy re-export)
-        str(M.SOURCES[kind]()), targets, str(M.calib_npz(_layout(kind))),
-        val=str(M.val_npz(_layout(kind))), num_calib=NUM_CALIB, out=out,
-        force=kind == "h5", latency_runs=3,
+        str(M.SOURCES[kind]()),
+        targets,
+        str(M.calib_npz(_layout(kind))),
+        val=str(M.val_npz(_layout(kind))),
+        num_calib=NUM_CALIB,
+        out=out,
+        force=kind == "h5",
+        latency_runs=3,
     )
 
 
@@ -87,8 +92,9 @@ def test_artifact_dir_and_manifest(kind: str, target: str) -> None:
     data = manifest.data
     profile = load_target(target)
     assert data["target"]["name"] == target and manifest.runtime == profile.runtime_manifest()
-    calib = open_calibration(M.calib_npz(_layout(kind)), list(_source_inputs(kind)),
-                             num=NUM_CALIB, seed=0)
+    calib = open_calibration(
+        M.calib_npz(_layout(kind)), list(_source_inputs(kind)), num=NUM_CALIB, seed=0
+    )
     assert data["calibration"]["sha256"] == calib.sha256
     assert data["calibration"]["count"] == NUM_CALIB and data["calibration"]["synthetic"] is False
     assert data["calibration"]["method"] == "minmax"
@@ -112,12 +118,14 @@ def test_io_spec_follows_profile(kind: str, target: str) -> None:
     profile = load_target(target)
     manifest = read_manifest(converted(kind).out / target)
     for entry in manifest.models:
-        loaded = rt.load(manifest.directory, format=entry.format, precision=entry.precision,
-                         threads=1)
+        loaded = rt.load(
+            manifest.directory, format=entry.format, precision=entry.precision, threads=1
+        )
         io_dtype = profile.tflite.io_dtype.value
         want = io_dtype if (entry.format, entry.precision) == ("tflite", "int8") else "float32"
-        for declared, spec in zip(entry.inputs + entry.outputs, loaded.inputs + loaded.outputs,
-                                  strict=True):
+        for declared, spec in zip(
+            entry.inputs + entry.outputs, loaded.inputs + loaded.outputs, strict=True
+        ):
             assert declared["dtype"] == want == spec.dtype, (entry.file, declared)
             if want != "float32":  # scale / zero point recorded from the produced file
                 assert declared["quantization"]["scale"] == list(spec.quantization.scale)
@@ -174,20 +182,23 @@ def test_report_files_sizes_latency(kind: str) -> None:
     md = (out / "report.md").read_text()
     assert (out / "report.html").is_file()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
-        t["name"] for t in report["targets"])  # no _work, no stale dirs
+        t["name"] for t in report["targets"]
+    )  # no _work, no stale dirs
     assert not list(out.parent.glob(f".{out.name}.edgeopt-*"))  # no temp / old dirs left
     for art in report.artifacts:
         assert f"{art['target']} · {art['file']}" in md
         assert art["size_bytes"] == (out / art["path"]).stat().st_size
-        assert art["size_ratio"] == pytest.approx(art["size_bytes"] / art["float_size_bytes"],
-                                                  abs=1e-4)
+        assert art["size_ratio"] == pytest.approx(
+            art["size_bytes"] / art["float_size_bytes"], abs=1e-4
+        )
         lat = art["latency"]
-        assert lat["float"]["runs"] == lat["quantized"]["runs"] == 3
-        assert lat["float"]["p50_ms"] > 0 and lat["quantized"]["p50_ms"] > 0
-        assert lat["speedup_p50"] == pytest.approx(
-            lat["float"]["p50_ms"] / lat["quantized"]["p50_ms"], rel=1e-2)
+        ref, cand = lat["reference"], lat["candidate"]  # float model, artifact
+        assert ref["runs"] == cand["runs"] == 3
+        assert ref["p50_ms"] > 0 and cand["p50_ms"] > 0
+        assert lat["speedup_p50"] == pytest.approx(ref["p50_ms"] / cand["p50_ms"], rel=1e-2)
         assert art["conversion_seconds"] > 0
     assert report["data"]["role"] == "validation" and report["data"]["count"] == M.N_VAL
+    assert report["data"]["sha256"] and all(t["status"] == "ok" for t in report["targets"])
     assert report["synthetic_calibration"] is False
 
 
@@ -206,9 +217,17 @@ def test_onnx_source_skips_tflite_with_a_note() -> None:
 
 def test_synthetic_calibration_is_marked_loudly_and_keep_float_applies(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    report = edgeopt.convert(M.keras_file(), "arm-cpu", None, allow_synthetic=True,
-                             num_calib=8, keep_float=[r"/fc_1/"], formats="tflite", out=out,
-                             latency_runs=2)
+    report = edgeopt.convert(
+        M.keras_file(),
+        "arm-cpu",
+        None,
+        allow_synthetic=True,
+        num_calib=8,
+        keep_float=[r"/fc_1/"],
+        formats="tflite",
+        out=out,
+        latency_runs=2,
+    )
     assert report["synthetic_calibration"] is True
     assert report["notes"][0].startswith("WARNING: SYNTHETIC CALIBRATION")
     assert "SYNTHETIC" in (out / "report.md").read_text()
@@ -219,8 +238,9 @@ def test_synthetic_calibration_is_marked_loudly_and_keep_float_applies(tmp_path:
 
 def test_multi_input_multi_output_keeps_names(tmp_path: Path) -> None:
     calib = _npz(tmp_path, "multi.npz", a=M.images((8,), 16, seed=1), b=M.images((4,), 16, seed=2))
-    report = edgeopt.convert(M.multi_io_keras_file(), ["arm-cpu", "edgetpu"], calib,
-                             out=tmp_path / "out", latency_runs=1)
+    report = edgeopt.convert(
+        M.multi_io_keras_file(), ["arm-cpu", "edgetpu"], calib, out=tmp_path / "out", latency_runs=1
+    )
     assert len(report.artifacts) == 3
     for art in report.artifacts:
         assert sorted(i["name"] for i in art["io"]["inputs"]) == ["a", "b"]
@@ -229,7 +249,9 @@ def test_multi_input_multi_output_keeps_names(tmp_path: Path) -> None:
         assert all(d["metrics"]["sqnr_db"] >= INT8_MIN_SQNR_DB for d in art["drift"]), art["path"]
     edgetpu = read_manifest(tmp_path / "out" / "edgetpu").models[0]
     assert {(i["name"], i["dtype"], tuple(i["shape"])) for i in edgetpu.inputs} == {
-        ("a", "uint8", (1, 8)), ("b", "uint8", (1, 4))}
+        ("a", "uint8", (1, 8)),
+        ("b", "uint8", (1, 4)),
+    }
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -255,44 +277,113 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[dict[str, Any], type[EdgeOptError],
     corrupt.write_bytes(b"PK\x03\x04 truncated")
     return {
         "unknown target": ({**good, "targets": ["tpu9000"]}, TargetError, "unknown target"),
-        "toml unknown key": ({**good, "targets": [str(_toml(tmp, "a.toml",
-            'name = "x"\nformats = ["tflite"]\n[quantization]\nschem = "int8"\n'))]},
-            TargetError, "unknown key(s) in [quantization]: schem"),
-        "toml wrong type": ({**good, "targets": [str(_toml(tmp, "b.toml",
-            'name = "x"\nformats = ["tflite"]\n[quantization]\nper_channel = "yes"\n'))]},
-            TargetError, "must be true or false"),
-        "calib names": ({**good, "calib": str(_npz(tmp, "n.npz", a=img, b=img))},
-                        CalibrationError, "no array for input(s) 'image'"),
-        "calib shape": ({**good, "calib": str(_npz(tmp, "s.npz", image=img[..., :1]))},
-                        CalibrationError, "expects float32[?, 8, 8, 3]"),
-        "calib dtype": ({**good, "calib": str(_npz(tmp, "d.npz", image=img.astype(complex)))},
-                        CalibrationError, "unsupported dtype"),
-        "calib empty": ({**good, "calib": str(_npz(tmp, "e.npz", image=img[:0]))},
-                        CalibrationError, "no samples"),
-        "calib nan": ({**good, "calib": str(_npz(tmp, "nan.npz", image=np.where(
-            img > 0.5, np.nan, img).astype(np.float32)))}, CalibrationError, "NaN"),
+        "toml unknown key": (
+            {
+                **good,
+                "targets": [
+                    str(
+                        _toml(
+                            tmp,
+                            "a.toml",
+                            'name = "x"\nformats = ["tflite"]\n[quantization]\nschem = "int8"\n',
+                        )
+                    )
+                ],
+            },
+            TargetError,
+            "unknown key(s) in [quantization]: schem",
+        ),
+        "toml wrong type": (
+            {
+                **good,
+                "targets": [
+                    str(
+                        _toml(
+                            tmp,
+                            "b.toml",
+                            'name = "x"\nformats = ["tflite"]\n[quantization]\nper_channel = "yes"\n',
+                        )
+                    )
+                ],
+            },
+            TargetError,
+            "must be true or false",
+        ),
+        "calib names": (
+            {**good, "calib": str(_npz(tmp, "n.npz", a=img, b=img))},
+            CalibrationError,
+            "no array for input(s) 'image'",
+        ),
+        "calib shape": (
+            {**good, "calib": str(_npz(tmp, "s.npz", image=img[..., :1]))},
+            CalibrationError,
+            "expects float32[?, 8, 8, 3]",
+        ),
+        "calib dtype": (
+            {**good, "calib": str(_npz(tmp, "d.npz", image=img.astype(complex)))},
+            CalibrationError,
+            "unsupported dtype",
+        ),
+        "calib empty": (
+            {**good, "calib": str(_npz(tmp, "e.npz", image=img[:0]))},
+            CalibrationError,
+            "no samples",
+        ),
+        "calib nan": (
+            {
+                **good,
+                "calib": str(
+                    _npz(tmp, "nan.npz", image=np.where(img > 0.5, np.nan, img).astype(np.float32))
+                ),
+            },
+            CalibrationError,
+            "NaN",
+        ),
         "no calib": ({**good, "calib": None}, CalibrationError, "--allow-synthetic"),
         "corrupt model": ({**good, "model": str(corrupt)}, ModelLoadError, "corrupt.keras"),
         "missing model": ({**good, "model": str(tmp / "nope.onnx")}, ModelLoadError, "no such"),
-        "lambda model": ({**good, "model": str(M.lambda_keras_file())}, ModelLoadError,
-                         "--trust-model"),
-        "keep-float on edgetpu": ({**good, "targets": ["edgetpu"], "keep_float": ["fc"]},
-                                  TargetError, "float_fallback = false"),
+        "lambda model": (
+            {**good, "model": str(M.lambda_keras_file())},
+            ModelLoadError,
+            "--trust-model",
+        ),
+        "keep-float on edgetpu": (
+            {**good, "targets": ["edgetpu"], "keep_float": ["fc"]},
+            TargetError,
+            "float_fallback = false",
+        ),
         "bad regex": ({**good, "keep_float": ["(unclosed"]}, OptionError, "regular expression"),
-        "format not allowed": ({**good, "targets": ["edgetpu"], "formats": "onnx"}, TargetError,
-                               "produces tflite only"),
-        "onnx to tflite-only target": ({**good, "model": str(M.onnx_dynamic_file()),
-                                        "targets": ["edgetpu"]}, TargetError,
-                                       "ONNX sources cannot be converted to TFLite"),
-        "onnx with --format tflite": ({**good, "model": str(M.onnx_dynamic_file()),
-                                       "formats": "tflite"}, TargetError, "cannot be converted"),
-        "duplicate target": ({**good, "targets": ["arm-cpu", "arm-cpu"]}, OptionError,
-                             "given twice"),
+        "format not allowed": (
+            {**good, "targets": ["edgetpu"], "formats": "onnx"},
+            TargetError,
+            "produces tflite only",
+        ),
+        "onnx to tflite-only target": (
+            {**good, "model": str(M.onnx_dynamic_file()), "targets": ["edgetpu"]},
+            TargetError,
+            "ONNX sources cannot be converted to TFLite",
+        ),
+        "onnx with --format tflite": (
+            {**good, "model": str(M.onnx_dynamic_file()), "formats": "tflite"},
+            TargetError,
+            "cannot be converted",
+        ),
+        "duplicate target": (
+            {**good, "targets": ["arm-cpu", "arm-cpu"]},
+            OptionError,
+            "given twice",
+        ),
         "unknown format": ({**good, "formats": "coreml"}, OptionError, "unknown format"),
-        "op not int8 on edgetpu": ({**good, "model": str(M.cos_savedmodel_dir()),
-                                    "targets": ["edgetpu"], "calib": str(_npz(
-                                        tmp, "x.npz", x=M.images((4,), 4, seed=5)))},
-                                   UnsupportedOpError, "COS"),
+        "op not int8 on edgetpu": (
+            {
+                **good,
+                "model": str(M.cos_savedmodel_dir()),
+                "targets": ["edgetpu"],
+                "calib": str(_npz(tmp, "x.npz", x=M.images((4,), 4, seed=5))),
+            },
+            UnsupportedOpError,
+            "COS",
+        ),
     }
 
 
@@ -301,8 +392,14 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path: Path) -> None
         out = tmp_path / f"out_{name.replace(' ', '_')}"
         kwargs = dict(kwargs)
         with pytest.raises(error) as info:
-            edgeopt.convert(kwargs.pop("model"), kwargs.pop("targets"), kwargs.pop("calib"),
-                            out=out, latency_runs=1, **kwargs)
+            edgeopt.convert(
+                kwargs.pop("model"),
+                kwargs.pop("targets"),
+                kwargs.pop("calib"),
+                out=out,
+                latency_runs=1,
+                **kwargs,
+            )
         msg = str(info.value)
         assert fragment in msg and "\n" not in msg, (name, msg)
         assert not out.exists(), name
@@ -323,9 +420,13 @@ def test_existing_output_refused_and_kept(tmp_path: Path) -> None:
         edgeopt.convert(*args, out=out)
     # --force, but the conversion fails (COS on a no-fallback target): the old output stays.
     with pytest.raises(UnsupportedOpError):
-        edgeopt.convert(M.cos_savedmodel_dir(), "edgetpu",
-                        _npz(tmp_path, "x.npz", x=M.images((4,), 4, seed=5)), out=out,
-                        force=True)
+        edgeopt.convert(
+            M.cos_savedmodel_dir(),
+            "edgetpu",
+            _npz(tmp_path, "x.npz", x=M.images((4,), 4, seed=5)),
+            out=out,
+            force=True,
+        )
     assert (out / "report.json").read_text() == "{}"
     other = tmp_path / "home"
     other.mkdir()
