@@ -282,6 +282,17 @@ def test_onnx_calibration_methods_change_ranges(
     assert scales[CalibrationMethod.PERCENTILE] < scales[CalibrationMethod.MINMAX]
 
 
+def test_onnx_static_target_fixes_dynamic_dims(tmp_path: Path) -> None:
+    import onnx
+
+    src = _source("onnx-dynamic")
+    float_model = onnx.load(str(_float_path(src, "onnx", tmp_path, _static(src))))
+    dims = [d.dim_value for d in float_model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, *M.CHW]
+    built = _build(src, load_target("arm-cpu"), "int8", tmp_path, "onnx", shapes=_static(src))
+    assert rt.load(built.path).inputs[0].shape == (1, *M.CHW)
+
+
 def test_onnx_opset9_source_is_upgraded_and_quantized(tmp_path: Path) -> None:
     import onnx
 
