@@ -349,7 +349,10 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
         source={"path": str(ctx.source.path), "format": ctx.source.format,
                 "sha256": ctx.source.sha256},
         calibration={**ctx.calib.to_manifest(),
-                     "method": (ctx.method or profile.quantization.calibration_method).value},
+                     "method": (ctx.method or profile.quantization.calibration_method).value,
+                     # what each calibrated model really used (TFLite: always min/max)
+                     "methods": {a["file"]: a["calibration_method"] for a in artifacts
+                                 if a["calibration_method"]}},
         preprocessing=ctx.calib.preprocessing,
         tools=_tools(),
     )

@@ -275,37 +275,18 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[dict[str, Any], type[EdgeOptError],
     img = M.images(M.HWC, 4, seed=3)
     corrupt = tmp / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 truncated")
+    head = 'name = "x"\nformats = ["tflite"]\n[quantization]\n'
+    unknown_key = _toml(tmp, "a.toml", head + 'schem = "int8"\n')
+    wrong_type = _toml(tmp, "b.toml", head + 'per_channel = "yes"\n')
     return {
         "unknown target": ({**good, "targets": ["tpu9000"]}, TargetError, "unknown target"),
         "toml unknown key": (
-            {
-                **good,
-                "targets": [
-                    str(
-                        _toml(
-                            tmp,
-                            "a.toml",
-                            'name = "x"\nformats = ["tflite"]\n[quantization]\nschem = "int8"\n',
-                        )
-                    )
-                ],
-            },
+            {**good, "targets": [str(unknown_key)]},
             TargetError,
             "unknown key(s) in [quantization]: schem",
         ),
         "toml wrong type": (
-            {
-                **good,
-                "targets": [
-                    str(
-                        _toml(
-                            tmp,
-                            "b.toml",
-                            'name = "x"\nformats = ["tflite"]\n[quantization]\nper_channel = "yes"\n',
-                        )
-                    )
-                ],
-            },
+            {**good, "targets": [str(wrong_type)]},
             TargetError,
             "must be true or false",
         ),

@@ -45,6 +45,8 @@ def test_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
     assert by_format["tflite"]["calibration_method"] == "minmax"  # TFLite: min/max only
     assert any("min/max only" in n for n in report["notes"])
     assert by_format["tflite"]["details"]["keep_float"]
+    methods = json.loads((out / "arm-cpu" / "manifest.json").read_text())["calibration"]
+    assert methods["methods"] == {"model_int8.tflite": "minmax", "model_int8.onnx": "percentile"}
     assert "converting" not in proc.stderr  # progress only when stderr is a terminal
 
 
