@@ -7,7 +7,6 @@ Each subcommand lives in ``edgeopt/commands/<name>.py`` and exposes a click comm
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 from edgeopt_runtime.errors import EdgeOptError
@@ -40,17 +39,12 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in _COMMANDS:
             return None
-        module_name, short = _COMMANDS[name]
-        if ctx.resilient_parsing or sys.argv[1:2] in (["--help"], ["-h"]) or len(sys.argv) == 1:
-            # `edgeopt --help` lists commands: a stub with the short help avoids the import.
-            return click.Command(name, help=short, short_help=short)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                return None
-            raise
-        return module.command
+        return importlib.import_module(_COMMANDS[name][0]).command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # `edgeopt --help` lists the commands from the table: no subcommand module is imported.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in sorted(_COMMANDS.items())])
 
 
 class _Main(LazyGroup):

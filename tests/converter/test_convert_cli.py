@@ -23,9 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Result:
-    # cli.LazyGroup looks at sys.argv to serve `edgeopt --help` without imports; make it see
-    # a real command line rather than pytest's.
-    monkeypatch.setattr(sys, "argv", ["edgeopt", *args])
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
