@@ -59,15 +59,23 @@ def _speedup_check(doc: dict[str, Any], fmt: str) -> dict[str, Any]:
 
 def _worst_overhead(doc: dict[str, Any], model: str, key: str
                     ) -> tuple[float | None, str]:
-    """Largest overhead ``key`` over every model file of ``model``, and which one it was."""
+    """Largest overhead ``key`` over every model file of ``model``, which file it was, and the
+    largest among float-IO files (integer-IO files pay the input quantization in Model.run)."""
     m = _model(doc, model)
     if m is None or not m.get("overhead"):
         return None, ""
     rows = m["overhead"]
+    int_io = {a["id"] for a in m["artifacts"] if a.get("io_dtype") in ("int8", "uint8")}
     worst = max(rows, key=lambda k: rows[k][key])
     r = rows[worst]
-    return r[key], (f"worst of {len(rows)} files: {worst} (raw {r['raw_us']:.1f} µs, "
-                    f"Model.run {r['wrapper_us']:.1f} µs, median of {r['rounds']} rounds)")
+    evidence = (f"worst of {len(rows)} files: {worst}{' (integer IO)' if worst in int_io else ''}"
+                f" (raw {r['raw_us']:.1f} µs, Model.run {r['wrapper_us']:.1f} µs, median of "
+                f"{r['rounds']} rounds)")
+    float_io = [k for k in rows if k not in int_io]
+    if int_io & set(rows) and float_io:
+        best = max(float_io, key=lambda k: rows[k][key])
+        evidence += f"; float-IO files at most {rows[best][key]:.2f} ({best})"
+    return r[key], evidence
 
 
 def evaluate(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,12 +4,15 @@ When int8 is not as much faster than float as hoped, the answer is usually one c
 (depthwise convolutions, the first 3-channel convolution, elementwise adds) that gains little or
 even loses in int8. This groups ORT's profiling trace into comparable classes on both sides:
 
-* convolutions: ``dense KxK`` or ``depthwise KxK`` from the float model's weight shapes. ORT
-  elides the (pre-packed) weight shapes of ``QLinearConv``, so int8 convolutions are matched to
-  float ones by execution order — both graphs come from the same source and keep its order;
-* everything else by op type, with ``QLinear`` / ``Fused`` prefixes and ``Integer`` suffixes
-  removed (``QLinearMatMul`` and ``MatMul`` are both ``MatMul``); Q/DQ ops stay separate: they
-  are the price of int8.
+* convolutions: ``dense KxK`` or ``depthwise KxK`` from the weight shapes. The float trace
+  carries them; ORT elides the (pre-packed) weights of ``QLinearConv``, so int8 nodes are looked
+  up by name in the int8 model (ORT names a fused node after the QDQ graph's ``Conv`` plus a
+  ``_token_N`` suffix) and the weight shape read from the initializer behind its
+  ``DequantizeLinear``; a node not found that way is matched to the float convolutions by
+  execution order;
+* everything else by op type, with ``QLinear`` / ``Fused`` / ``Nhwc`` prefixes and ``Integer``
+  suffixes removed (``QLinearMatMul`` and ``MatMul`` are both ``MatMul``); Q/DQ ops stay
+  separate: they are the price of int8.
 
 The LiteRT Python API exposes no per-op timing, so there is no TFLite counterpart here.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -66,24 +70,49 @@ def _per_node_medians(events: list[dict]) -> tuple[list[tuple[dict, float]], flo
             continue
         if not windows or e["ts"] < starts[0]:
             continue  # warm-up run
-        nodes.setdefault(e["name"], (e.get("args") or {}, []))[1].append(e["dur"] / 1e3)
+        name = e["name"].removesuffix("_kernel_time")
+        args = {**(e.get("args") or {}), "name": name}
+        nodes.setdefault(name, (args, []))[1].append(e["dur"] / 1e3)
     run_ms = statistics.median(b - a for a, b in windows) / 1e3 if windows else 0.0
     return [(a, statistics.median(d)) for a, d in nodes.values()], run_ms
 
 
 def _base(op: str) -> str:
-    for prefix in ("QLinear", "Fused"):
+    for prefix in ("QLinear", "Fused", "Nhwc"):
         op = op.removeprefix(prefix)
     return op.removesuffix("Integer")
 
 
 def _conv_class(args: dict) -> str:
     shapes = [next(iter(d.values())) for d in args.get("input_type_shape", [])]
-    w = shapes[1] if len(shapes) > 1 else []
+    return _weight_class(shapes[1] if len(shapes) > 1 else [])
+
+
+def _weight_class(w: list[int]) -> str:
     if len(w) != 4:
         return "conv"
     kind = "depthwise" if w[1] == 1 and w[0] > 1 else "dense"
     return f"{kind} conv {w[2]}x{w[3]}"
+
+
+_TOKEN = re.compile(r"(_token_\d+)+$")
+
+
+def conv_weight_shapes(path: Path) -> dict[str, list[int]]:
+    """``Conv`` node name -> weight shape in a QDQ ONNX model (through its DequantizeLinear)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    dq_src = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    out = {}
+    for n in graph.node:
+        if n.op_type == "Conv" and len(n.input) > 1:
+            w = n.input[1]
+            shape = inits.get(dq_src.get(w, w))
+            if shape:
+                out[n.name] = shape
+    return out
 
 
 def op_classes(float_path: Path, int8_path: Path, x: np.ndarray, *, runs: int = 20,
@@ -102,6 +131,7 @@ def op_classes(float_path: Path, int8_path: Path, x: np.ndarray, *, runs: int = 
     """
     (f_nodes, f_run), (q_nodes, q_run) = _traces([float_path, int8_path], x, runs, threads)
     f_convs = [a for a, _ in f_nodes if _base(a.get("op_name", "")) == "Conv"]
+    q_weights = conv_weight_shapes(int8_path)
     classes: dict[str, dict[str, Any]] = {}
 
     def add(cls: str, side: str, ms: float) -> None:
@@ -117,7 +147,11 @@ def op_classes(float_path: Path, int8_path: Path, x: np.ndarray, *, runs: int = 
             if op == "Conv":
                 src = f_convs[conv_i] if conv_i < len(f_convs) else args
                 conv_i += 1
-                add(_conv_class(src), side, ms)
+                named = q_weights.get(_TOKEN.sub("", args.get("name", "")))
+                if side == "int8_ms" and named:
+                    add(_weight_class(named), side, ms)
+                else:
+                    add(_conv_class(args if side == "float_ms" else src), side, ms)
             else:
                 add(op, side, ms)
     total_q = sum(c["int8_ms"] for c in classes.values()) or 1.0
@@ -137,5 +171,5 @@ def op_classes(float_path: Path, int8_path: Path, x: np.ndarray, *, runs: int = 
         "classes": rows,
         "method": "ONNX Runtime profiling traces of two profiled sessions run alternately; "
         "per node the median kernel time over runs, summed per class; int8 convolutions "
-        "matched to float ones by execution order",
+        "classified by their QDQ Conv's weight initializer (execution order as fallback)",
     }

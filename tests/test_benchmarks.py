@@ -246,3 +246,19 @@ def test_tiny_run_writes_json_and_markdown(tiny_run: tuple[dict, Path]) -> None:
     assert md == report.render_markdown(reread)
     assert "| tiny_cnn | tflite | 1 | int8@arm-cpu |" in md
     assert not list((work / "results").glob(".*"))  # no temp files left behind
+
+
+def test_overhead_check_takes_the_worst_file_and_names_float_io_best() -> None:
+    row = {"raw_us": 10.0, "wrapper_us": 12.0, "rounds": 3}
+    doc = {"models": [{
+        "name": "tiny_cnn",
+        "artifacts": [{"id": "tflite/int8@edgetpu", "io_dtype": "uint8"},
+                      {"id": "tflite/int8@arm-cpu", "io_dtype": "float32"}],
+        "overhead": {"tflite/float32": {**row, "overhead_us": 2.0},
+                     "tflite/int8@arm-cpu": {**row, "overhead_us": 3.0},
+                     "tflite/int8@edgetpu": {**row, "overhead_us": 19.0}},
+    }]}
+    (check,) = [c for c in checks.evaluate(doc) if c["id"] == "overhead-tiny"]
+    assert check["status"] == "FAIL" and check["measured"] == 19.0
+    assert "tflite/int8@edgetpu (integer IO)" in check["evidence"]
+    assert "float-IO files at most 3.00 (tflite/int8@arm-cpu)" in check["evidence"]
