@@ -238,17 +238,20 @@ def _conversion(doc: dict[str, Any]) -> list[str]:
 def _overhead(doc: dict[str, Any]) -> list[str]:
     out = ["## Runtime wrapper overhead and startup", "",
            "`Model.run` vs the raw interpreter / session loop on the same loaded model, 1 thread, "
-           "interleaved rounds (benchmarks/runtime_overhead.py).", ""]
+           "call pairs in rounds (benchmarks/runtime_overhead.py); A/A noise: the same "
+           "measurement of the raw loop against itself. Integer-IO files (Edge TPU: uint8) "
+           "include quantizing the float input in `Model.run`.", ""]
     rows = []
     for m in doc["models"]:
         for key, o in (m.get("overhead") or {}).items():
             spread = o.get("per_round_overhead_us") or [0.0]
             rows.append([m["name"], key, _f(o.get("raw_us"), 1), _f(o.get("wrapper_us"), 1),
                          _f(o.get("overhead_us"), 2),
-                         f"{min(spread):.1f}..{max(spread):.1f}", _f(o.get("overhead_pct"), 2)])
+                         f"{min(spread):.1f}..{max(spread):.1f}", _f(o.get("overhead_pct"), 2),
+                         _f(o.get("noise_floor_us"), 2), o.get("clock", "–")])
     if rows:
         out += _table(["model", "file", "raw µs", "Model.run µs", "overhead µs",
-                       "per-round µs", "overhead %"], rows)
+                       "per-round µs", "overhead %", "A/A noise µs", "clock"], rows)
     st = doc.get("startup") or {}
     imp, hlp = st.get("import_edgeopt_runtime"), st.get("edgeopt_help")
     if imp:
