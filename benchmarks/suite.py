@@ -144,34 +144,14 @@ def bench_model(name: str, config: Config, workdir: Path, log: Log,
         peak: the host's peak GMAC/s per core, ``{"fp32": ..., "int8": ...}``.
     """
     spec = models.get(name)
-    mdir = workdir / name
     log(f"{name}: building and converting for {', '.join(config.targets)} (child process)")
-    conv = conversion.convert_model(name, config, mdir, log)
+    conv = conversion.convert_model(name, config, workdir / name, log)
     floats = conv["float"]  # {"tflite": path, "onnx": path}: the files convert measured against
-    notes = [f"{fmt}: float reference differs from the one in the converter's report"
-             for fmt, ref in conv["conversion"]["float_refs"].items()
-             if ref["matches_report"] is False]
-    notes += [f"{t}: conversion refused: {why}" for t, why in conv["conversion"]["refused"].items()]
     macs = count_macs(floats["tflite"])
-    artifacts = dedupe(conv["artifacts"])
-    for a in artifacts:
-        a["size_ratio"] = round(a["size_bytes"] / Path(floats[a["format"]]).stat().st_size, 4)
-    for a in artifacts:
-        if a["format"] == "tflite":
-            a["xnnpack"] = xnnpack_placement(Path(a["artifact_dir"]) / a["file"])
+    artifacts = _artifacts(conv["artifacts"], floats)
     inputs = spec.inputs(config.drift_samples, seed=config.seed + 1)
     log(f"{name}: output drift on {len(inputs)} held-out inputs")
     drift_all(artifacts, floats, inputs)
-    groups = []
-    for threads in config.threads:
-        for fmt in ("tflite", "onnx"):
-            members = [a for a in artifacts if a["format"] == fmt]
-            if fmt in floats and members:
-                log(f"{name}: latency, {fmt}, {threads} thread(s), {len(members) + 1} models")
-                groups.append(
-                    latency_group(fmt, floats[fmt], members, inputs[0], threads, config, macs,
-                                  peak)
-                )
     result = {
         "name": name,
         "description": spec.description,
@@ -183,22 +163,61 @@ def bench_model(name: str, config: Config, workdir: Path, log: Log,
         "build": conv["build"],
         "conversion": conv["conversion"],
         "artifacts": artifacts,
-        "latency": groups,
-        "notes": notes,
+        "latency": [
+            latency_group(fmt, floats[fmt], members, inputs[0], threads, config, macs, peak)
+            for threads in config.threads
+            for fmt, members in _by_format(artifacts, floats, log, name, threads)
+        ],
+        "notes": _notes(conv["conversion"]),
     }
-    onnx_int8 = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8"
-                      and "arm-cpu" in a["targets"]), None)
-    if onnx_int8 is not None and "onnx" in floats:
-        from .opprofile import op_classes
-
-        log(f"{name}: ONNX Runtime per-op-class profile, float vs int8")
-        result["onnx_op_profile"] = op_classes(
-            Path(floats["onnx"]), Path(onnx_int8["artifact_dir"]) / onnx_int8["file"], inputs[0],
-            runs=10 if config.quick else 20,
-        )
+    profile = onnx_profile(floats, artifacts, inputs[0], config, log, name)
+    if profile is not None:
+        result["onnx_op_profile"] = profile
     if config.overhead and name in OVERHEAD_MODELS:
         result["overhead"] = wrapper_overhead(floats, artifacts, inputs[0], log, name, config)
     return result
+
+
+def _artifacts(converted: list[dict[str, Any]], floats: dict[str, str]) -> list[dict[str, Any]]:
+    """Deduplicated artifacts with their size ratio and (TFLite) measured XNNPACK placement."""
+    artifacts = dedupe(converted)
+    for a in artifacts:
+        a["size_ratio"] = round(a["size_bytes"] / Path(floats[a["format"]]).stat().st_size, 4)
+        if a["format"] == "tflite":
+            a["xnnpack"] = xnnpack_placement(Path(a["artifact_dir"]) / a["file"])
+    return artifacts
+
+
+def _by_format(artifacts: list[dict[str, Any]], floats: dict[str, str], log: Log, name: str,
+               threads: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(format, its artifacts) for each format with a float reference and artifacts."""
+    out = []
+    for fmt in ("tflite", "onnx"):
+        members = [a for a in artifacts if a["format"] == fmt]
+        if fmt in floats and members:
+            log(f"{name}: latency, {fmt}, {threads} thread(s), {len(members) + 1} models")
+            out.append((fmt, members))
+    return out
+
+
+def _notes(conv: dict[str, Any]) -> list[str]:
+    notes = [f"{fmt}: float reference differs from the one in the converter's report"
+             for fmt, ref in conv["float_refs"].items() if ref["matches_report"] is False]
+    return notes + [f"{t}: conversion refused: {why}" for t, why in conv["refused"].items()]
+
+
+def onnx_profile(floats: dict[str, str], artifacts: list[dict[str, Any]], x: np.ndarray,
+                 config: Config, log: Log, name: str) -> dict[str, Any] | None:
+    """ORT per-op-class time of the float model vs the arm-cpu int8 ONNX artifact (if any)."""
+    art = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8"
+                and "arm-cpu" in a["targets"]), None)
+    if art is None or "onnx" not in floats:
+        return None
+    from .opprofile import op_classes
+
+    log(f"{name}: ONNX Runtime per-op-class profile, float vs int8")
+    return op_classes(Path(floats["onnx"]), Path(art["artifact_dir"]) / art["file"], x,
+                      runs=10 if config.quick else 20)
 
 
 def dedupe(artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
