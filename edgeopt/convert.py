@@ -30,11 +30,20 @@ from edgeopt_runtime.errors import EdgeOptError, TargetError
 from edgeopt_runtime.manifest import ModelEntry, sha256_file
 from edgeopt_runtime.profile import latency_stats
 
+from . import accelerator as acc
+from .accelerator import StrictError
 from .artifact import Staging, check_output, model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
 from .calibration import CalibrationSource, Preprocessing, open_calibration
 from .sources import ModelSource, load_source
-from .targets import CalibrationMethod, Format, Scheme, TargetProfile, load_target
+from .targets import (
+    CalibrationMethod,
+    Format,
+    Scheme,
+    TargetProfile,
+    builtin_dir,
+    load_target,
+)
 
 DEFAULT_LATENCY_RUNS = 50
 LATENCY_WARMUP = 5
@@ -92,6 +101,7 @@ class _Context:
     work: Path
     say: Progress
     latency_runs: int
+    out: Path  # the final output folder (report paths and hints name it, not the staging one)
 
 
 def convert(
@@ -112,6 +122,7 @@ def convert(
     progress: Progress | None = None,
     preprocessing: Preprocessing | None = None,
     latency_runs: int = DEFAULT_LATENCY_RUNS,
+    strict: bool = False,
 ) -> ConvertReport:
     """Calibrate and quantize a float model for one or more targets.
 
@@ -135,6 +146,11 @@ def convert(
         progress: called with one human line per step.
         preprocessing: how raw calibration data becomes model input (images especially).
         latency_runs: timed runs per model for the float-vs-quantized latency.
+        strict: raise ``StrictError`` (after writing everything) when a target would not run
+            its whole graph on its accelerator: Edge TPU partition incomplete (or, when
+            ``edgetpu_compiler`` is installed, ops it left on the CPU or a failed compile), ops
+            the GPU delegate cannot run. The report's ``gates`` hold the per-artifact checks
+            either way.
 
     Returns:
         The report (also written to ``out/report.json``, ``.md`` and ``.html``).
@@ -142,6 +158,8 @@ def convert(
     Raises:
         EdgeOptError: (subclasses) bad model, data, target, options or output directory, or a
             conversion the target forbids. Nothing is left under ``out`` in that case.
+        StrictError: ``strict`` and an accelerator check failed; ``out`` is complete and the
+            exception's ``report`` holds the ``ConvertReport``.
     """
     say = progress or (lambda _msg: None)
     wanted = _formats(formats)
@@ -176,20 +194,26 @@ def convert(
             stage.check()  # stop at the next step when a library swallowed Ctrl-C
             say(message)
 
-        ctx = _Context(source, calib_src, eval_src, method, patterns, work, step, latency_runs)
+        ctx = _Context(
+            source, calib_src, eval_src, method, patterns, work, step, latency_runs, out
+        )
         results = [_convert_target(ctx, plan, stage.path(plan.profile.name)) for plan in plans]
         report = _report(ctx, results, settings={
             "formats": sorted(wanted) if wanted else "all", "calib_method": calib_method,
             "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
-            "latency_runs": latency_runs, "host_threads": HOST_THREADS,
+            "latency_runs": latency_runs, "host_threads": HOST_THREADS, "strict": strict,
         })
+        report["gates"] = acc.accelerator_gates(results, strict)
         report["wall_seconds"] = round(time.perf_counter() - started, 3)
         from .report import write_report
 
         step("writing report")
         write_report(report, stage.path())
         stage.commit(drop=(WORK_DIR,))
-    return ConvertReport(report, out)
+    result = ConvertReport(report, out)
+    if strict and not report["gates"]["passed"]:
+        raise StrictError(acc.strict_message(report["gates"]), result)
+    return result
 
 
 # ------------------------------------------------------------------------------ options / plan
@@ -339,11 +363,15 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         float_path = job.backend.build_float(ctx.source, plan.shapes, ctx.work)
         ctx.say(f"{profile.name}: measuring {name} against the float model")
-        art, entry = _evaluate(ctx, profile, built, float_path)
+        art, entry, prediction = _evaluate(ctx, profile, built, float_path)
         art["conversion_seconds"] = round(seconds, 3)
         art["calibration_method"] = _used_method(job, method)
         artifacts.append(art)
         entries.append(entry)
+        if acc.wants_edgetpu_compile(profile.runtime.tflite_delegate.value, built.format,
+                                     built.precision):
+            ctx.say(f"{profile.name}: compiling {name} with edgetpu_compiler (if installed)")
+            entries += _edgetpu_compile(art, entry, built.path, tdir, prediction)
     write_target_manifest(
         tdir, profile, entries,
         source={"path": str(ctx.source.path), "format": ctx.source.format,
@@ -357,6 +385,8 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
         tools=_tools(),
     )
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
+    for art in artifacts:
+        _record_runtime(art, tdir, profile)
     return {
         "name": profile.name,
         "status": "ok",  # a failing target fails the whole run (nothing half-written)
@@ -369,6 +399,63 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
         "input_shapes": {k: list(v) for k, v in plan.shapes.items()},
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _edgetpu_compile(
+    art: dict[str, Any], entry: ModelEntry, model: Path, tdir: Path,
+    prediction: dict[str, Any] | None,
+) -> list[ModelEntry]:
+    """Compile the int8 model for the Edge TPU when the compiler is installed.
+
+    The compiled ``*_edgetpu.tflite`` is listed after the plain model, so the plain model stays
+    the manifest's default; the runtime picks the compiled one only where libedgetpu is present.
+
+    Returns:
+        The manifest entries to add (none when the compiler is missing or failed).
+    """
+    if prediction is None:  # pre-flight failed: nothing to compare with, still compile
+        prediction = {"ops": [], "summary": {"verdict": "no prediction"}}
+    block, compiled = acc.compile_edgetpu(model, tdir, prediction, shown_dir=tdir.name)
+    art["edgetpu_compiler"] = block
+    if block["status"] == "not_available":
+        art["notes"].append(acc.COMPILER_MISSING)
+        return []
+    if compiled is None:
+        art["notes"].append(f"edgetpu_compiler failed: {block.get('error')}")
+        return []
+    found, why = acc.compiled_entry(compiled, entry)
+    if found is None:
+        art["notes"].append(str(why))
+        return []
+    return [found]
+
+
+def _record_runtime(art: dict[str, Any], tdir: Path, profile: TargetProfile) -> None:
+    """Load the artifact as the runtime would on this host and keep what it says.
+
+    The latency numbers were taken on this host's CPU; when the target's accelerator is not
+    here (no GPU delegate, no libedgetpu) the runtime says so in ``Model.notes``.
+    """
+    from .backends._frameworks import stdout_to_stderr
+
+    with stdout_to_stderr():
+        model = rt.load(tdir, threads=HOST_THREADS, format=art["format"],
+                        precision=art["precision"])
+    notes = list(model.notes)
+    wanted = profile.runtime.tflite_delegate.value if art["format"] == "tflite" else None
+    on_cpu = model.delegate in ("xnnpack", "none")
+    if wanted == "edgetpu" and on_cpu and not notes:
+        # the runtime says nothing when there is no compiled model to prefer
+        notes.append(f"no compiled *_edgetpu.tflite in this artifact: timings are host-CPU "
+                     f"timings ({model.delegate}) of the uncompiled int8 model, not Edge TPU")
+    elif wanted == "gpu" and on_cpu and not notes:
+        notes.append(f"no GPU delegate on this host: timings are host-CPU timings "
+                     f"({model.delegate}), not mobile GPU")
+    art["runtime"] = {"target_delegate": wanted or (profile.runtime.onnx_providers or [None])[0],
+                      "host_delegate": model.delegate, "host_backend": model.backend,
+                      "loaded_file": model.path.name, "notes": notes}
+    art["latency"]["host_notes"] = notes
+    art["notes"] += [n for n in notes if n not in art["notes"]]
 
 
 def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
@@ -388,8 +475,12 @@ def _host_load(path: Path) -> rt.Model:
 
 def _evaluate(
     ctx: _Context, profile: TargetProfile, built: Built, float_path: Path
-) -> tuple[dict[str, Any], ModelEntry]:
-    """Report entry and manifest entry of one artifact: size, drift, latency, pre-flight."""
+) -> tuple[dict[str, Any], ModelEntry, dict[str, Any] | None]:
+    """Report entry and manifest entry of one artifact: size, drift, latency, pre-flight.
+
+    Returns:
+        (report entry, manifest entry, the full pre-flight result or None when it failed).
+    """
     from .drift import compare_outputs, task_metrics
 
     quant = _host_load(built.path)
@@ -407,10 +498,13 @@ def _evaluate(
     if built.details.get("keep_float_unmatched"):
         notes.append(f"--keep-float {built.details['keep_float_unmatched']} matched no "
                      f"{'tensor' if built.format == 'tflite' else 'node'} name in this model")
+    shown = f"{profile.name}/{built.path.name}"
+    prediction = _preflight(built.path, profile)
+    target_arg = _target_arg(profile)
     art = {
         "target": profile.name,
         "file": built.path.name,
-        "path": f"{profile.name}/{built.path.name}",
+        "path": shown,
         "format": built.format,
         "precision": built.precision,
         "sha256": entry.sha256,
@@ -422,12 +516,12 @@ def _evaluate(
         "latency": latency,
         "drift": drift,
         "details": built.details,
-        "preflight": _preflight(built.path, profile),
+        "preflight": acc.compact_preflight(prediction, str(ctx.out / shown), str(target_arg)),
         "notes": notes,
     }
     if task is not None:
         art["task"] = task
-    return art, entry
+    return art, entry, (prediction if "summary" in prediction else None)
 
 
 def _run_outputs(
@@ -469,17 +563,21 @@ def _latency_pair(
     return result
 
 
-def _preflight(path: Path, profile: TargetProfile) -> dict[str, Any] | None:
-    """The inspect engineer's per-target pre-flight summary of the produced file, if present."""
+def _target_arg(profile: TargetProfile) -> str:
+    """How a user names ``profile`` on the command line: built-in name, else its TOML path."""
+    builtin = profile.path is None or Path(profile.path).parent == builtin_dir()
+    return profile.name if builtin else str(profile.path)
+
+
+def _preflight(path: Path, profile: TargetProfile) -> dict[str, Any]:
+    """The full pre-flight result of the produced file (``edgeopt.inspect/1``), or
+    ``{"error": ...}`` when the analysis refused the file."""
+    from .inspect import preflight
+
     try:
-        from .inspect import preflight
-    except ImportError:
-        return None
-    try:
-        result = preflight(path, profile)
+        return preflight(path, profile)
     except EdgeOptError as exc:
         return {"error": str(exc)}
-    return {k: result.get(k) for k in ("delegate", "summary", "notes") if k in result}
 
 
 def _tools() -> dict[str, Any]:

@@ -327,6 +327,116 @@ def _flipped_note(drift: Sequence[Mapping[str, Any]], limit: int = 20) -> list[s
     return notes
 
 
+# --------------------------------------------------------------------------- compatibility
+# A convert artifact carries ``preflight`` (edgeopt.inspect/1, trimmed by edgeopt.accelerator),
+# an optional ``edgetpu_compiler`` block and ``notes`` (incl. the runtime's host-CPU notes).
+# Both renderers draw the same blocks: ("p", text), ("table", (headers, rows)), ("ul", items).
+
+_COMPAT_OPS = 25
+
+
+def compat_blocks(sec: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The target-compatibility blocks of one artifact (empty without a pre-flight)."""
+    pf = sec.get("preflight")
+    if not isinstance(pf, Mapping):
+        return []
+    blocks: list[tuple[str, Any]] = []
+    summary = pf.get("summary") or {}
+    if pf.get("error") and not summary:
+        blocks.append(("p", f"Pre-flight could not analyse the model: {pf['error']}"))
+    if summary.get("verdict"):
+        blocks.append(("p", f"Pre-flight ({pf.get('delegate')}): {summary['verdict']}"))
+    blocks += _partition_blocks(pf.get("partition"))
+    ana, meas, ort = pf.get("analyzer") or {}, pf.get("measurement") or {}, pf.get("runtime") or {}
+    if ana:
+        said = ("reports the model GPU-compatible" if ana.get("compatible") else
+                "reports GPU incompatibilities") if ana.get("available") else (
+                f"not available ({ana.get('error')})")
+        blocks.append(("p", f"LiteRT GPU analyzer: {said}"))
+    if meas:
+        blocks.append(("p", f"XNNPACK placement: {meas.get('source')}"))
+    if ort:
+        kernels = ", ".join(ort.get("int8_kernels") or []) or "none"
+        blocks.append(("p", f"ONNX Runtime providers {', '.join(ort.get('providers') or [])}; "
+                            f"int8 kernels used: {kernels}"))
+    off = [o for o in pf.get("ops") or [] if not o.get("delegated")]
+    if off:
+        rows = [[fmt(o.get("index")), o.get("op"), o.get("runs_on"),
+                 "; ".join(r.get("message", "") for r in o.get("reasons") or []) or "—",
+                 o.get("suggestion") or "—"] for o in off[:_COMPAT_OPS]]
+        blocks.append(("table", (["#", "op", "runs on", "why not", "suggestion"], rows)))
+        if len(off) > _COMPAT_OPS:
+            blocks.append(("p", f"({len(off) - _COMPAT_OPS} more in report.json)"))
+    if pf.get("ops_note"):
+        blocks.append(("p", pf["ops_note"]))
+    blocks += _compiler_blocks(sec.get("edgetpu_compiler"))
+    shown = {body for kind, body in blocks if kind == "p"}
+    notes = [n for n in dict.fromkeys([*(pf.get("notes") or []), *(sec.get("notes") or [])])
+             if n not in shown]
+    if notes:
+        blocks.append(("ul", notes))
+    return blocks
+
+
+def _partition_blocks(part: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    if not isinstance(part, Mapping):
+        return []
+    n_tpu = part.get("tpu_op_count", len(part.get("tpu_ops") or []))
+    n_cpu = part.get("cpu_op_count", len(part.get("cpu_ops") or []))
+    first = part.get("first_unmapped_op")
+    text = (f"Edge TPU partition: {n_tpu} ops on the TPU, {n_cpu} on the CPU, "
+            f"{part.get('subgraphs')} subgraph(s)")
+    if first:
+        why = "; ".join(r.get("message", "") for r in first.get("reasons") or [])
+        text += f"; the graph breaks at #{first.get('index')} {first.get('op')} ({why})"
+    return [("p", text), ("p", f"Parameters: {part.get('parameter_estimate')}")]
+
+
+def _compiler_blocks(comp: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    if not isinstance(comp, Mapping):
+        return []
+    if comp.get("status") == "not_available":
+        return [("p", str(comp.get("message")))]
+    version = comp.get("version") or ""
+    if comp.get("status") != "compiled":
+        return [("p", f"edgetpu_compiler {version} failed: {comp.get('error')} "
+                      "(its output is in report.json)")]
+    model = comp.get("model") or {}
+    blocks: list[tuple[str, Any]] = [("p", (
+        f"edgetpu_compiler {version}: {fmt(comp.get('ops_tpu'))} of "
+        f"{fmt(comp.get('total_ops'))} ops mapped to the Edge TPU, {fmt(comp.get('ops_cpu'))} on "
+        f"the CPU, {fmt(comp.get('subgraphs'))} subgraph(s); on-chip parameter memory "
+        f"{fmt_bytes(comp.get('on_chip_bytes'))} used, "
+        f"{fmt_bytes(comp.get('on_chip_remaining_bytes'))} free; off-chip "
+        f"{fmt_bytes(comp.get('off_chip_bytes'))}. Compiled model {model.get('path')}, log "
+        f"{comp.get('log') or '—'}."))]
+    rows = [[r.get("op"), fmt(r.get("count")), r.get("status")]
+            for r in comp.get("operators") or []]
+    if rows:
+        blocks.append(("table", (["op", "count", "compiler status"], rows)))
+    diffs = comp.get("differences") or []
+    if diffs:
+        blocks += [("p", "Differences from the pre-flight prediction:"), ("ul", diffs)]
+    else:
+        blocks.append(("p", "The compiler's result agrees with the pre-flight prediction."))
+    return blocks
+
+
+def _md_compat(sec: Mapping[str, Any], head: str) -> list[str]:
+    blocks = compat_blocks(sec)
+    if not blocks:
+        return []
+    lines = [f"{head} Target compatibility", ""]
+    for kind, body in blocks:
+        if kind == "table":
+            lines += _md_table(*body) + [""]
+        elif kind == "ul":
+            lines += [f"- {n}" for n in body] + [""]
+        else:
+            lines += [str(body), ""]
+    return lines
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
@@ -355,11 +465,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gates_title(gates: Mapping[str, Any]) -> str:
+    """Compare gates always decide the exit code; convert's accelerator checks only with
+    ``--strict`` (``gates.strict``), so say which."""
+    verdict = "PASSED" if gates.get("passed") else "FAILED"
+    if "strict" not in gates:
+        return f"Gates: {verdict}"
+    if gates["strict"]:
+        return f"Accelerator checks (--strict): {verdict}"
+    return f"Accelerator checks: {verdict} (informational; --strict makes a failure fail)"
+
+
 def _md_gates(gates: Mapping[str, Any] | None) -> list[str]:
     if not gates or not gates.get("results"):
         return []
-    verdict = "PASSED" if gates.get("passed") else "FAILED"
-    lines = [f"**Gates: {verdict}**", ""]
+    lines = [f"**{_gates_title(gates)}**", ""]
     lines += [f"- {'✅' if r.get('passed') else '❌'} {r.get('message', r.get('gate'))}"
               for r in gates["results"]]
     return lines + [""]
@@ -424,6 +544,7 @@ def _md_section(sec: Mapping[str, Any], head: str) -> list[str]:
         lines += [""] + [f"- {n}" for n in _skipped_notes(drift) + _flipped_note(drift)] + [""]
     lines += _md_layers(sec.get("per_layer"), head)
     lines += _md_latency(sec, head)
+    lines += _md_compat(sec, head)
     return lines
 
 
@@ -539,8 +660,8 @@ def _html_gates(gates: Mapping[str, Any] | None) -> str:
     ok = bool(gates.get("passed"))
     items = "".join(f"<li>{'✔' if r.get('passed') else '✘'} {_e(r.get('message', ''))}</li>"
                     for r in gates["results"])
-    return (f'<div class="gates {"pass" if ok else "fail"}">Gates '
-            f'{"passed" if ok else "FAILED"}<ul>{items}</ul></div>')
+    title = _gates_title(gates) if "strict" in gates else f"Gates {'passed' if ok else 'FAILED'}"
+    return f'<div class="gates {"pass" if ok else "fail"}">{_e(title)}<ul>{items}</ul></div>'
 
 
 def _html_models(report: Mapping[str, Any]) -> str:
@@ -585,7 +706,7 @@ def _html_section(sec: Mapping[str, Any]) -> str:
     if sec.get("status") == "failed" or sec.get("error"):
         return f'<div class="card fail">failed: {_e(sec.get("error", ""))}</div>'
     parts = [_html_task(sec.get("task")), _html_drift(sec.get("drift") or []),
-             _html_layers(sec.get("per_layer")), _html_latency(sec)]
+             _html_layers(sec.get("per_layer")), _html_latency(sec), _html_compat(sec)]
     return "\n".join(p for p in parts if p)
 
 
@@ -654,6 +775,22 @@ def _html_latency(sec: Mapping[str, Any]) -> str:
             for name, s in (("float", ref), ("quantized", cand)) if s]
     return (f"<h3>Latency — speedup at p50 {_e(_speedup(ref, cand))}</h3>" + chart
             + _html_table(["model", *_LAT_COLS], rows))
+
+
+def _html_compat(sec: Mapping[str, Any]) -> str:
+    blocks = compat_blocks(sec)
+    if not blocks:
+        return ""
+    parts = ["<h3>Target compatibility</h3>"]
+    for kind, body in blocks:
+        if kind == "table":
+            parts.append(_html_table(*body))
+        elif kind == "ul":
+            parts.append('<ul class="note">' + "".join(f"<li>{_e(n)}</li>" for n in body)
+                         + "</ul>")
+        else:
+            parts.append(f"<p>{_e(body)}</p>")
+    return "".join(parts)
 
 
 def _html_notes(report: Mapping[str, Any]) -> str:

@@ -89,7 +89,31 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
                 f"SQNR {first.get('sqnr_db', float('nan')):.1f} dB, "
                 f"cosine {first.get('cosine', float('nan')):.5f}"
             )
+            lines += _accelerator_lines(a)
         lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
+    return lines
+
+
+def _accelerator_lines(art: dict[str, Any]) -> list[str]:
+    """The pre-flight verdict, the Edge TPU compiler's result and host-CPU timing notes."""
+    indent = "    "
+    lines = []
+    verdict = ((art.get("preflight") or {}).get("summary") or {}).get("verdict")
+    if verdict:
+        lines.append(f"{indent}pre-flight: {verdict}")
+    comp = art.get("edgetpu_compiler") or {}
+    if comp.get("status") == "not_available":
+        lines.append(f"{indent}{comp['message']}")
+    elif comp.get("status") == "failed":
+        lines.append(f"{indent}edgetpu_compiler failed: {comp.get('error')}")
+    elif comp.get("status") == "compiled":
+        diffs = comp.get("differences") or []
+        lines.append(
+            f"{indent}edgetpu_compiler: {comp.get('ops_tpu')} ops on the Edge TPU, "
+            f"{comp.get('ops_cpu')} on the CPU -> {comp['model']['path']}"
+            + (f"; {len(diffs)} difference(s) from the prediction" if diffs else "")
+        )
+    lines += [f"{indent}{n}" for n in (art.get("runtime") or {}).get("notes") or []]
     return lines
 
 
@@ -127,37 +151,48 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
               "only.")
 @click.option("--latency-runs", type=click.IntRange(min=1), default=50, show_default=True,
               help="Timed runs per model for the float-vs-quantized latency.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 (report and artifacts still written) when a target would not run "
+              "the whole graph on its accelerator: Edge TPU partition incomplete or compile "
+              "failed, ops the GPU delegate cannot run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(
     model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
     keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
-    as_json: bool,
+    strict: bool, as_json: bool,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
     Example: edgeopt convert model.keras --target arm-cpu --target edgetpu --calib calib.npz
     """
+    from edgeopt.accelerator import StrictError
     from edgeopt.artifact import Interrupted
     from edgeopt.convert import convert
     from edgeopt.report import dumps
 
+    failed: StrictError | None = None
     try:
         report = convert(
             model, list(targets), calib, val=val, formats=fmt, calib_method=calib_method,
             num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
             allow_synthetic=allow_synthetic, trust_model=trust_model,
             progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
-            preprocessing=parse_preprocess(preprocess),
+            preprocessing=parse_preprocess(preprocess), strict=strict,
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",
                    err=True)
         raise SystemExit(128 + exc.signum) from None
+    except StrictError as exc:  # everything was written: show it, then fail
+        failed, report = exc, exc.report
     if as_json:
         click.echo(dumps(report.data), nl=False)
-        return
-    for line in _summary_lines(report.data):
-        click.echo(line)
-    click.echo(f"wrote {out}/ (report: {out / 'report.md'}, {out / 'report.html'})")
+    else:
+        for line in _summary_lines(report.data):
+            click.echo(line)
+        click.echo(f"wrote {out}/ (report: {out / 'report.md'}, {out / 'report.html'})")
+    if failed is not None:
+        click.echo(f"edgeopt: {failed}", err=True)
+        raise SystemExit(failed.exit_code)
