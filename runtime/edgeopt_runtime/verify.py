@@ -676,19 +676,26 @@ def _check_requantization(
 ) -> None:
     """Scale combinations that make a quantized kernel abort in Prepare.
 
-    Quantized ADD/SUB rescale through ``QuantizeMultiplierSmallerThanOneExp``, which aborts the
-    process unless 2 * max(input scales) / (2^20 * output scale) < 1 (2^15 for int16).
+    Quantized ADD/SUB and SQUARED_DIFFERENCE rescale through
+    ``QuantizeMultiplierSmallerThanOneExp``, which aborts the process unless the output
+    multiplier is < 1: ADD/SUB 2*max(in) / (2^20 * out) (2^15 for int16); SQUARED_DIFFERENCE
+    (2*max(in))^2 / (2^14 * out).
     """
     if code in _CONV_LIKE:
         _check_conv_requantization(what, code, inputs, outputs, tensors)
-    if code not in (0, 41) or len(inputs) != 2 or -1 in inputs:
+    if code not in (0, 41, 99) or len(inputs) != 2 or -1 in inputs:
         return
     a, b, out = tensors[inputs[0]], tensors[inputs[1]], tensors[outputs[0]]
     if out.ttype not in (_INT8, _UINT8, _INT16) or not (a.scales and b.scales and out.scales):
         return
-    shift = 15 if out.ttype == _INT16 else 20
     twice_max = 2.0 * max(a.scales[0], b.scales[0])
-    if not twice_max / ((1 << shift) * out.scales[0]) < 1.0:
+    if code == 99:  # SQUARED_DIFFERENCE
+        if out.ttype == _INT16:
+            return  # its int16 kernel requantizes without the check
+        multiplier = twice_max * twice_max / ((1 << 14) * out.scales[0])
+    else:
+        multiplier = twice_max / ((1 << (15 if out.ttype == _INT16 else 20)) * out.scales[0])
+    if not multiplier < 1.0:
         raise _Corrupt(
             f"{what}: output scale {out.scales[0]:g} is too small for input scales "
             f"{a.scales[0]:g} and {b.scales[0]:g} (the kernel would abort)"

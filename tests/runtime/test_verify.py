@@ -263,6 +263,32 @@ CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
         r"\(DEPTHWISE_CONV_2D\) has 2 inputs, expected 3",
     ),
     (
+        "pool padding that is neither SAME nor VALID",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "MAX_POOL_2D").builtinOptions, "padding", 5),
+        r"\(MAX_POOL_2D\) has padding 5, expected 0 \(SAME\) or 1 \(VALID\)",
+    ),
+    (
+        "pool window larger than its input (empty output)",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "AVERAGE_POOL_2D").builtinOptions, "filterWidth", 64),
+        r"\(AVERAGE_POOL_2D\): input size 4 with window 64, stride 2 and VALID padding gives "
+        r"output size 0, the model declares 2",
+    ),
+    (
+        "conv stride that disagrees with the declared output",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "CONV_2D").builtinOptions, "strideH", 1),
+        r"\(CONV_2D\): input size 16 with window 3, stride 1 and SAME padding gives output "
+        r"size 16, the model declares 8",
+    ),
+    (
+        "conv without its options",
+        "float_conv.tflite",
+        lambda m: setattr(_op(m, "CONV_2D"), "builtinOptionsType", 0),
+        r"\(CONV_2D\) lacks its Conv2DOptions",
+    ),
+    (
         "tensor name not UTF-8",
         "float_conv.tflite",
         lambda m: setattr(_output(m), "name", b"bad\xf5name"),
@@ -356,6 +382,45 @@ def test_corruption_is_named(
 ) -> None:
     data = base_models[base].read_bytes()
     _reject(_edit(data, edit), pattern)
+
+
+ZOO_CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
+    (
+        "split count that differs from its outputs (XNNPACK segfaults)",
+        "misc_int8",
+        lambda m: setattr(_op(m, "SPLIT").builtinOptions, "numSplits", 3),
+        r"\(SPLIT\): num_splits is 3 but the operator has 2 outputs",
+    ),
+    (
+        "int8 SQUARED_DIFFERENCE whose output scale makes the kernel abort",
+        "transformer_int8",
+        lambda m: setattr(
+            m.subgraphs[0].tensors[_op(m, "SQUARED_DIFFERENCE").outputs[0]].quantization,
+            "scale",
+            np.array([1e-12], np.float32),
+        ),
+        r"\(SQUARED_DIFFERENCE\): output scale 1e-12 is too small",
+    ),
+    (
+        "float16 weights dequantized into a smaller declared shape (heap overflow)",
+        "misc_fp16",
+        lambda m: setattr(
+            m.subgraphs[0].tensors[_op(m, "DEQUANTIZE").outputs[0]],
+            "shape",
+            np.array([1, 1, 1, 1], np.int32),
+        ),
+        r"\(DEQUANTIZE\) output shape \[1, 1, 1, 1\] differs from its input's",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "base,edit,pattern", [c[1:] for c in ZOO_CORRUPTIONS], ids=[c[0] for c in ZOO_CORRUPTIONS]
+)
+def test_corruption_in_richer_models_is_named(
+    valid_zoo: dict[str, Path], base: str, edit: Callable, pattern: str
+) -> None:
+    _reject(_edit(valid_zoo[base].read_bytes(), edit), pattern)
 
 
 # -- control flow --------------------------------------------------------------------------------
