@@ -6,8 +6,10 @@ source model, the plan (which formats and precisions each target gets), the cali
 Then, inside a staging folder next to ``OUT``, per target: build each artifact, load it through
 ``edgeopt_runtime`` (the IO spec with scale / zero point in the manifest comes from the produced
 file), measure drift and latency against the float model converted to the same format and run
-through the same runtime path, write ``manifest.json``; finally ``report.json`` / ``.md`` /
-``.html`` and one rename into place.
+through the same runtime path, run the target's pre-flight analysis on it (and, for the Edge
+TPU, ``edgetpu_compiler`` when installed: see ``edgeopt.accelerator``), write
+``manifest.json``; finally ``report.json`` / ``.md`` / ``.html`` and one rename into place.
+With ``strict=True`` a target not fully on its accelerator raises ``StrictError`` afterwards.
 
 Note: the module itself is callable (``edgeopt.convert(...)`` works even after
 ``import edgeopt.convert`` replaced the package attribute with this module).
