@@ -29,6 +29,9 @@ from ._frameworks import import_onnx, import_tf2onnx, stdout_to_stderr
 
 TF2ONNX_OPSET = 17
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need the axis attribute
+# ORT holds this many samples' calibration outputs at once (see _Reader). Entropy / Percentile
+# keep whole activations: 16 samples of a 224x224 CNN are tens to hundreds of MiB.
+MAX_CALIB_CHUNK = 16
 
 
 class OnnxBackend:
@@ -82,8 +85,9 @@ class OnnxBackend:
                         nodes_to_exclude=exclude,
                     )
                 else:
+                    reader = _Reader(req)
                     q.quantize_static(
-                        str(pre), str(req.out_path), _Reader(req),
+                        str(pre), str(req.out_path), reader,
                         quant_format=q.QuantFormat.QDQ
                         if spec.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
                         per_channel=req.profile.quantization.per_channel,
@@ -92,6 +96,7 @@ class OnnxBackend:
                         weight_type=_qtype(q, spec.weight_type),
                         nodes_to_exclude=exclude,
                         calibrate_method=_method(q, req.calib_method.value),
+                        extra_options=_calib_options(len(reader)),
                     )
         except CalibrationError:
             raise
@@ -115,6 +120,11 @@ def _qtype(q: Any, t: QuantType) -> Any:
     return q.QuantType.QUInt8 if t is QuantType.UINT8 else q.QuantType.QInt8
 
 
+def _calib_options(count: int) -> dict[str, Any]:
+    """Chunked calibration (memory independent of the sample count; see ``_Reader``)."""
+    return {"CalibStridedMinMax": calib_chunk(count)} if count else {}
+
+
 def _method(q: Any, name: str) -> Any:
     return {
         "minmax": q.CalibrationMethod.MinMax,
@@ -123,17 +133,62 @@ def _method(q: Any, name: str) -> Any:
     }[name]
 
 
+def calib_chunk(count: int, limit: int | None = None) -> int:
+    """Samples per ORT ``collect_data`` call: the largest divisor of ``count`` <= ``limit``.
+
+    ORT's ``CalibStridedMinMax`` needs the chunk size to divide the sample count exactly.
+
+    Args:
+        count: number of calibration samples (>= 1).
+        limit: largest chunk allowed (default ``MAX_CALIB_CHUNK``).
+
+    Returns:
+        The chunk size (1 when ``count`` is a prime above ``limit``).
+    """
+    limit = MAX_CALIB_CHUNK if limit is None else limit
+    return max(d for d in range(1, max(1, min(count, limit)) + 1) if count % d == 0)
+
+
 class _Reader(CalibrationDataReader):
-    """ORT calibration reader over the calibration samples, cast to the input dtypes."""
+    """ORT calibration reader: one streaming pass over the samples, served in chunks.
+
+    ``quantize_static`` keeps the outputs of every sample of one ``collect_data`` call in memory
+    until the call ends (MinMax: per-tensor min/max; Entropy / Percentile: every intermediate
+    activation). With ``extra_options={"CalibStridedMinMax": chunk}`` ORT instead calls
+    ``set_range(start, end)`` and ``collect_data`` per chunk, keeping only running ranges or
+    histograms between chunks, so memory no longer grows with the number of samples. ORT walks
+    the ranges in order, so the one pass continues from chunk to chunk (no re-reading).
+    """
 
     def __init__(self, req: BuildRequest) -> None:
         self._dtypes = {s.name: np.dtype(s.dtype) for s in req.source.inputs}
+        self._calib = req.calib
+        self._count = len(req.calib) if req.calib is not None else 0
         self._it = iter(req.calib or ())
+        self._pos = 0  # index of the next sample the pass yields
+        self._end = self._count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve samples ``start_index`` .. ``end_index - 1`` until the next ``set_range``."""
+        if start_index != self._pos:  # not the next chunk: start a new pass and skip ahead
+            self._it, self._pos = iter(self._calib or ()), 0
+            for _ in range(start_index):
+                next(self._it, None)
+            self._pos = start_index
+        self._end = min(end_index, self._count)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= self._end:
+            return None
         sample = next(self._it, None)
         if sample is None:
             return None
+        self._pos += 1
+        if self._pos == self._count:
+            next(self._it, None)  # end the pass: the source re-checks the data's hash there
         return {k: np.asarray(v, dtype=self._dtypes[k]) for k, v in sample.items()}
 
 
