@@ -20,16 +20,16 @@ def _conv_keras(seed: int):  # noqa: ANN202 - keras type
 
     keras.utils.set_random_seed(seed)
     inp = keras.Input(CONV_SHAPE, batch_size=1, name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
-    y = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
-    x = keras.layers.Add()([x, y])
-    x = keras.layers.Conv2D(8, 1)(x)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.AveragePooling2D(2)(x)
-    x = keras.layers.Reshape((-1,))(x)
-    x = keras.layers.Dense(10)(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv_a")(inp)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="dw")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.Conv2D(8, 1, name="conv_b")(x)
+    x = keras.layers.MaxPooling2D(2, name="max_pool")(x)
+    x = keras.layers.AveragePooling2D(2, name="avg_pool")(x)
+    x = keras.layers.Reshape((-1,), name="flat")(x)
+    x = keras.layers.Dense(10, name="dense")(x)
     out = keras.layers.Softmax(name="probs")(x)
-    return keras.Model(inp, out)
+    return keras.Model(inp, out, name="conv_model")
 
 
 def _mixed_keras(seed: int):  # noqa: ANN202

@@ -48,8 +48,13 @@ def _op(m: schema.ModelT, name: str) -> schema.OperatorT:
     raise LookupError(name)
 
 
-def _tensor(m: schema.ModelT, name_part: str) -> schema.TensorT:
-    return next(t for t in m.subgraphs[0].tensors if name_part in t.name.decode())
+def _in(m: schema.ModelT, op_name: str, k: int) -> schema.TensorT:
+    """Input ``k`` of the first ``op_name`` operator (tensor names depend on Keras counters)."""
+    return m.subgraphs[0].tensors[_op(m, op_name).inputs[k]]
+
+
+def _out(m: schema.ModelT, op_name: str) -> schema.TensorT:
+    return m.subgraphs[0].tensors[_op(m, op_name).outputs[0]]
 
 
 def _output(m: schema.ModelT) -> schema.TensorT:
@@ -134,7 +139,7 @@ def test_schema_version(base_models: dict[str, Path]) -> None:
 
 def test_external_buffer_past_end(base_models: dict[str, Path]) -> None:
     def edit(m: schema.ModelT) -> None:
-        b = m.buffers[_tensor(m, "conv2d_1/convolution").buffer]
+        b = m.buffers[_in(m, "CONV_2D", 1).buffer]
         b.data, b.offset, b.size = None, 1 << 20, 1024
 
     _reject(_edit(base_models["float_conv.tflite"].read_bytes(), edit), "lies past the end")
@@ -164,28 +169,28 @@ CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
         "constant buffer one byte short",
         "float_conv.tflite",
         lambda m: setattr(
-            m.buffers[_tensor(m, "dense_1/MatMul").buffer],
+            m.buffers[_in(m, "FULLY_CONNECTED", 1).buffer],
             "data",
-            m.buffers[_tensor(m, "dense_1/MatMul").buffer].data[:-1],
+            m.buffers[_in(m, "FULLY_CONNECTED", 1).buffer].data[:-1],
         ),
         r"constant buffer holds 1279 bytes, shape \[10, 32\] float32 needs 1280",
     ),
     (
         "buffer index out of range",
         "float_conv.tflite",
-        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "buffer", 500),
+        lambda m: setattr(_in(m, "FULLY_CONNECTED", 1), "buffer", 500),
         r"uses buffer 500; the model has \d+",
     ),
     (
         "unknown tensor type",
         "float_conv.tflite",
-        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "type", 77),
+        lambda m: setattr(_in(m, "FULLY_CONNECTED", 1), "type", 77),
         r"has unknown type 77",
     ),
     (
         "negative dimension",
         "float_conv.tflite",
-        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "shape", np.array([-10, 32], np.int32)),
+        lambda m: setattr(_in(m, "FULLY_CONNECTED", 1), "shape", np.array([-10, 32], np.int32)),
         r"negative dimension in shape \[-10, 32\]",
     ),
     (
@@ -198,54 +203,48 @@ CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
         "per-channel scale count differs from channels",
         "int8_conv.tflite",
         lambda m: setattr(
-            _tensor(m, "conv2d_1/convolution").quantization,
+            _in(m, "CONV_2D", 1).quantization,
             "scale",
-            _tensor(m, "conv2d_1/convolution").quantization.scale[:5],
+            _in(m, "CONV_2D", 1).quantization.scale[:5],
         ),
         r"5 scales but 8 zero points",
     ),
     (
         "quantized dimension outside rank",
         "int8_conv.tflite",
-        lambda m: setattr(_tensor(m, "conv2d_1/convolution").quantization, "quantizedDimension", 9),
+        lambda m: setattr(_in(m, "CONV_2D", 1).quantization, "quantizedDimension", 9),
         r"quantized dimension 9 outside rank 4",
     ),
     (
         "zero activation scale (kernel abort)",
         "int8_conv.tflite",
-        lambda m: setattr(
-            _tensor(m, "add_1/Add").quantization, "scale", np.array([0.0], np.float32)
-        ),
-        r"add_1/Add\) has quantization scale 0, expected a positive normal float",
+        lambda m: setattr(_out(m, "ADD").quantization, "scale", np.array([0.0], np.float32)),
+        r"tensor 11 \(.*\) has quantization scale 0, expected a positive normal float",
     ),
     (
         "NaN scale",
         "int8_conv.tflite",
-        lambda m: setattr(
-            _tensor(m, "add_1/Add").quantization, "scale", np.array([np.nan], np.float32)
-        ),
+        lambda m: setattr(_out(m, "ADD").quantization, "scale", np.array([np.nan], np.float32)),
         r"scales must be finite",
     ),
     (
         "zero point outside the int8 range",
         "int8_mixed.tflite",
         lambda m: setattr(
-            _tensor(m, "Tanh1").quantization, "zeroPoint", np.array([-(2**31) - 1], np.int64)
+            _out(m, "TANH").quantization, "zeroPoint", np.array([-(2**31) - 1], np.int64)
         ),
         r"zero point -2147483649 outside the int8 range \[-128, 127\]",
     ),
     (
         "int8 activation without quantization in a quantized op",
         "int8_conv.tflite",
-        lambda m: setattr(_tensor(m, "add_1/Add"), "quantization", None),
+        lambda m: setattr(_out(m, "ADD"), "quantization", None),
         r"\(ADD\): tensor 11 is int8 without quantization parameters",
     ),
     (
         "per-channel tensor where the kernel reads one scale",
         "int8_conv.tflite",
-        lambda m: _op(m, "ADD").inputs.__setitem__(
-            0, m.subgraphs[0].tensors.index(_tensor(m, "conv2d_1_2/convolution"))
-        ),
+        lambda m: _op(m, "ADD").inputs.__setitem__(0, _op(m, "CONV_2D").inputs[1]),
         r"\(ADD\): tensor \d+ has per-channel scales where the kernel reads one scale",
     ),
     (
@@ -340,15 +339,13 @@ CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
     (
         "output written into a constant",
         "float_conv.tflite",
-        lambda m: _op(m, "SOFTMAX").outputs.__setitem__(
-            0, m.subgraphs[0].tensors.index(_tensor(m, "dense_1/MatMul"))
-        ),
+        lambda m: _op(m, "SOFTMAX").outputs.__setitem__(0, _op(m, "FULLY_CONNECTED").inputs[1]),
         r"\(SOFTMAX\) output 0 \(tensor \d+\) is a constant",
     ),
     (
         "input read before it is written",
         "float_conv.tflite",
-        lambda m: setattr(_tensor(m, "dense_1/MatMul"), "buffer", 0),
+        lambda m: setattr(_in(m, "FULLY_CONNECTED", 1), "buffer", 0),
         r"\(FULLY_CONNECTED\) input 1 \(tensor \d+\) is read before it is written",
     ),
     (
@@ -360,15 +357,13 @@ CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] = [
     (
         "int8 ADD whose output scale makes the kernel abort",
         "int8_conv.tflite",
-        lambda m: setattr(
-            _tensor(m, "add_1/Add").quantization, "scale", np.array([1e-9], np.float32)
-        ),
+        lambda m: setattr(_out(m, "ADD").quantization, "scale", np.array([1e-9], np.float32)),
         r"\(ADD\): output scale 1e-09 is too small for input scales",
     ),
     (
         "one per-channel filter scale XNNPACK cannot requantize",
         "int8_conv.tflite",
-        lambda m: _tensor(m, "dense_1/MatMul").quantization.scale.__setitem__(7, 2e33),
+        lambda m: _in(m, "FULLY_CONNECTED", 1).quantization.scale.__setitem__(7, 2e33),
         r"\(FULLY_CONNECTED\): requantization scale .* channel 7\) is outside \[2\^-32, 256\)",
     ),
 ]
@@ -520,9 +515,7 @@ def test_probe_turns_a_crash_into_model_load_error(
     path.write_bytes(
         _edit(
             base_models["int8_conv.tflite"].read_bytes(),
-            lambda m: setattr(
-                _tensor(m, "add_1/Add").quantization, "scale", np.array([0.0], np.float32)
-            ),
+            lambda m: setattr(_out(m, "ADD").quantization, "scale", np.array([0.0], np.float32)),
         )
     )
     with pytest.raises(ModelLoadError, match=r"crashed the interpreter \(signal 6, SIGABRT\)"):
