@@ -44,15 +44,26 @@ def find_speedup(doc: dict[str, Any], model: str, fmt: str, target: str, precisi
 
 
 def _speedup_check(doc: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """The 1-thread int8 speed-up on MobileNetV2, on thread CPU time when it was recorded.
+
+    Why CPU time: on a shared machine a call is preempted in proportion to its length and in
+    whole time slices, so the longer float call loses more wall time than the int8 one and the
+    wall-clock ratio is biased upwards (measured here: 2.6-2.8x on wall vs 2.1x on CPU time in
+    one run, where a quiet host gives 2.15x). With 1 thread the engine computes on the calling
+    thread, so its CPU time is the latency an idle device would see. Wall time is in the
+    evidence.
+    """
     value, entry = find_speedup(doc, "mobilenet_v2", fmt, "arm-cpu", "int8")
     what = f"{fmt} int8 (arm-cpu) vs float32, MobileNetV2-224, 1 thread"
     evidence = ""
     if entry is not None:
         sp, cpu = entry["speedup"], entry.get("cpu_speedup")
-        evidence = (f"median of {len(sp['per_round'])} within-round ratios, spread "
-                    f"{sp['spread'][0]}-{sp['spread'][1]}; int8 p50 {entry['p50_ms']} ms")
         if cpu:
-            evidence += f"; on thread CPU time {cpu['speedup']}x"
+            value = cpu["speedup"]
+            evidence = (f"thread CPU time, median of {len(cpu['per_round'])} within-round ratios "
+                        f"(spread {cpu['spread'][0]}-{cpu['spread'][1]}); ")
+        evidence += (f"wall clock {sp['speedup']}x (spread {sp['spread'][0]}-{sp['spread'][1]})"
+                     f"; int8 p50 {entry['p50_ms']} ms")
     ok = None if value is None else value >= SPEEDUP_MIN
     return _check(f"{fmt}-int8-speedup", what, f">= {SPEEDUP_MIN}x", value, ok, evidence)
 

@@ -262,3 +262,12 @@ def test_overhead_check_takes_the_worst_file_and_names_float_io_best() -> None:
     assert check["status"] == "FAIL" and check["measured"] == 19.0
     assert "tflite/int8@edgetpu (integer IO)" in check["evidence"]
     assert "float-IO files at most 3.00 (tflite/int8@arm-cpu)" in check["evidence"]
+
+
+def test_speedup_check_prefers_thread_cpu_time() -> None:
+    doc = _doc_with_speedup(2.6)  # wall clock, inflated on a busy machine
+    entry = doc["models"][0]["latency"][0]["results"]["tflite/int8@arm-cpu"]
+    entry["cpu_speedup"] = {"speedup": 1.95, "per_round": [1.95], "spread": [1.9, 2.0]}
+    (check,) = [c for c in checks.evaluate(doc) if c["id"] == "tflite-int8-speedup"]
+    assert check["measured"] == 1.95 and check["status"] == "FAIL"
+    assert "wall clock 2.6x" in check["evidence"]
