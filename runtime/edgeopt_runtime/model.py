@@ -163,6 +163,8 @@ class Model:
         if len(batch) != 1:
             raise InputError(f"run_batch: inputs disagree on the batch size: {sorted(batch)}")
         n = batch.pop()
+        if n == 0:
+            raise InputError("run_batch: the batch is empty (0 samples)")
         fixed = [f.shape[0] for f in self._feeds if f.rank and f.shape[0] is not None]
         if not fixed or all(d == n for d in fixed):
             return self.run(arrays, raw=raw)
@@ -206,6 +208,9 @@ class Model:
                 f"input '{spec.name}': expected rank {f.rank} {spec.shape_str()}, got rank "
                 f"{a.ndim} {list(a.shape)}"
             )
+        if a.size == 0:
+            # zero-size tensors crash some LiteRT kernels; an empty batch is never meant
+            raise InputError(f"input '{spec.name}': empty array {list(a.shape)}, nothing to run")
         for want, got in zip(f.shape, a.shape, strict=True):
             if want is not None and want != got:
                 hint = ""

@@ -135,6 +135,7 @@ def test_dynamic_batch_runs_any_batch(models: dict) -> None:
         (np.zeros((1, 8, 9, 3), np.float32), r"expected shape \[\?, 8, 8, 3\], got \[1, 8, 9, 3\]"),
         (np.zeros((1, 8, 8, 3), np.int32), "expected dtype float32, got int32"),
         ("text", "feeds must be a dict"),
+        (np.zeros((0, 8, 8, 3), np.float32), "empty array"),
     ],
 )
 def test_bad_feeds_say_expected_and_given(models: dict, feeds: object, match: str) -> None:
