@@ -1,8 +1,9 @@
 """``edgeopt inspect MODEL --target NAME_OR_TOML [--json]``: the pre-flight compatibility report.
 
 MODEL is a ``.tflite`` / ``.onnx`` file or an edgeopt artifact directory (every model its
-manifest lists is inspected). The default output is a readable table per model; ``--json``
-prints one JSON document ``{"schema": "edgeopt.inspect/1", "target": ..., "reports": [...]}``.
+manifest lists is inspected, except a compiled ``*_edgetpu.tflite``). The default output is a
+readable table per model; ``--json`` prints one JSON document
+``{"schema": "edgeopt.inspect/1", "target": ..., "reports": [...]}``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ def _models(path: Path) -> list[Path]:
         from edgeopt_runtime.manifest import read_manifest
 
         manifest = read_manifest(path)
-        return [manifest.model_path(entry) for entry in manifest.models]
+        # A compiled *_edgetpu.tflite is one custom op wrapping the TPU program: the pre-flight
+        # rules are about the model the compiler is given, so inspect that one instead.
+        return [
+            manifest.model_path(entry)
+            for entry in manifest.models
+            if not entry.file.endswith("_edgetpu.tflite")
+        ]
     return [path]
 
 
