@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError, ModelLoadError
 from .manifest import MANIFEST_NAME, Manifest, ModelEntry, read_manifest
-from .spec import QuantParams, TensorSpec, dequantize, quantize
+from .spec import Quantizer, QuantParams, TensorSpec, dequantize
 
 _EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx"}
 _INT_LIMITS = {"int8", "uint8", "int16", "int32", "int64", "uint16"}
@@ -34,14 +34,15 @@ class Outputs(dict):
 class _Feed:
     """Per-input facts precomputed once so ``run`` stays cheap."""
 
-    __slots__ = ("spec", "dtype", "shape", "q", "rank")
+    __slots__ = ("spec", "dtype", "shape", "q", "rank", "quantizer")
 
-    def __init__(self, spec: TensorSpec) -> None:
+    def __init__(self, spec: TensorSpec, ties: str) -> None:
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         self.shape = spec.shape
         self.rank = len(spec.shape)
         self.q = spec.quantization if spec.is_quantized else None
+        self.quantizer = Quantizer(self.q, spec.dtype, ties=ties) if self.q is not None else None
 
 
 class Model:
@@ -63,16 +64,14 @@ class Model:
         self.notes = list(notes or [])
         self.inputs = _with_manifest_quant(runner.inputs, entry.inputs if entry else [])
         self.outputs = _with_manifest_quant(runner.outputs, entry.outputs if entry else [])
-        self._feeds = [_Feed(s) for s in self.inputs]
+        self._feeds = [_Feed(s, runner.ties) for s in self.inputs]
         self._by_name = {f.spec.name: i for i, f in enumerate(self._feeds)}
         self._out_q = [s.quantization if s.is_quantized else None for s in self.outputs]
         self._out_names = [s.name for s in self.outputs]
         self._any_out_q = any(q is not None for q in self._out_q)
         single = self.inputs[0] if len(self.inputs) == 1 else None
         self._fast_shape = (
-            tuple(single.shape)
-            if single is not None and not single.is_dynamic and not single.is_quantized
-            else None
+            tuple(single.shape) if single is not None and not single.is_dynamic else None
         )
 
     # -- facts -------------------------------------------------------------------------------
@@ -228,7 +227,7 @@ class Model:
                 raise InputError(
                     f"input '{spec.name}': raw=True expects {spec.dtype} values, got {a.dtype}"
                 )
-            return quantize(a, f.q, spec.dtype, ties=self._runner.ties)
+            return f.quantizer(a)
         if f.dtype.kind == "f" and kind == "f":
             return a.astype(f.dtype)  # float64/float16 -> float32 loses nothing users care about
         if f.dtype.kind in "iu" and kind in "iu" and f.q is None:

@@ -131,3 +131,45 @@ def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
     """``(q - zero_point) * scale`` as float32."""
     scale, zp = _broadcast(params, np.ndim(q))
     return ((np.asarray(q, dtype=np.float32) - zp) * scale).astype(np.float32, copy=False)
+
+
+class Quantizer:
+    """Repeated quantization of one tensor, as ``quantize`` but without per-call allocations.
+
+    Per-tensor parameters are kept as float32 scalars and the float / integer buffers are reused
+    while the shape stays the same, so a 224x224x3 input costs a few passes over memory instead
+    of a dozen temporaries (page faults dominate fresh large allocations). The integer array it
+    returns is overwritten by the next call: hand it to the interpreter, don't keep it.
+    """
+
+    def __init__(self, params: QuantParams, dtype: str, *, ties: str = "away") -> None:
+        self.params, self.dtype, self.ties = params, dtype, ties
+        self._lo, self._hi = (np.float32(v) for v in _INT_RANGES[dtype])
+        self._scale = np.float32(params.scale[0])
+        self._zp = np.float32(params.zero_point[0])
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.params.per_channel:
+            return quantize(x, self.params, self.dtype, ties=self.ties)
+        if x.shape != self._shape:
+            self._buf = np.empty(x.shape, np.float32)
+            self._tmp = np.empty(x.shape, np.float32)
+            self._out = np.empty(x.shape, self.dtype)
+            self._shape = x.shape
+        buf = self._buf
+        if x.dtype != np.float32:
+            np.copyto(buf, x, casting="same_kind")  # float32 first, as the engine would see it
+            np.divide(buf, self._scale, out=buf)
+        else:
+            np.divide(x, self._scale, out=buf)
+        if self.ties == "even":
+            np.rint(buf, out=buf)
+        else:  # half away from zero: trunc(v + copysign(0.5, v))
+            np.copysign(np.float32(0.5), buf, out=self._tmp)
+            np.add(buf, self._tmp, out=buf)
+            np.trunc(buf, out=buf)
+        np.add(buf, self._zp, out=buf)
+        np.clip(buf, self._lo, self._hi, out=buf)
+        np.copyto(self._out, buf, casting="unsafe")
+        return self._out

@@ -255,3 +255,18 @@ def test_gpu_artifact_without_gpu_delegate_runs_on_cpu(models: dict, tmp_path: P
     m = rt.load(d)
     assert m.delegate == "xnnpack"
     assert any("GPU delegate library not found" in n for n in m.notes)
+
+
+@pytest.mark.parametrize("ties", ["away", "even"])
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_buffered_quantizer_equals_reference_quantize(ties: str, dtype: str) -> None:
+    from edgeopt_runtime.spec import Quantizer
+
+    p = QuantParams((0.037,), (-7 if dtype == "int8" else 121,))
+    qz = Quantizer(p, dtype, ties=ties)
+    rng = np.random.default_rng(1)
+    for shape in [(1, 8, 8, 3), (1, 8, 8, 3), (2, 5)]:  # same shape twice: buffers reused
+        x = rng.normal(0, 3, shape)
+        x.flat[:4] = [0.5 * 0.037, -0.5 * 0.037, 1.5 * 0.037, 1000.0]  # ties and saturation
+        for arr in (x, x.astype(np.float32)):
+            assert np.array_equal(qz(arr), quantize(arr, p, dtype, ties=ties))
