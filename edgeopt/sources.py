@@ -546,6 +546,8 @@ def _load_savedmodel(p: Path, trust_model: bool) -> ModelSource:
     from .backends._frameworks import import_tf, stdout_to_stderr
 
     tf = import_tf()
+    if not trust_model:
+        check_savedmodel_ops(p)
     try:
         with stdout_to_stderr():
             loaded = tf.saved_model.load(str(p))
@@ -605,6 +607,59 @@ def check_tree(directory: Path) -> None:
             mode = entry.stat().st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise ModelLoadError(f"{entry}: not a regular file (a pipe, socket or device)")
+
+
+# Graph ops that reach outside the model (files, summaries, debuggers, Python callbacks). A
+# SavedModel is a program: its initializer functions run during tf.saved_model.load and the
+# converter traces the serving function. Checkpoint ops (SaveV2 / RestoreV2 /
+# MergeV2Checkpoints) are in every SavedModel and only use paths the loader passes in.
+UNTRUSTED_TF_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "PrintV2", "DecodeProtoV2",
+    "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
+    "DebugNumericSummaryV2",
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteRawProtoSummary",
+    "WriteScalarSummary", "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary",
+    "WriteGraphSummary", "ImportEvent",
+    "TextLineDataset", "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset",
+    "FixedLengthRecordDatasetV2", "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset",
+    "SqlDataset", "ExperimentalSqlDataset", "LMDBDataset", "ExperimentalLMDBDataset",
+    "SaveDataset", "SaveDatasetV2", "LoadDataset", "SnapshotDataset", "SnapshotDatasetV2",
+    "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
+    "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
+})
+
+
+def check_savedmodel_ops(p: Path) -> None:
+    """Refuse a SavedModel whose graphs hold ops that read or write files or call Python.
+
+    Parses ``saved_model.pb`` (every meta graph, graph node and library function) before
+    TensorFlow loads it, so none of its functions has run.
+
+    Raises:
+        ModelLoadError: unparsable file, or an op from ``UNTRUSTED_TF_OPS`` (names
+            ``--trust-model``).
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        saved = saved_model_pb2.SavedModel.FromString((p / "saved_model.pb").read_bytes())
+    except Exception as exc:  # DecodeError, OSError
+        raise ModelLoadError(
+            f"{p}: cannot load SavedModel: saved_model.pb does not parse ({_first_line(exc)}); "
+            "the file is corrupt"
+        ) from None
+    for graph in saved.meta_graphs:
+        nodes = [*graph.graph_def.node]
+        for fn in graph.graph_def.library.function:
+            nodes += fn.node_def
+        bad = sorted({n.op for n in nodes} & UNTRUSTED_TF_OPS)
+        if bad:
+            raise ModelLoadError(
+                f"{p}: the SavedModel holds op(s) {', '.join(bad)} that read or write files or "
+                "call Python, refused for an untrusted model; if you trust this file, pass "
+                "--trust-model (trust_model=True)"
+            )
 
 
 def _check_variables_finite(tf: Any, p: Path) -> None:

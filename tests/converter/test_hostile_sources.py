@@ -436,3 +436,21 @@ def test_onnx_non_utf8_names_and_nan_weights_are_refused(tmp_path: Path) -> None
     onnx.save(model, str(tmp_path / "nan.onnx"))
     with pytest.raises(ModelLoadError, match=f"tensor '{w.name}' holds NaN"):
         load_source(tmp_path / "nan.onnx")
+
+
+def test_savedmodel_with_file_or_python_ops_is_refused_before_loading(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    mark = tmp_path / "written"
+    mod = tf.Module()
+    mod.f = tf.function(
+        lambda x: (tf.io.write_file(str(mark), "x"), {"y": x * 2.0})[1],
+        input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")],
+    )
+    path = tmp_path / "writer"
+    tf.saved_model.save(mod, str(path), signatures={"serving_default": mod.f})
+    with pytest.raises(ModelLoadError, match="WriteFile") as info:
+        load_source(path)
+    assert "--trust-model" in str(info.value) and "\n" not in str(info.value)
+    assert load_source(path, trust_model=True).format == "savedmodel"
+    assert not mark.exists()  # loading (trusted or not) did not run the serving function
