@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,8 +313,8 @@ def _check_zip_members(p: Path, infos: list[zipfile.ZipInfo]) -> None:
             raise ModelLoadError(f"{p}: archive member {info.filename!r} has an unsafe path")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise ModelLoadError(f"{p}: archive member {info.filename!r} is a symbolic link")
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
+    dup = next((n for n, k in Counter(names).items() if k > 1), None)
+    if dup is not None:
         raise ModelLoadError(f"{p}: archive member {dup!r} appears twice")
     unpacked = sum(i.file_size for i in infos)
     limit = ARCHIVE_MAX_RATIO * p.stat().st_size + ARCHIVE_SLACK_BYTES
