@@ -39,6 +39,7 @@ def check_output(out: Path, force: bool) -> None:
             ``force``, a non-empty directory that does not look like edgeopt output (so a typo
             like ``--out .`` cannot delete unrelated files).
     """
+    recover_interrupted_swap(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
@@ -69,6 +70,35 @@ class Interrupted(KeyboardInterrupt):
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_OLD_INFIX = ".edgeopt-old-"
+
+
+def _block(signals: tuple[int, ...]) -> set[int] | None:
+    """Block ``signals`` in this thread (POSIX); returns the previous mask to restore."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+
+def _unblock(previous: set[int] | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def recover_interrupted_swap(out: Path) -> Path | None:
+    """Put back an ``OUT`` that a killed run had moved aside but not yet replaced.
+
+    ``Staging.commit`` renames OUT to ``.OUT.edgeopt-old-PID`` and then the new output to OUT;
+    a SIGKILL between the two leaves only the moved-aside copy, which is the previous complete
+    output. Returns the restored path, or None when there was nothing to do.
+    """
+    if out.exists():
+        return None
+    aside = sorted(out.parent.glob(f".{out.name}{_OLD_INFIX}*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return None
+    os.replace(aside[-1], out)
+    return out
 
 
 class Staging:
@@ -125,13 +155,20 @@ class Staging:
         for name in drop:
             shutil.rmtree(self.tmp / name, ignore_errors=True)
         old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.edgeopt-old-{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        self._committed = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # SIGINT / SIGTERM between the two renames would leave no OUT at all: hold them until
+        # the swap is done (a pending signal is delivered right after, with OUT complete).
+        # SIGKILL cannot be held; check_output() puts the moved-aside OUT back on the next run.
+        blocked = _block(_SIGNALS)
+        try:
+            if self.out.exists():
+                old = self.out.with_name(f".{self.out.name}{_OLD_INFIX}{os.getpid()}")
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            self._committed = True
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            _unblock(blocked)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:

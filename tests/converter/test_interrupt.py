@@ -226,8 +226,6 @@ def test_killed_runs_leave_out_as_before_or_complete(data: dict[str, Any]) -> No
         p.name for p in data["before"].iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason="Staging.commit swaps OUT with two renames and does not "
-                   "block SIGINT between them (fix in edgeopt/artifact.py; see the report)")
 def test_sigint_between_the_two_renames_of_the_commit_keeps_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,3 +250,15 @@ def test_sigint_between_the_two_renames_of_the_commit_keeps_out(
             stage.commit()
     monkeypatch.undo()
     assert (out / "report.json").is_file(), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_out_moved_aside_by_a_killed_commit_is_restored_on_the_next_run(tmp_path: Path) -> None:
+    from edgeopt import artifact
+
+    out = tmp_path / "out"
+    aside = tmp_path / ".out.edgeopt-old-12345"  # SIGKILL landed between the two renames
+    aside.mkdir()
+    (aside / "report.json").write_text("{}")
+    with pytest.raises(artifact.OutputError, match="not empty"):
+        artifact.check_output(out, force=False)  # the previous output is back, so: not empty
+    assert (out / "report.json").is_file() and not aside.exists()
