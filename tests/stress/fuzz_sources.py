@@ -122,7 +122,17 @@ def damage(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
         return b"\0"
     mutated = data
     for _ in range(20):  # a swap of equal bytes (or a zeroed zero run) can change nothing
-        mutated = mutate(data, kind, rng, None)
+        if kind == "swap" and len(data) < 2:
+            mutated = mutate(data, "bitflip", rng, None)
+        elif kind == "swap" and len(data) < 136:  # the runtime mutator swaps 4..64-byte runs
+            k = max(1, len(data) // 4)
+            a, c = sorted(int(x) for x in rng.choice(len(data) - k + 1, 2, replace=False))
+            b = bytearray(data)
+            if c - a >= k:
+                b[a:a + k], b[c:c + k] = b[c:c + k], b[a:a + k]
+            mutated = bytes(b)
+        else:
+            mutated = mutate(data, kind, rng, None)
         if mutated != data:
             break
     return mutated
