@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeopt_runtime.errors import ModelLoadError
+from edgeopt_runtime.errors import MissingDependencyError, ModelLoadError
 from edgeopt_runtime.manifest import sha256_file
 from edgeopt_runtime.spec import TensorSpec
 
@@ -407,6 +407,7 @@ def _probe_hdf5(p: Path, digest: str, member: str | None) -> dict[str, Any]:
 
     Raises:
         ModelLoadError: the probe found a problem, timed out, or crashed.
+        MissingDependencyError: h5py is not installed.
     """
     key = (digest, member)
     if key in _PROBED:
@@ -440,6 +441,8 @@ def _probe_hdf5(p: Path, digest: str, member: str | None) -> dict[str, Any]:
     except (ValueError, IndexError):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise ModelLoadError(f"{where}: cannot read the HDF5 data: {tail}") from None
+    if "missing" in result:
+        raise MissingDependencyError(result["missing"], result["missing"], "to read Keras models")
     if "error" in result:
         raise ModelLoadError(f"{where}: {result['error']}")
     _PROBED[key] = result
@@ -468,6 +471,8 @@ def hdf5_probe_main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         result = _read_hdf5(path, member)
+    except ImportError:
+        result = {"missing": "h5py"}
     except MemoryError:
         result = {"error": "HDF5 data needs more memory than the file could hold; it is corrupt"}
     except _Hdf5Refusal as exc:

@@ -454,3 +454,17 @@ def test_savedmodel_with_file_or_python_ops_is_refused_before_loading(tmp_path: 
     assert "--trust-model" in str(info.value) and "\n" not in str(info.value)
     assert load_source(path, trust_model=True).format == "savedmodel"
     assert not mark.exists()  # loading (trusted or not) did not run the serving function
+
+
+def test_hdf5_probe_without_h5py_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeopt_runtime.errors import MissingDependencyError
+
+    fake = tmp_path / "site" / "h5py"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no h5py here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    monkeypatch.setattr(sources, "_PROBED", {})
+    with pytest.raises(MissingDependencyError, match="pip install h5py"):
+        load_source(M.h5_file())
