@@ -3,6 +3,16 @@
 Loaders register by name in a registry (a duplicate name is an error). Dispatch is on the path
 (extension or folder content), and each loader imports its framework only inside itself, so
 importing this module stays cheap.
+
+Source files are untrusted: each loader checks its file before the framework reads it.
+``.keras``: zip structure (CRC, member paths, symlinks, duplicates, bomb-sized members).
+``.h5`` and the weights inside ``.keras``: read completely once by h5py in a child process with
+a time and memory bound (a damaged HDF5 file was found to loop the HDF5 library forever), with
+external links / external storage and NaN weights refused. Keras configs: Lambda layers and
+modules outside Keras refused unless ``trust_model``. SavedModel: symlinks out of the folder,
+FIFOs, and graph ops that touch files or call Python refused. ONNX: external-data references
+must stay inside the model's folder and are checked before any byte is read; names must be
+UTF-8; NaN weights refused.
 """
 
 from __future__ import annotations
