@@ -248,7 +248,7 @@ def test_tiny_run_writes_json_and_markdown(tiny_run: tuple[dict, Path]) -> None:
     assert not list((work / "results").glob(".*"))  # no temp files left behind
 
 
-def test_overhead_check_takes_the_worst_file_and_names_float_io_best() -> None:
+def test_overhead_check_takes_the_worst_file_and_reports_io_quantization_apart() -> None:
     row = {"raw_us": 10.0, "wrapper_us": 12.0, "rounds": 3}
     doc = {"models": [{
         "name": "tiny_cnn",
@@ -256,12 +256,16 @@ def test_overhead_check_takes_the_worst_file_and_names_float_io_best() -> None:
                       {"id": "tflite/int8@arm-cpu", "io_dtype": "float32"}],
         "overhead": {"tflite/float32": {**row, "overhead_us": 2.0},
                      "tflite/int8@arm-cpu": {**row, "overhead_us": 3.0},
-                     "tflite/int8@edgetpu": {**row, "overhead_us": 19.0}},
+                     "tflite/int8@edgetpu": {**row, "overhead_us": 19.0,
+                                             "io_quantization_us": 7.5}},
     }]}
     (check,) = [c for c in checks.evaluate(doc) if c["id"] == "overhead-tiny"]
     assert check["status"] == "FAIL" and check["measured"] == 19.0
     assert "tflite/int8@edgetpu (integer IO)" in check["evidence"]
-    assert "float-IO files at most 3.00 (tflite/int8@arm-cpu)" in check["evidence"]
+    assert "up to 7.5 µs of input quantization (tflite/int8@edgetpu)" in check["evidence"]
+    doc["models"][0]["overhead"]["tflite/int8@edgetpu"]["overhead_us"] = 4.0
+    (check,) = [c for c in checks.evaluate(doc) if c["id"] == "overhead-tiny"]
+    assert check["status"] == "pass" and check["measured"] == 4.0
 
 
 def test_speedup_check_prefers_thread_cpu_time() -> None:
