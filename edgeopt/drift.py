@@ -166,6 +166,11 @@ def _per_sample_cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 def scatter_sample(ref: np.ndarray, cand: np.ndarray, points: int) -> dict[str, list[float]]:
     """Evenly spaced (reference, candidate) value pairs, always including the worst one."""
     r, c = np.ravel(ref), np.ravel(cand)
+    if points <= 0 or r.size == 0:
+        return {"reference": [], "candidate": []}
+    if points == 1:
+        worst = int(np.argmax(np.abs(c - r)))
+        return {"reference": [float(r[worst])], "candidate": [float(c[worst])]}
     if r.size <= points:
         idx = np.arange(r.size)
     else:

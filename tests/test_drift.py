@@ -192,3 +192,12 @@ def test_task_metrics_bad_labels() -> None:
         task_metrics([logits], [logits], np.array([0, 1, 5]))
     with pytest.raises(CalibrationError, match="integer class ids"):
         task_metrics([logits], [logits], np.array([0.5, 1, 0]))
+
+
+def test_scatter_sample_with_zero_or_one_point() -> None:
+    from edgeopt.drift import scatter_sample
+
+    ref = np.array([0.0, 1.0, 2.0], np.float32)
+    cand = np.array([0.0, 1.5, 2.0], np.float32)
+    assert scatter_sample(ref, cand, 0) == {"reference": [], "candidate": []}
+    assert scatter_sample(ref, cand, 1) == {"reference": [1.0], "candidate": [1.5]}
