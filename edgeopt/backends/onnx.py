@@ -32,6 +32,7 @@ MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need the axis 
 # ORT holds this many samples' calibration outputs at once (see _Reader). Entropy / Percentile
 # keep whole activations: 16 samples of a 224x224 CNN are tens to hundreds of MiB.
 MAX_CALIB_CHUNK = 16
+LARGE_WEIGHT = 1e20  # above this, a weight is named as the likely cause of a broken artifact
 
 
 class OnnxBackend:
@@ -62,8 +63,6 @@ class OnnxBackend:
         return out
 
     def build(self, req: BuildRequest) -> Built:
-        from onnxruntime import quantization as q
-
         float_path = self.build_float(req.source, req.input_shapes, req.workdir)
         details: dict[str, Any] = {}
         pre = _preprocess(float_path, req.workdir, details)
@@ -74,38 +73,9 @@ class OnnxBackend:
             if not exclude:
                 details["keep_float_unmatched"] = [p.pattern for p in req.keep_float]
         spec = req.profile.onnx
-        try:
-            with stdout_to_stderr(), _quiet_ort_logging():
-                if req.precision == "dynamic":
-                    q.quantize_dynamic(
-                        str(pre), str(req.out_path),
-                        per_channel=req.profile.quantization.per_channel,
-                        reduce_range=spec.reduce_range,
-                        weight_type=_qtype(q, spec.weight_type),
-                        nodes_to_exclude=exclude,
-                    )
-                else:
-                    reader = _Reader(req)
-                    q.quantize_static(
-                        str(pre), str(req.out_path), reader,
-                        quant_format=q.QuantFormat.QDQ
-                        if spec.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
-                        per_channel=req.profile.quantization.per_channel,
-                        reduce_range=spec.reduce_range,
-                        activation_type=_qtype(q, spec.activation_type),
-                        weight_type=_qtype(q, spec.weight_type),
-                        nodes_to_exclude=exclude,
-                        calibrate_method=_method(q, req.calib_method.value),
-                        extra_options=_calib_options(len(reader)),
-                    )
-        except CalibrationError:
-            raise
-        except Exception as exc:  # ORT raises ValueError / RuntimeError / its own Fail types
-            text = str(exc).strip().splitlines()
-            raise UnsupportedOpError(
-                f"{req.source.path}: ONNX {req.precision} quantization failed: "
-                f"{text[0][:300] if text else type(exc).__name__}"
-            ) from None
+        reader = _quantize(req, pre, exclude)
+        if reader is not None:
+            _check_runs(req, reader.first, float_path)
         details.update(
             activation_type=spec.activation_type.value,
             weight_type=spec.weight_type.value,
@@ -114,6 +84,104 @@ class OnnxBackend:
             ops=dict(op_counts(req.out_path)),
         )
         return Built(req.out_path, self.name, req.precision, details)
+
+
+def _quantize(req: BuildRequest, pre: Path, exclude: list[str]) -> _Reader | None:
+    """``quantize_dynamic`` or chunked ``quantize_static`` of ``pre`` into ``req.out_path``.
+
+    Returns:
+        The calibration reader (static), or None (dynamic).
+
+    Raises:
+        UnsupportedOpError: ONNX Runtime could not quantize the model.
+        CalibrationError: the calibration data changed while in use.
+    """
+    from onnxruntime import quantization as q
+
+    spec = req.profile.onnx
+    reader: _Reader | None = None
+    try:
+        with stdout_to_stderr(), _quiet_ort_logging():
+            if req.precision == "dynamic":
+                q.quantize_dynamic(
+                    str(pre), str(req.out_path),
+                    per_channel=req.profile.quantization.per_channel,
+                    reduce_range=spec.reduce_range,
+                    weight_type=_qtype(q, spec.weight_type),
+                    nodes_to_exclude=exclude,
+                )
+            else:
+                reader = _Reader(req)
+                q.quantize_static(
+                    str(pre), str(req.out_path), reader,
+                    quant_format=q.QuantFormat.QDQ
+                    if spec.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
+                    per_channel=req.profile.quantization.per_channel,
+                    reduce_range=spec.reduce_range,
+                    activation_type=_qtype(q, spec.activation_type),
+                    weight_type=_qtype(q, spec.weight_type),
+                    nodes_to_exclude=exclude,
+                    calibrate_method=_method(q, req.calib_method.value),
+                    extra_options=_calib_options(len(reader)),
+                )
+    except CalibrationError:
+        raise
+    except Exception as exc:  # ORT raises ValueError / RuntimeError / its own Fail types
+        text = str(exc).strip().splitlines()
+        raise UnsupportedOpError(
+            f"{req.source.path}: ONNX {req.precision} quantization failed: "
+            f"{text[0][:300] if text else type(exc).__name__}"
+        ) from None
+    return reader
+
+
+def _check_runs(req: BuildRequest, sample: dict[str, np.ndarray] | None,
+                float_path: Path) -> None:
+    """Run the produced model once on ``sample`` (the first calibration sample, kept by the
+    reader: no extra pass over the data), ORT's own log silenced.
+
+    A model whose weights are absurd (a damaged file can hold a bias of 2e38) quantizes into
+    one that ONNX Runtime refuses to run; say so here, in one line with the likely cause,
+    instead of failing later with ORT's log lines on stderr.
+
+    Raises:
+        UnsupportedOpError: ONNX Runtime cannot load or run the produced model.
+    """
+    import onnxruntime as ort
+
+    if sample is None:
+        return
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # errors reach us as exceptions; keep stderr clean
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(req.out_path), options,
+                                       providers=["CPUExecutionProvider"])
+        session.run(None, sample)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail / RuntimeException types
+        text = str(exc).strip().splitlines()
+        why = text[-1].split("Status Message:")[-1].strip() if text else type(exc).__name__
+        name, value = _largest_weight(float_path)
+        hint = (f"; the float model holds a weight of magnitude {value:.3g} ({name!r}): is the "
+                "source corrupt?" if value > LARGE_WEIGHT else "")
+        raise UnsupportedOpError(
+            f"{req.source.path}: the ONNX {req.precision} model does not run in ONNX Runtime: "
+            f"{why[:200]}{hint}"
+        ) from None
+
+
+def _largest_weight(path: Path) -> tuple[str, float]:
+    """Name and magnitude of the largest finite float initializer value of an ONNX file."""
+    from onnx import numpy_helper
+
+    best = ("", 0.0)
+    for t in import_onnx().load(str(path)).graph.initializer:
+        values = numpy_helper.to_array(t)
+        if values.dtype.kind == "f" and values.size:
+            finite = np.abs(values[np.isfinite(values)])
+            if finite.size and float(finite.max()) > best[1]:
+                best = (t.name, float(finite.max()))
+    return best
 
 
 def _qtype(q: Any, t: QuantType) -> Any:
@@ -167,6 +235,7 @@ class _Reader(CalibrationDataReader):
         self._it = iter(req.calib or ())
         self._pos = 0  # index of the next sample the pass yields
         self._end = self._count
+        self.first: dict[str, np.ndarray] | None = None  # kept for a test run of the result
 
     def __len__(self) -> int:
         return self._count
@@ -189,7 +258,10 @@ class _Reader(CalibrationDataReader):
         self._pos += 1
         if self._pos == self._count:
             next(self._it, None)  # end the pass: the source re-checks the data's hash there
-        return {k: np.asarray(v, dtype=self._dtypes[k]) for k, v in sample.items()}
+        feeds = {k: np.asarray(v, dtype=self._dtypes[k]) for k, v in sample.items()}
+        if self.first is None:
+            self.first = feeds
+        return feeds
 
 
 class _quiet_ort_logging:  # noqa: N801 - used as a context manager

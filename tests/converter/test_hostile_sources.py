@@ -468,3 +468,28 @@ def test_hdf5_probe_without_h5py_names_the_package(
     monkeypatch.setattr(sources, "_PROBED", {})
     with pytest.raises(MissingDependencyError, match="pip install h5py"):
         load_source(M.h5_file())
+
+
+def test_onnx_source_with_an_absurd_weight_fails_in_one_line_naming_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the fuzz: a byte run made a bias 2.2e38; the int8 model then does not run."""
+    import onnx
+    from edgeopt_runtime.errors import UnsupportedOpError
+    from onnx import numpy_helper
+
+    from edgeopt.convert import convert
+
+    model = onnx.load(str(M.onnx_dynamic_file()))
+    bias = next(t for t in model.graph.initializer if t.name == "conv1.bias")
+    values = numpy_helper.to_array(bias).copy()
+    values[1] = 2.2e38
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(tmp_path / "absurd.onnx"))
+    capfd.readouterr()
+    with pytest.raises(UnsupportedOpError, match=r"magnitude 2\.2e\+38 \('conv1\.bias'\)") as info:
+        convert(tmp_path / "absurd.onnx", "arm-cpu", M.calib_npz("chw"), formats="onnx",
+                out=tmp_path / "out", latency_runs=1)
+    assert "does not run in ONNX Runtime" in str(info.value) and "\n" not in str(info.value)
+    assert "onnxruntime" not in capfd.readouterr().err  # ORT's own error log stayed silent
+    assert not (tmp_path / "out").exists()
