@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError, ModelLoadError
 from .manifest import MANIFEST_NAME, Manifest, ModelEntry, read_manifest
-from .spec import Quantizer, QuantParams, TensorSpec, dequantize
+from .spec import Dequantizer, Quantizer, QuantParams, TensorSpec
 
 _EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx"}
 _INT_LIMITS = {"int8", "uint8", "int16", "int32", "int64", "uint16"}
@@ -66,7 +66,9 @@ class Model:
         self.outputs = _with_manifest_quant(runner.outputs, entry.outputs if entry else [])
         self._feeds = [_Feed(s, runner.ties) for s in self.inputs]
         self._by_name = {f.spec.name: i for i, f in enumerate(self._feeds)}
-        self._out_q = [s.quantization if s.is_quantized else None for s in self.outputs]
+        self._out_q = [
+            Dequantizer(s.quantization) if s.is_quantized else None for s in self.outputs
+        ]
         self._out_names = [s.name for s in self.outputs]
         self._any_out_q = any(q is not None for q in self._out_q)
         single = self.inputs[0] if len(self.inputs) == 1 else None
@@ -147,7 +149,7 @@ class Model:
         if raw or not self._any_out_q:
             return Outputs(zip(self._out_names, results, strict=True))
         return Outputs(
-            (name, dequantize(r, q) if q is not None else r)
+            (name, q(r) if q is not None else r)
             for name, r, q in zip(self._out_names, results, self._out_q, strict=True)
         )
 

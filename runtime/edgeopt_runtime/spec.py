@@ -173,3 +173,19 @@ class Quantizer:
         np.clip(buf, self._lo, self._hi, out=buf)
         np.copyto(self._out, buf, casting="unsafe")
         return self._out
+
+
+class Dequantizer:
+    """Repeated dequantization of one output: ``(q - zero_point) * scale`` in two passes."""
+
+    def __init__(self, params: QuantParams) -> None:
+        self.params = params
+        self._scale = np.float32(params.scale[0])
+        self._zp = np.float32(params.zero_point[0])
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        if self.params.per_channel:
+            return dequantize(q, self.params)
+        out = np.subtract(q, self._zp, dtype=np.float32)  # a new array: it is returned to callers
+        np.multiply(out, self._scale, out=out)
+        return out

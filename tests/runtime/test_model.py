@@ -270,3 +270,14 @@ def test_buffered_quantizer_equals_reference_quantize(ties: str, dtype: str) -> 
         x.flat[:4] = [0.5 * 0.037, -0.5 * 0.037, 1.5 * 0.037, 1000.0]  # ties and saturation
         for arr in (x, x.astype(np.float32)):
             assert np.array_equal(qz(arr), quantize(arr, p, dtype, ties=ties))
+
+
+def test_buffered_dequantizer_equals_reference_dequantize() -> None:
+    from edgeopt_runtime.spec import Dequantizer
+
+    p = QuantParams((0.0213,), (-9,))
+    q = np.arange(-128, 128, dtype=np.int32).astype(np.int8).reshape(2, 128)
+    dq = Dequantizer(p)
+    first = dq(q)
+    assert np.array_equal(first, dequantize(q, p)) and first.dtype == np.float32
+    assert dq(q) is not first  # results handed to callers are never overwritten
