@@ -85,6 +85,31 @@ def _unblock(previous: set[int] | None) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_stagings(out: Path) -> list[Path]:
+    """Delete staging folders next to ``out`` whose run was killed (SIGKILL cannot clean up).
+
+    Only folders named ``.OUT.edgeopt-tmp-<pid>-*`` whose PID no longer exists are removed; a
+    folder of a live run (or a PID reused by another process) is left alone.
+    """
+    removed = []
+    for path in out.parent.glob(f".{out.name}{_TMP_PREFIX}*"):
+        pid_part = path.name[len(f".{out.name}{_TMP_PREFIX}"):].split("-", 1)[0]
+        if path.is_dir() and pid_part.isdigit() and not _pid_alive(int(pid_part)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def recover_interrupted_swap(out: Path) -> Path | None:
     """Put back an ``OUT`` that a killed run had moved aside but not yet replaced.
 
@@ -119,7 +144,9 @@ class Staging:
     def __enter__(self) -> Staging:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{self.out.name}{_TMP_PREFIX}"
-        self.tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.out.parent))
+        remove_dead_stagings(self.out)
+        # The PID in the name lets a later run tell a SIGKILLed run's leftovers from a live one.
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=self.out.parent))
         # mkdtemp makes the folder 0700; the final OUT should get the usual umask permissions.
         umask = os.umask(0)
         os.umask(umask)

@@ -214,14 +214,14 @@ def test_killed_runs_leave_out_as_before_or_complete(data: dict[str, Any]) -> No
         assert outcomes[what] == "as before", outcomes
     assert outcomes["SIGKILL at 2 s"] == "absent", outcomes
 
-    # After a SIGKILL the staging folder stays behind; the next --force run ignores it.
+    # After a SIGKILL the staging folder stays behind; the next run removes it (its PID is dead).
     parent = data["root"] / f"run{PLAN.index(('onnx export', signal.SIGKILL, True))}"
     stale = sorted(parent.glob(STAGING))
     assert stale, "SIGKILL during the ONNX export should leave its staging folder behind"
     again = Run(parent / "out", data["calib"], data["val"], parent / "tmp")
     assert again.finish() == 0, again.lines[-5:]
     assert check_output(parent / "out") is None
-    assert sorted(parent.glob(STAGING)) == stale  # left alone: not mixed into the new OUT
+    assert sorted(parent.glob(STAGING)) == []  # the dead run's staging is gone, not in OUT
     assert sorted(p.name for p in (parent / "out").iterdir()) == sorted(
         p.name for p in data["before"].iterdir())
 
@@ -262,3 +262,22 @@ def test_out_moved_aside_by_a_killed_commit_is_restored_on_the_next_run(tmp_path
     with pytest.raises(artifact.OutputError, match="not empty"):
         artifact.check_output(out, force=False)  # the previous output is back, so: not empty
     assert (out / "report.json").is_file() and not aside.exists()
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from edgeopt import artifact
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that existed and is gone
+    out = tmp_path / "out"
+    stale = tmp_path / f".out.edgeopt-tmp-{dead.pid}-abc123"
+    live = tmp_path / f".out.edgeopt-tmp-{os.getpid()}-def456"  # a run still going
+    for d in (stale, live):
+        d.mkdir()
+        (d / "half.tflite").write_bytes(b"x")
+    with artifact.Staging(out) as stage:
+        assert stage.path().name.startswith(f".out.edgeopt-tmp-{os.getpid()}-")
+    assert not stale.exists() and live.exists()
