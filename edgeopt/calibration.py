@@ -725,6 +725,11 @@ class _ArrayReader(CalibrationReader):
     def convert(self, where: str, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._convert(where, raw)
 
+    @classmethod
+    def matches(cls, path: Path) -> bool:
+        """A single file whose suffix is the reader's name (``.npz`` / ``.npy``)."""
+        return path.is_file() and path.suffix.lower() == f".{cls.name}"
+
 
 @register_reader
 class NpzReader(_ArrayReader):
@@ -732,20 +737,12 @@ class NpzReader(_ArrayReader):
 
     name = "npz"
 
-    @classmethod
-    def matches(cls, path: Path) -> bool:
-        return path.is_file() and path.suffix.lower() == ".npz"
-
 
 @register_reader
 class NpyReader(_ArrayReader):
     """``.npy``: one array, for single-input models."""
 
     name = "npy"
-
-    @classmethod
-    def matches(cls, path: Path) -> bool:
-        return path.is_file() and path.suffix.lower() == ".npy"
 
 
 def _listing(path: Path, suffixes: tuple[str, ...]) -> list[str]:

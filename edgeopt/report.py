@@ -507,7 +507,12 @@ def _md_models(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _md_targets(report: Mapping[str, Any]) -> list[str]:
+_TARGET_COLUMNS = ["artifact", "format", "precision", "size", "p50 float ms", "p50 quant ms",
+                   "speedup", "SQNR dB", "accuracy drop"]
+
+
+def _target_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """One summary row per evaluated artifact (shared by the Markdown and HTML renderers)."""
     rows = []
     for title, sec in evaluations(report):
         ref, cand = latency_pair(sec)
@@ -517,11 +522,14 @@ def _md_targets(report: Mapping[str, Any]) -> list[str]:
                      fmt_bytes(_size(sec)[1]), fmt((ref or {}).get("p50_ms")),
                      fmt((cand or {}).get("p50_ms")), _speedup(ref, cand),
                      fmt((first.get("metrics") or {}).get("sqnr_db")), _pts(acc.get("drop"))])
+    return rows
+
+
+def _md_targets(report: Mapping[str, Any]) -> list[str]:
+    rows = _target_rows(report)
     if not rows:
         return []
-    return ["## Targets", ""] + _md_table(
-        ["artifact", "format", "precision", "size", "p50 float ms", "p50 quant ms", "speedup",
-         "SQNR dB", "accuracy drop"], rows) + [""]
+    return ["## Targets", ""] + _md_table(_TARGET_COLUMNS, rows) + [""]
 
 
 def _md_section(sec: Mapping[str, Any], head: str) -> list[str]:
@@ -686,20 +694,10 @@ def _html_models(report: Mapping[str, Any]) -> str:
 
 
 def _html_targets(report: Mapping[str, Any]) -> str:
-    rows = []
-    for title, sec in evaluations(report):
-        ref, cand = latency_pair(sec)
-        first = (sec.get("drift") or [{}])[0]
-        acc = ((sec.get("task") or {}).get("metrics") or {}).get("accuracy") or {}
-        rows.append([title, sec.get("format", "—"), sec.get("precision", "—"),
-                     fmt_bytes(_size(sec)[1]), fmt((ref or {}).get("p50_ms")),
-                     fmt((cand or {}).get("p50_ms")), _speedup(ref, cand),
-                     fmt((first.get("metrics") or {}).get("sqnr_db")), _pts(acc.get("drop"))])
+    rows = _target_rows(report)
     if not rows:
         return ""
-    return "<h2>Targets</h2>" + _html_table(
-        ["artifact", "format", "precision", "size", "p50 float ms", "p50 quant ms", "speedup",
-         "SQNR dB", "accuracy drop"], rows)
+    return "<h2>Targets</h2>" + _html_table(_TARGET_COLUMNS, rows)
 
 
 def _html_section(sec: Mapping[str, Any]) -> str:
