@@ -28,34 +28,24 @@ PROG = "edgeopt-runtime"
 RUN_SCHEMA = "edgeopt.run/1"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _bounded(kind: type, what: str, ok: Any) -> Any:
+    """An argparse type: parse ``kind`` and require ``ok(value)``, else say ``expected <what>``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
+_positive_int = _bounded(int, "a positive integer", lambda v: v >= 1)
+_non_negative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)
+_positive_float = _bounded(float, "seconds > 0", lambda v: v > 0)
 
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
