@@ -517,10 +517,10 @@ def test_image_shape_checked_before_decoding(tmp_path: Path) -> None:
 
 def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = _image_dir(tmp_path, {"big.png": np.zeros((30, 30), np.uint8)})
-    monkeypatch.setattr(calibration, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(calibration.readers.images, "MAX_IMAGE_PIXELS", 100)
     before = Image.MAX_IMAGE_PIXELS
     for limit in (500, 100):  # 900 px: over the limit (warning), then over twice it (error)
-        monkeypatch.setattr(calibration, "MAX_IMAGE_PIXELS", limit)
+        monkeypatch.setattr(calibration.readers.images, "MAX_IMAGE_PIXELS", limit)
         _raises(
             r"big\.png: image too large",
             open_calibration,
