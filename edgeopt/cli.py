@@ -7,9 +7,12 @@ Each subcommand lives in ``edgeopt/commands/<name>.py`` and exposes a click comm
 from __future__ import annotations
 
 import importlib
+from typing import Any, NoReturn
 
 import click
 from edgeopt_runtime.errors import EdgeOptError
+
+from edgeopt import signals
 
 # name -> (module, one-line help shown by `edgeopt --help` without importing the module)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,12 +51,35 @@ class LazyGroup(click.Group):
 
 
 class _Main(LazyGroup):
+    """Errors a user can cause -> one line, exit 2; SIGINT / SIGTERM at any moment -> one line,
+    exit 130 / 143 (never click's "Aborted!" with exit 1; see ``edgeopt.signals``)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with signals.handle():
+            return super().main(*args, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except signals.Interrupted as exc:
+            _stopped(exc)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except signals.Interrupted as exc:
+            _stopped(exc)
         except EdgeOptError as exc:
+            signum = signals.received()
+            if signum is not None:  # a framework turned the signal into another error
+                _stopped(signals.Interrupted(signum))
             click.echo(f"edgeopt: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+
+
+def _stopped(exc: signals.Interrupted) -> NoReturn:
+    click.echo(f"edgeopt: {exc}", err=True)
+    raise SystemExit(exc.exit_code)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

@@ -34,9 +34,11 @@ from edgeopt_runtime.profile import latency_stats
 
 from . import accelerator as acc
 from .accelerator import StrictError
-from .artifact import Staging, check_output, model_entry, write_target_manifest
+from .artifact import model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
 from .calibration import CalibrationSource, Preprocessing, open_calibration
+from .limits import OptionError, check_numbers
+from .output import Staging, claim_output, source_bytes
 from .sources import ModelSource, load_source
 from .targets import (
     CalibrationMethod,
@@ -54,10 +56,6 @@ HOST_THREADS = 1  # latency is measured single-threaded: stable on a shared host
 WORK_DIR = "_work"  # scratch inside the staging folder (float models, exports); not shipped
 
 Progress = Callable[[str], None]
-
-
-class OptionError(EdgeOptError):
-    """An option value is invalid (format name, regex, calibration method, ...)."""
 
 
 @dataclass
@@ -167,11 +165,26 @@ def convert(
     wanted = _formats(formats)
     patterns = _patterns(keep_float)
     method = _method(calib_method)
-    if latency_runs < 1:
-        raise OptionError(f"latency_runs must be >= 1, got {latency_runs}")
+    check_numbers(latency_runs=latency_runs, num_calib=num_calib, seed=seed)
     profiles = _profiles(targets)
     out = Path(out)
-    check_output(out, force)
+    with claim_output(out, force):  # OUT usable, and no other run writing it (lock file)
+        return _convert_claimed(
+            model, profiles, calib, val=val, wanted=wanted, patterns=patterns, method=method,
+            calib_method=calib_method, num_calib=num_calib, seed=seed, out=out,
+            allow_synthetic=allow_synthetic, trust_model=trust_model, say=say,
+            preprocessing=preprocessing, latency_runs=latency_runs, strict=strict,
+        )
+
+
+def _convert_claimed(
+    model: str | Path, profiles: list[TargetProfile], calib: str | Path | None, *,
+    val: str | Path | None, wanted: set[str] | None, patterns: tuple[re.Pattern[str], ...],
+    method: CalibrationMethod | None, calib_method: str | None, num_calib: int | None,
+    seed: int, out: Path, allow_synthetic: bool, trust_model: bool, say: Progress,
+    preprocessing: Preprocessing | None, latency_runs: int, strict: bool,
+) -> ConvertReport:
+    """``convert`` once OUT is claimed: load, plan, check the data, build, swap into place."""
     say(f"loading {model}")
     source = load_source(model, trust_model=trust_model)
     plans = [_plan(source, p, wanted, patterns) for p in profiles]
@@ -189,6 +202,7 @@ def convert(
         plan.shapes = _target_shapes(source, plan.profile, calib_src)
     started = time.perf_counter()
     with Staging(out) as stage:
+        stage.need(source_bytes(source), "the float model is copied once per format")
         work = stage.path(WORK_DIR)
         work.mkdir()
 

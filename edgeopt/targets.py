@@ -6,6 +6,7 @@ Built-in profiles live in the repository's ``targets/`` folder and ship inside t
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from enum import Enum, StrEnum
@@ -159,6 +160,26 @@ _SECTIONS: dict[str, type] = {
     "runtime": RuntimeSpec,
 }
 _TOP_KEYS = {"name", "description", "formats", *_SECTIONS}
+# A target's name is the folder its artifacts go to (OUT/<name>/): a plain identifier, so no
+# separator, no "..", no hidden or reserved name can put files anywhere but a fresh sub-folder.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
+_RESERVED = {"report.json", "report.md", "report.html"}  # the files next to the target folders
+MAX_THREADS = 256  # what a device runtime may be asked for (the manifest schema's bound too)
+
+
+def check_name(name: str, src: str = "<dict>") -> None:
+    """Refuse a target name that is not a plain folder name.
+
+    Raises:
+        TargetError: separators, ``..``, a leading / trailing dot or dash, characters other
+            than letters, digits, ``_ . -``, more than 64 characters, or a reserved name.
+    """
+    if not NAME_PATTERN.fullmatch(name) or ".." in name or name.lower() in _RESERVED:
+        raise TargetError(
+            f"{src}: name = {name!r} is not a valid target name: use 1-64 letters, digits, "
+            "'_', '.' or '-', starting and ending with a letter or digit, without '..' (it "
+            "names the folder OUT/<name>/)"
+        )
 
 
 def builtin_dir() -> Path:
@@ -238,6 +259,7 @@ def profile_from_dict(data: dict[str, Any], src: str = "<dict>") -> TargetProfil
             raise TargetError(f"{src}: missing required key {key!r}")
     if not isinstance(data["name"], str) or not data["name"]:
         raise TargetError(f"{src}: 'name' must be a non-empty string")
+    check_name(data["name"], src)
     formats_raw = data["formats"]
     if not isinstance(formats_raw, list) or not formats_raw:
         raise TargetError(f'{src}: \'formats\' must be a non-empty list like ["tflite", "onnx"]')
@@ -260,6 +282,12 @@ def profile_from_dict(data: dict[str, Any], src: str = "<dict>") -> TargetProfil
                 f"allowed: {', '.join(sorted(allowed))}"
             )
         parts[section] = cls(**{k: _coerce(section, cls, k, v, src) for k, v in raw.items()})
+    threads = parts["runtime"].threads
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise TargetError(
+            f"{src}: [runtime] threads = {threads} is out of range: use 1 to {MAX_THREADS}, or "
+            "leave it out for the runtime's default"
+        )
     return TargetProfile(
         name=data["name"],
         description=str(data.get("description", "")),

@@ -12,6 +12,8 @@ from typing import Any
 
 from edgeopt_runtime.errors import CalibrationError
 
+from ..limits import MAX_IMAGE_PIXELS
+
 _LAYOUTS = ("NHWC", "NCHW")
 _CHANNEL_ORDERS = ("RGB", "BGR")
 _COLORS = ("rgb", "grayscale")
@@ -50,6 +52,11 @@ class Preprocessing:
         problems = []
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
             problems.append(f"resize must be (height, width) > 0, got {self.resize}")
+        elif self.resize is not None and math.prod(self.resize) > MAX_IMAGE_PIXELS:
+            problems.append(
+                f"resize {self.resize[0]}x{self.resize[1]} is over the limit of "
+                f"{MAX_IMAGE_PIXELS:,} pixels"
+            )
         if not math.isfinite(self.scale) or self.scale == 0:
             problems.append(f"scale must be finite and non-zero, got {self.scale}")
         for name, vals in (("mean", self.mean), ("std", self.std)):

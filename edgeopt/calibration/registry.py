@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from edgeopt_runtime.spec import TensorSpec
 
+from ..limits import CalibrationLimits
 from .preprocessing import Preprocessing
 
 
@@ -17,7 +18,8 @@ class CalibrationReader(ABC):
     """Reads raw samples from one kind of storage. Subclasses register with ``register_reader``.
 
     The constructor checks shapes and dtypes from headers only (no sample data read) and sets
-    ``count`` (available samples), ``labels`` (all of them, or None) and ``warnings``.
+    ``count`` (available samples), ``labels`` (all of them, or None) and ``warnings``; sizes a
+    header declares are checked against ``limits`` before anything is read.
     """
 
     name: ClassVar[str]
@@ -28,9 +30,12 @@ class CalibrationReader(ABC):
         display: str,
         inputs: list[TensorSpec],
         preprocessing: Preprocessing | None,
+        *,
+        limits: CalibrationLimits | None = None,
     ) -> None:
         self.path, self.display, self.inputs = path, display, inputs
         self.preprocessing = preprocessing
+        self.limits = limits or CalibrationLimits()
         self.count = 0
         self.labels: np.ndarray | None = None
         self.warnings: list[str] = []

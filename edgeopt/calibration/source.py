@@ -20,6 +20,7 @@ import numpy as np
 from edgeopt_runtime.errors import CalibrationError
 from edgeopt_runtime.spec import TensorSpec
 
+from ..limits import MAX_ABS_VALUE, CalibrationLimits
 from .hashing import SampleHasher
 from .layout import dims_match, fmt_shape
 from .preprocessing import Preprocessing
@@ -41,6 +42,19 @@ class _Stats:
             if x.size:
                 self.lo[name] = min(self.lo.get(name, math.inf), float(x.min()))
                 self.hi[name] = max(self.hi.get(name, -math.inf), float(x.max()))
+
+
+def _check_magnitude(where: str, name: str, x: np.ndarray) -> None:
+    """Refuse finite values the converters cannot take (see ``edgeopt.limits.MAX_ABS_VALUE``)."""
+    lo, hi = float(x.min()), float(x.max())
+    worst = hi if abs(hi) >= abs(lo) else lo
+    if abs(worst) > MAX_ABS_VALUE:
+        at = np.unravel_index(int(np.argmax(np.abs(x))), x.shape)
+        raise CalibrationError(
+            f"{where}: input '{name}' holds {worst:.3g} at {list(map(int, at))}, beyond the "
+            f"+-{MAX_ABS_VALUE:.0e} the quantizers take (TF's crashes at 1e38; any such range "
+            "rounds real inputs to zero): this looks like padding (-FLT_MAX) or damaged data"
+        )
 
 
 class CalibrationSource:
@@ -110,6 +124,8 @@ class CalibrationSource:
                     f"{where}: input '{name}' holds {nan} NaN and {inf} Inf "
                     "values: calibration data must be finite"
                 )
+            if x.dtype.kind == "f" and x.size:
+                _check_magnitude(where, name, x)
             if x.dtype != np.dtype(spec.dtype) or not dims_match(x.shape[1:], spec.shape[1:]):
                 raise AssertionError(
                     f"reader {self.format} produced {fmt_shape(x.dtype, x.shape)} for {spec}"
@@ -237,6 +253,7 @@ def open_calibration(
     preprocessing: Preprocessing | None = None,
     allow_synthetic: bool = False,
     format: str | None = None,
+    limits: CalibrationLimits | None = None,
 ) -> CalibrationSource:
     """Open calibration data for a model, check it against the inputs, and hash it.
 
@@ -255,17 +272,25 @@ def open_calibration(
             model (recorded, with a warning).
         allow_synthetic: with ``path=None``, generate seeded random data instead of failing.
         format: force a registered reader (see ``reader_names()``) instead of detecting it.
+        limits: how much data to read (default: ``CalibrationLimits.from_env()``); sizes
+            declared in headers are checked against it before any data is read.
 
     Returns:
         A ``CalibrationSource`` streaming the selected samples.
 
     Raises:
-        CalibrationError: missing, malformed or mismatched data, NaN/Inf, no samples.
+        CalibrationError: missing, malformed or mismatched data, NaN/Inf or values beyond
+            ``MAX_ABS_VALUE``, no samples, more data than ``limits`` allow.
     """
     if not inputs:
         raise CalibrationError("the model has no inputs to calibrate")
+    limits = limits or CalibrationLimits.from_env()
     if num is not None and num < 1:
         raise CalibrationError(f"number of calibration samples must be >= 1, got {num}")
+    if num is not None and num > limits.max_samples:
+        raise CalibrationError(
+            f"number of calibration samples must be at most {limits.max_samples:,}, got {num:,}"
+        )
     if path is None:
         if not allow_synthetic:
             raise CalibrationError("no calibration data: pass --calib PATH or --allow-synthetic")
@@ -274,7 +299,15 @@ def open_calibration(
         return CalibrationSource(reader, indices, "synthetic", True, None, reader.warnings)
     display = os.fspath(path)
     p = Path(path)
-    reader = _pick_reader(p, display, format)(p, display, list(inputs), preprocessing)
+    reader = _pick_reader(p, display, format)(
+        p, display, list(inputs), preprocessing, limits=limits
+    )
+    if num is None and reader.count > limits.max_samples:
+        raise CalibrationError(
+            f"{display}: holds {reader.count:,} samples, more than the {limits.max_samples:,} "
+            "read per run: pass --num-calib N for a seeded random subset (a few hundred "
+            "calibrate well)"
+        )
     indices = _select(reader.count, num, seed, display)
     return CalibrationSource(
         reader, indices, display, False, reader.manifest_preprocessing(), reader.warnings

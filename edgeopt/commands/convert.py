@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from edgeopt.limits import MAX_LATENCY_RUNS, MAX_SEED, CalibrationLimits
+
 _FORMATS = ["tflite", "onnx", "all"]
 _METHODS = ["minmax", "entropy", "percentile"]
 _NUMBER_LISTS = {"mean", "std", "resize"}
@@ -134,9 +136,9 @@ def _accelerator_lines(art: dict[str, Any]) -> list[str]:
               help="How raw calibration data becomes model input, e.g. scale=1/127.5, "
               "mean=1, std=0.229,0.224,0.225, resize=224,224, layout=NCHW, "
               "channel_order=BGR, color=grayscale. Repeatable. See calibration_data/README.md.")
-@click.option("--num-calib", type=click.IntRange(min=1), metavar="N",
+@click.option("--num-calib", type=click.IntRange(1, CalibrationLimits().max_samples), metavar="N",
               help="Use a seeded random subset of N calibration samples.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the subset choice (and of synthetic data).")
 @click.option("--keep-float", multiple=True, metavar="REGEX",
               help="Leave layers whose TFLite tensor / ONNX node name matches REGEX in float "
@@ -149,7 +151,8 @@ def _accelerator_lines(art: dict[str, Any]) -> list[str]:
 @click.option("--trust-model", is_flag=True,
               help="Let Keras run Python code stored in the model (Lambda layers). Trusted files "
               "only.")
-@click.option("--latency-runs", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--latency-runs", type=click.IntRange(1, MAX_LATENCY_RUNS), default=50,
+              show_default=True,
               help="Timed runs per model for the float-vs-quantized latency.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 (report and artifacts still written) when a target would not run "

@@ -364,7 +364,7 @@ def test_corrupt_and_truncated_files(tmp_path: Path) -> None:
     np.save(tmp_path / "t.npy", _indexed(10))
     blob = (tmp_path / "t.npy").read_bytes()
     (tmp_path / "t.npy").write_bytes(blob[: len(blob) // 2])
-    _raises(r"t\.npy: cannot read array", open_calibration, tmp_path / "t.npy", [X])
+    _raises(r"t\.npy: the header declares .* truncated", open_calibration, tmp_path / "t.npy", [X])
     (tmp_path / "h.npy").write_bytes(b"\x93NUMPY garbage")
     _raises(r"h\.npy: not a valid \.npy", open_calibration, tmp_path / "h.npy", [X])
 

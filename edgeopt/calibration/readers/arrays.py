@@ -10,6 +10,7 @@ import numpy as np
 from edgeopt_runtime.errors import CalibrationError
 from edgeopt_runtime.spec import TensorSpec
 
+from ...limits import CalibrationLimits
 from ..preprocessing import Preprocessing
 from ..registry import CalibrationReader, register_reader
 from ..values import ArrayConverter
@@ -32,10 +33,13 @@ class _ArrayReader(CalibrationReader):
         display: str,
         inputs: list[TensorSpec],
         preprocessing: Preprocessing | None,
+        *,
+        limits: CalibrationLimits | None = None,
     ) -> None:
-        super().__init__(path, display, inputs, preprocessing)
+        super().__init__(path, display, inputs, preprocessing, limits=limits)
         self.files = [
-            _FILE_KINDS[p.suffix.lower()](p, w, inputs, preprocessing) for p, w in self._files()
+            _FILE_KINDS[p.suffix.lower()](p, w, inputs, preprocessing, self.limits)
+            for p, w in self._files()
         ]
         self.starts = np.cumsum([0] + [f.n for f in self.files])
         self.count = int(self.starts[-1])

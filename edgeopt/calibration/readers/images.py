@@ -17,14 +17,13 @@ import numpy as np
 from edgeopt_runtime.errors import CalibrationError
 from edgeopt_runtime.spec import TensorSpec
 
+from ...limits import MAX_IMAGE_PIXELS, CalibrationLimits
 from ..layout import dims_match, fmt_shape
 from ..preprocessing import Preprocessing
 from ..registry import CalibrationReader, register_reader
 from ..values import channel_vector, to_dtype
 from .files import listing
 
-# Decompression-bomb guard: calibration images are small; 40 MP is a 7,300 x 5,500 photo.
-MAX_IMAGE_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -66,8 +65,10 @@ class ImageDirReader(CalibrationReader):
         display: str,
         inputs: list[TensorSpec],
         preprocessing: Preprocessing | None,
+        *,
+        limits: CalibrationLimits | None = None,
     ) -> None:
-        super().__init__(path, display, inputs, preprocessing)
+        super().__init__(path, display, inputs, preprocessing, limits=limits)
         if len(inputs) != 1:
             raise CalibrationError(
                 f"{display}: an image directory feeds one input but the model has {len(inputs)} "

@@ -3,6 +3,8 @@ single-input file, memory-mapped so rows are copied out one at a time."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -11,7 +13,8 @@ import numpy as np
 from edgeopt_runtime.errors import CalibrationError
 from edgeopt_runtime.spec import TensorSpec
 
-from ..layout import plan_column
+from ...limits import CalibrationLimits, human_bytes
+from ..layout import fmt_shape, plan_column
 from ..preprocessing import Preprocessing
 from .files import ArrayFile
 
@@ -34,13 +37,28 @@ def read_npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.
     return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
 
 
+def check_declared(where: str, dtype: np.dtype, shape: tuple[int, ...], available: int) -> None:
+    """Refuse a header whose shape needs more bytes than follow it (checked before reading, so
+    a few-byte file claiming terabytes is one line, not a MemoryError)."""
+    if dtype.hasobject:
+        return  # refused by the dtype check, with its own message
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > available:
+        raise CalibrationError(
+            f"{where}: the header declares {fmt_shape(dtype, shape)} ({human_bytes(declared)}) "
+            f"but only {human_bytes(max(available, 0))} of data follow it: the file is "
+            "truncated or its header is wrong"
+        )
+
+
 class NpyFile(ArrayFile):
     """A single-input ``.npy`` file, memory-mapped (rows are copied out one at a time)."""
 
     def __init__(
-        self, path: Path, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None
+        self, path: Path, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None,
+        limits: CalibrationLimits,
     ) -> None:
-        super().__init__(path, where)
+        super().__init__(path, where, limits)
         if len(inputs) != 1:
             raise CalibrationError(
                 f"{where}: a .npy file holds one array but the model has {len(inputs)} inputs "
@@ -48,6 +66,7 @@ class NpyFile(ArrayFile):
             )
         with open(path, "rb") as f:
             shape, _, dtype = read_npy_header(f, where)
+            check_declared(where, dtype, shape, os.fstat(f.fileno()).st_size - f.tell())
         self.columns = [plan_column(where, inputs[0], inputs[0].name, dtype, shape, preprocessing)]
         self._check_counts()
 

@@ -21,10 +21,11 @@ import numpy as np
 from edgeopt_runtime.errors import CalibrationError
 from edgeopt_runtime.spec import TensorSpec
 
+from ...limits import CalibrationLimits, human_bytes
 from ..layout import Column, plan_column
 from ..preprocessing import Preprocessing
 from .files import ArrayFile
-from .npy import read_npy_header
+from .npy import check_declared, read_npy_header
 
 LABEL_KEYS = ("labels", "y")
 _SKIP_CHUNK = 1 << 20  # bytes discarded per read when skipping rows in a compressed member
@@ -55,9 +56,10 @@ class NpzFile(ArrayFile):
     """
 
     def __init__(
-        self, path: Path, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None
+        self, path: Path, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None,
+        limits: CalibrationLimits,
     ) -> None:
-        super().__init__(path, where)
+        super().__init__(path, where, limits)
         try:
             with zipfile.ZipFile(path) as zf:
                 members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
@@ -73,6 +75,7 @@ class NpzFile(ArrayFile):
             self.columns.append(plan_column(f"{where}", spec, key, dtype, shape, preprocessing))
             self.members[spec.name] = _Member(key, members[key], offset, fortran)
             if fortran:
+                self.check_whole(key, members[key].file_size - offset, "being Fortran-ordered,")
                 self.warnings.append(
                     f"{where}: array '{key}' is Fortran-ordered, so it is read "
                     "whole into memory; save it C-ordered to stream it"
@@ -81,18 +84,36 @@ class NpzFile(ArrayFile):
         if unused:
             self.warnings.append(f"{where}: ignored arrays {', '.join(unused)} (not model inputs)")
         if label_keys:
+            info = members[label_keys[0]]
+            self.check_whole(label_keys[0], info.file_size - headers[label_keys[0]][3], "as labels")
             self.labels = self._load_labels(label_keys)
         self._check_counts()
 
     def _header(
         self, zf: zipfile.ZipFile, info: zipfile.ZipInfo
     ) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+        key = info.filename[:-4]
+        self._check_bomb(key, info)
         with zf.open(info) as f:
             shape, fortran, dtype = read_npy_header(f, f"{self.where}: {info.filename}")
             offset = f.tell()
-        if not dtype.hasobject and offset + math.prod(shape) * dtype.itemsize > info.file_size:
-            raise CalibrationError(f"{self.where}: array '{info.filename[:-4]}' is truncated")
+        check_declared(f"{self.where}: array '{key}'", dtype, shape, info.file_size - offset)
         return shape, fortran, dtype, offset
+
+    def _check_bomb(self, key: str, info: zipfile.ZipInfo) -> None:
+        """Refuse a deflated member that inflates far beyond its size on disk, from the zip
+        directory alone (the data would take minutes to inflate and be mostly the same byte)."""
+        if info.compress_type == zipfile.ZIP_STORED:
+            return
+        big, packed = info.file_size, max(info.compress_size, 1)
+        lim = self.limits
+        if big > lim.bomb_bytes and big > lim.bomb_ratio * packed:
+            raise CalibrationError(
+                f"{self.where}: array '{key}' inflates from {human_bytes(packed)} to "
+                f"{human_bytes(big)} ({big / packed:.0f}x; real data compresses 1-5x): refusing "
+                "a likely decompression bomb; if the data is real, save it with np.savez "
+                "(uncompressed)"
+            )
 
     def _assign(self, inputs: list[TensorSpec], keys: list[str]) -> list[tuple[TensorSpec, str]]:
         if len(inputs) == 1 and len(keys) == 1:
