@@ -10,7 +10,6 @@ import importlib
 from typing import Any, NoReturn
 
 import click
-from edgeopt_runtime.errors import EdgeOptError
 
 from edgeopt import signals
 
@@ -66,9 +65,17 @@ class _Main(LazyGroup):
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
+            return self._invoke(ctx)
         except signals.Interrupted as exc:
             _stopped(exc)
+
+    def _invoke(self, ctx: click.Context) -> object:
+        # Imported here, not at the top: until the signal handlers are in place (main), the
+        # process should import as little as possible (edgeopt_runtime pulls in numpy).
+        from edgeopt_runtime.errors import EdgeOptError
+
+        try:
+            return super().invoke(ctx)
         except EdgeOptError as exc:
             signum = signals.received()
             if signum is not None:  # a framework turned the signal into another error

@@ -488,6 +488,7 @@ class Staging:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Staging:
+        self.check()
         _make_parents(self.out.parent)
         remove_dead_stagings(self.out)
         # The PID in the name lets a later run tell a SIGKILLed run's leftovers from a live one.
@@ -513,7 +514,10 @@ class Staging:
 
     def check(self) -> None:
         """Raise ``Interrupted`` if a signal arrived that some library swallowed (several
-        catch-all ``except`` blocks in the frameworks eat KeyboardInterrupt)."""
+        catch-all ``except`` blocks in the frameworks eat KeyboardInterrupt), here or before
+        the stage began (the CLI's handler records it too: ``edgeopt.signals.received``)."""
+        if self.signum is None:
+            self.signum = signals.received()
         if self.signum is not None:
             raise Interrupted(self.signum)
 
@@ -565,32 +569,35 @@ class Staging:
         for sig in self._old:  # a second Ctrl-C must not stop the cleanup half-way
             signal.signal(sig, signal.SIG_IGN)
         full = out_of_space(exc) if exc is not None and not self._committed else None
-        written = 0
+        written, free = 0, None
         try:
             if not self._committed and self.tmp is not None:
                 if full is not None:
-                    written = _tree_bytes(self.tmp)
+                    written, free = _tree_bytes(self.tmp), _free_bytes(self.tmp)
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             for sig, handler in self._old.items():
                 signal.signal(sig, handler)
+        if self.signum is not None:
+            signals.note(None)  # handled here: a later Staging in this process starts afresh
         if self.signum is not None and exc is not None and not isinstance(exc, Interrupted):
             raise Interrupted(self.signum) from None
         if full is not None:
-            raise self._space_error(full, written) from None
+            raise self._space_error(full, written, free) from None
         if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise io_error(exc, exc.filename or self.out.parent, "cannot write the output") \
                 from None
 
-    def _space_error(self, full: BaseException, written: int) -> OutputError:
+    def _space_error(self, full: BaseException, written: int, free: int | None) -> OutputError:
         name = getattr(full, "filename", None)
         where = Path(name) if isinstance(name, str) and name else self.out.parent
         if self.tmp is not None and where.is_relative_to(self.tmp):  # name the final path
             where = self.out / where.relative_to(self.tmp)
-        free = _free_bytes(self.out.parent if where.is_relative_to(self.out) else where.parent)
-        left = f", {human_bytes(free)} left" if free is not None else ""
+        elif not where.is_relative_to(self.out.parent):  # elsewhere, e.g. TMPDIR
+            free = _free_bytes(where if where.is_dir() else where.parent)
+        left = f", {human_bytes(free)} were left" if free is not None else ""
         return OutputError(
-            f"{show(where)}: no space left on device (the run had written "
+            f"{show(where)}: no space left on device (this run had written "
             f"{human_bytes(written)} next to --out{left}; it needs more than that): free some "
             "space or choose another --out; nothing was written"
         )
