@@ -65,6 +65,17 @@ def parse_preprocess(items: tuple[str, ...]) -> Any:
     return Preprocessing.from_dict(fields)
 
 
+def _max_samples() -> int:
+    """The ``--num-calib`` bound (``EDGEOPT_CALIB_MAX_SAMPLES`` raises it; a bad value is
+    reported by the conversion itself, in one line)."""
+    from edgeopt_runtime.errors import EdgeOptError
+
+    try:
+        return CalibrationLimits.from_env().max_samples
+    except EdgeOptError:
+        return CalibrationLimits().max_samples
+
+
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return None
@@ -136,7 +147,7 @@ def _accelerator_lines(art: dict[str, Any]) -> list[str]:
               help="How raw calibration data becomes model input, e.g. scale=1/127.5, "
               "mean=1, std=0.229,0.224,0.225, resize=224,224, layout=NCHW, "
               "channel_order=BGR, color=grayscale. Repeatable. See calibration_data/README.md.")
-@click.option("--num-calib", type=click.IntRange(1, CalibrationLimits().max_samples), metavar="N",
+@click.option("--num-calib", type=click.IntRange(1, _max_samples()), metavar="N",
               help="Use a seeded random subset of N calibration samples.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the subset choice (and of synthetic data).")
