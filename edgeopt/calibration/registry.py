@@ -39,6 +39,16 @@ class CalibrationReader(ABC):
         self.count = 0
         self.labels: np.ndarray | None = None
         self.warnings: list[str] = []
+        self._open()
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Read and check the headers, set ``count`` / ``labels`` (subclasses; called last by
+        ``__init__``, so every reader shares the one constructor signature).
+
+        Raises:
+            CalibrationError: headers that cannot feed the model inputs, or over ``limits``.
+        """
 
     @classmethod
     @abstractmethod

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from edgeopt_runtime.errors import CalibrationError
-from edgeopt_runtime.spec import TensorSpec
 
-from ...limits import CalibrationLimits
-from ..preprocessing import Preprocessing
 from ..registry import CalibrationReader, register_reader
 from ..values import ArrayConverter
 from .files import ArrayFile, listing
@@ -27,16 +24,8 @@ _FILE_KINDS: dict[str, type[ArrayFile]] = {".npy": NpyFile, ".npz": NpzFile}
 class _ArrayReader(CalibrationReader):
     """Samples from one or more ``.npy`` / ``.npz`` files, indexed across files in order."""
 
-    def __init__(
-        self,
-        path: Path,
-        display: str,
-        inputs: list[TensorSpec],
-        preprocessing: Preprocessing | None,
-        *,
-        limits: CalibrationLimits | None = None,
-    ) -> None:
-        super().__init__(path, display, inputs, preprocessing, limits=limits)
+    def _open(self) -> None:
+        inputs, preprocessing, display = self.inputs, self.preprocessing, self.display
         self.files = [
             _FILE_KINDS[p.suffix.lower()](p, w, inputs, preprocessing, self.limits)
             for p, w in self._files()

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 from edgeopt_runtime.errors import CalibrationError
-from edgeopt_runtime.spec import TensorSpec
 
-from ...limits import MAX_IMAGE_PIXELS, CalibrationLimits
+from ...limits import MAX_IMAGE_PIXELS
 from ..layout import dims_match, fmt_shape
 from ..preprocessing import Preprocessing
 from ..registry import CalibrationReader, register_reader
@@ -59,23 +58,15 @@ class ImageDirReader(CalibrationReader):
     def matches(cls, path: Path) -> bool:
         return path.is_dir() and bool(listing(path, IMAGE_SUFFIXES))
 
-    def __init__(
-        self,
-        path: Path,
-        display: str,
-        inputs: list[TensorSpec],
-        preprocessing: Preprocessing | None,
-        *,
-        limits: CalibrationLimits | None = None,
-    ) -> None:
-        super().__init__(path, display, inputs, preprocessing, limits=limits)
+    def _open(self) -> None:
+        path, display, inputs = self.path, self.display, self.inputs
         if len(inputs) != 1:
             raise CalibrationError(
                 f"{display}: an image directory feeds one input but the model has {len(inputs)} "
                 f"({', '.join(s.name for s in inputs)}): use an .npz with one key per input"
             )
         self.spec = inputs[0]
-        self.pre = self._resolve(preprocessing)
+        self.pre = self._resolve(self.preprocessing)
         self.files = listing(path, IMAGE_SUFFIXES)
         self.count = len(self.files)
         self._check_spec()

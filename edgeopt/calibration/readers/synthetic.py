@@ -33,6 +33,9 @@ class SyntheticReader(CalibrationReader):
             "real inputs; pass --calib PATH for a deployable model"
         )
 
+    def _open(self) -> None:
+        pass  # nothing stored to check: the samples are generated
+
     @classmethod
     def matches(cls, path: Path) -> bool:
         return False
