@@ -148,6 +148,17 @@ def test_lock_falls_back_to_the_pid_where_flock_is_unsupported(
         assert (tmp_path / ".out.edgeopt-lock").read_text().strip() == str(os.getpid())
 
 
+def test_parent_folders_made_for_a_failed_run_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "out"
+    rc, err = _cli(["convert", str(tmp_path / "missing.keras"), "--target", "arm-cpu",
+                    "--allow-synthetic", "--out", str(out)])
+    assert rc == 2 and "missing.keras" in _one_line(err)
+    assert list(tmp_path.iterdir()) == []  # a/b/ were made for the lock, and removed again
+    with Staging(out) as stage:  # a run that commits keeps them
+        stage.commit()
+    assert out.is_dir()
+
+
 # ----------------------------------------------------------------------------- --out paths
 
 
