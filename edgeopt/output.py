@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import os
 import shutil
 import signal
@@ -79,8 +80,8 @@ def check_out_path(out: Path) -> None:
             f"--out {show(out)}: the path is not valid UTF-8 (reports and manifests record it "
             "as text): choose a UTF-8 name"
         ) from None
-    full = Path(os.path.abspath(out))
-    cwd = Path.cwd()
+    full = Path(os.path.realpath(out))  # symlinks resolved, like the working directory's
+    cwd = Path(os.path.realpath(Path.cwd()))
     if out.name in ("", ".", "..") or full.parent == full or full == cwd or full in cwd.parents:
         raise OutputError(
             f"--out {show(out)}: is (or holds) the current directory, which cannot be replaced "
@@ -307,7 +308,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def _siblings(out: Path, infix: str) -> list[Path]:
-    return sorted(out.parent.glob(f".{out.name}{infix}*"))
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}{infix}*"))
 
 
 def _pid_of(path: Path, out: Path, infix: str) -> int | None:

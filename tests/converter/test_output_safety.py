@@ -359,6 +359,11 @@ def test_leftovers_of_every_kind_are_cleaned_under_the_lock(tmp_path: Path) -> N
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.edgeopt-tmp-1-x", "out"]
     assert (out / "report.json").read_text() == '{"run": "old"}'  # OUT itself untouched
+    # Glob characters in OUT's name are literal: "o?t" must not clean up after "out".
+    (tmp_path / f".out.edgeopt-tmp-{dead.pid}-y").mkdir()
+    with claim_output(tmp_path / "o?t", force=False):
+        pass
+    assert (tmp_path / f".out.edgeopt-tmp-{dead.pid}-y").is_dir()
 
 
 def test_out_moved_aside_is_restored_under_the_lock(tmp_path: Path) -> None:
