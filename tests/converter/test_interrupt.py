@@ -128,10 +128,25 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"calib": calib, "val": val, "before": before, "root": d, "tmp_kept": kept}
 
 
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """True once process ``pid`` has a handler for ``sig`` (``SigCgt`` in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    return False
+
+
 def _kill_points(parent: Path) -> dict[str, tuple[Callable[[Run], None], float]]:
     """Name -> (wait until the point, extra delay before the signal)."""
     return {
-        "start-up": (lambda r: None, 0.5),
+        # as soon as the CLI's first line has installed its handlers (before that the process
+        # is still the bare interpreter starting up, which no Python program can answer for)
+        "start-up": (lambda r: r.wait_for(lambda: _catches(r.proc.pid, signal.SIGTERM),
+                                          "the CLI's signal handlers"), 0.05),
         "tflite build": (lambda r: r.wait_for(lambda: r.said("converting tflite int8"),
                                               "the TFLite int8 build"), 0.2),
         "onnx export": (lambda r: r.wait_for(lambda: r.said("converting onnx int8"),
