@@ -42,6 +42,7 @@ class Kernel:
     layer: str  # layer name (nested models: "outer/inner")
     attr: str
     variable: Any
+    cls: str = ""  # the layer's class name
 
     @property
     def key(self) -> str:
@@ -107,7 +108,7 @@ def kernels(model: Any, skip: tuple[Any, ...] = ()) -> list[Kernel]:
         for attr in KERNELS.get(type(layer).__name__, ()):
             var = getattr(layer, attr, None)
             if var is not None and hasattr(var, "assign"):
-                out.append(Kernel(path, attr, var))
+                out.append(Kernel(path, attr, var, type(layer).__name__))
     return out
 
 
