@@ -8,7 +8,6 @@ line and leave nothing under COMPRESSED.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -40,6 +39,9 @@ def _say(enabled: bool) -> object:
               help="Structured pruning: fraction of filters/units removed per layer, in [0, 1).")
 @click.option("--criterion", type=click.Choice(_CRITERIA), default="l1", show_default=True,
               help="Filter ranking for --prune-channels.")
+@click.option("--prune-first", is_flag=True,
+              help="Also prune the first layer(s) (left dense by default: they are small and "
+              "sensitive).")
 @click.option("--cluster", type=int, metavar="K",
               help="Weight clustering: K shared values per kernel (K >= 2).")
 @click.option("--distill", is_flag=True,
@@ -59,6 +61,8 @@ def _say(enabled: bool) -> object:
               help="Leave layers whose name matches REGEX alone (re.search). Repeatable.")
 @click.option("--target", "targets", multiple=True, metavar="NAME_OR_TOML",
               help="Targets the gains are measured for (default arm-cpu). Repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["tflite", "onnx", "all"]), default="all",
+              show_default=True, help="Formats the gains are measured in.")
 @click.option("--no-measure", is_flag=True,
               help="Skip converting both models and measuring size/latency/accuracy.")
 @click.option("--no-ablation", is_flag=True,
@@ -71,10 +75,11 @@ def _say(enabled: bool) -> object:
               help="Let Keras run Python code stored in the model (Lambda layers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(model: Path, data: Path | None, val: Path | None, prune: float | None,
-            prune_channels: float | None, criterion: str, cluster: int | None, distill: bool,
+            prune_channels: float | None, prune_first: bool, criterion: str,
+            cluster: int | None, distill: bool,
             distill_loss: str, temperature: float, qat: bool, epochs: int, batch_size: int,
             learning_rate: float, seed: int, skip: tuple[str, ...], targets: tuple[str, ...],
-            no_measure: bool, no_ablation: bool, binarize: bool, out: Path, force: bool,
+            fmt: str, no_measure: bool, no_ablation: bool, binarize: bool, out: Path, force: bool,
             trust_model: bool, as_json: bool) -> None:
     """Prune, cluster, distill or QAT-fine-tune MODEL (.keras, .h5; .onnx: --prune/--cluster).
 
@@ -96,10 +101,12 @@ def command(model: Path, data: Path | None, val: Path | None, prune: float | Non
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         temperature=temperature, distill_loss=parse_enum(DistillLoss, "--distill-loss",
                                                          distill_loss),
-        criterion=parse_enum(Criterion, "--criterion", criterion), seed=seed)
+        criterion=parse_enum(Criterion, "--criterion", criterion), prune_first=prune_first,
+        seed=seed)
     try:
         report = compress(
             model, data, options, val=val, out=out, targets=list(targets) or ["arm-cpu"],
+            formats=fmt,
             measure_gains=not no_measure, ablation=not no_ablation, skip=skip, force=force,
             trust_model=trust_model, progress=_say(True),
         )

@@ -112,6 +112,32 @@ def kernels(model: Any, skip: tuple[Any, ...] = ()) -> list[Kernel]:
     return out
 
 
+def first_layers(model: Any) -> set[str]:
+    """Names of the kernel layers nearest the model inputs (the stem): reached from an input
+    through parameter-free layers only."""
+    config = model.get_config()
+    cons = consumers(config)
+    kinds = {layer.name: type(layer).__name__ for layer in model.layers}
+    frontier = [n[0] if isinstance(n, (list, tuple)) else n
+                for n in (config.get("input_layers") or [])]
+    if frontier and isinstance(frontier[0], str) and len(frontier) == 3 and isinstance(
+            frontier[1], int):
+        frontier = [frontier[0]]  # a single input: ["name", 0, 0]
+    found: set[str] = set()
+    seen: set[str] = set()
+    while frontier:
+        name = frontier.pop()
+        for reader in cons.get(name, []):
+            if reader in seen:
+                continue
+            seen.add(reader)
+            if kinds.get(reader) in KERNELS:
+                found.add(reader)
+            else:
+                frontier.append(reader)
+    return found
+
+
 def inbound(config: dict[str, Any]) -> dict[str, list[str]]:
     """Layer name -> names of the layers feeding it (from the functional config)."""
     out: dict[str, list[str]] = {}

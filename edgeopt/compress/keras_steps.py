@@ -90,14 +90,25 @@ def run_steps(teacher: Any, data: Dataset, opts: CompressOptions, skip: tuple[re
                                       say)
         result.phases.append({**history.to_dict(), "fine_tuned": True})
 
+    stem = set() if opts.prune_first else graph.first_layers(student)
+    if stem and (opts.prune is not None or opts.prune_channels is not None):
+        result.notes.append(
+            f"first layer(s) {', '.join(sorted(stem))} not pruned (they read the raw input and "
+            "have few weights; measured on the digits example: 50 % one-shot pruning of every "
+            "layer left 32 % accuracy); pass --prune-first to prune them too")
     if opts.prune_channels is not None:
         say(f"channel pruning {opts.prune_channels:.0%} of the filters per layer "
             f"({opts.criterion.value})")
-        student = _prune_channels(student, data, targets, settings, opts, skip, result)
+        student = _prune_channels(student, data, targets, settings, opts,
+                                  skip + tuple(re.compile(f"^{re.escape(n)}$") for n in stem),
+                                  result)
         result.model = student
         tune(student, [], "prune_channels")
     if opts.prune is not None:
-        ks = _kernels_or_fail(student, skip, data, "--prune")
+        ks = [k for k in _kernels_or_fail(student, skip, data, "--prune") if k.layer not in stem]
+        if not ks:
+            raise ModelLoadError("--prune: the model has no prunable layers besides its first "
+                                 "layer; pass --prune-first to prune it")
         say(f"magnitude pruning to {opts.prune:.0%} sparsity per kernel ({len(ks)} kernels)")
         masks = train.MaskConstraint(ks, opts.prune, steps if opts.fine_tunes else 0)
         tune(student, [masks], "prune")
@@ -105,7 +116,8 @@ def run_steps(teacher: Any, data: Dataset, opts: CompressOptions, skip: tuple[re
         ks = _kernels_or_fail(student, skip, data, "--cluster")
         say(f"clustering {len(ks)} kernels into {opts.cluster} shared values each")
         constraint = _cluster(ks, opts.cluster, opts.prune is not None, clusters)
-        tune(student, [c for c in (masks, constraint) if c is not None], "cluster")
+        held = train.MaskConstraint.fixed(masks.kernels) if masks is not None else None
+        tune(student, [c for c in (held, constraint) if c is not None], "cluster")
     if opts.qat:
         say("quantization-aware fine-tuning (fake-quant weights and activations)")
         student = _qat(student, data, opts, skip, masks, clusters, tune, result)
@@ -177,10 +189,7 @@ def _qat(student: Any, data: Dataset, opts: CompressOptions, skip: tuple[re.Patt
     constraints: list[Any] = []
     ks = graph.kernels(folded, skip)
     if masks is not None and ks:
-        fixed = train.MaskConstraint(ks, 0.0, 0)
-        for k, m in zip(ks, fixed.masks, strict=True):
-            m.assign((k.numpy() != 0).astype(np.float32))
-        constraints.append(fixed)
+        constraints.append(train.MaskConstraint.fixed(ks))
     if clusters and ks:
         constraints.append(_per_channel_clusters(ks, clusters))
     q = qat.QATModel(folded, data.inputs)

@@ -61,6 +61,8 @@ def magnitude_mask(weights: np.ndarray, sparsity: float, keep_zero: np.ndarray |
     if keep_zero is not None:
         flat = np.where(keep_zero.ravel() == 0, -1.0, flat)  # already pruned: first in line
     mask = np.ones(flat.size, dtype=np.float32)
+    if keep_zero is not None:
+        mask[keep_zero.ravel() == 0] = 0.0
     if n_zero > 0:
         order = np.argsort(flat, kind="stable")
         mask[order[:n_zero]] = 0.0

@@ -112,13 +112,14 @@ def drift(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> d
 
 
 def convert_for(model: Path, targets: Sequence[str], data: Dataset, val: Dataset | None,
-                out: Path, say: Callable[[str], None], trust_model: bool = False) -> Any:
+                out: Path, say: Callable[[str], None], trust_model: bool = False,
+                formats: str = "all") -> Any:
     """``edgeopt.convert`` of one float model (the public API, as a user would run it)."""
     from ..convert import convert
 
     return convert(
         model, list(targets), data.path, val=val.path if val is not None else None,
-        num_calib=min(NUM_CALIB, data.count), out=out, force=True,
+        num_calib=min(NUM_CALIB, data.count), out=out, force=True, formats=formats,
         latency_runs=CONVERT_LATENCY_RUNS, progress=say, trust_model=trust_model,
     )
 

@@ -114,8 +114,3 @@ def run_float(path: Path, inputs: list[np.ndarray], names: list[str]) -> list[np
     model = rt.load(path, threads=1)
     outs = model.run_batch(dict(zip(names, inputs, strict=True)))
     return [np.asarray(outs[i]) for i in range(len(model.outputs))]
-
-
-def check_no_training_options(opts: CompressOptions) -> None:
-    if opts.epochs and opts.epochs != CompressOptions().epochs:
-        raise CompressOptionError(f"--epochs applies to Keras models only. {RETRAIN_HINT}")

@@ -19,6 +19,9 @@ class CompressOptionError(EdgeOptError):
     """A compress option is out of range or the combination cannot work."""
 
 
+DEFAULT_EPOCHS = 2
+
+
 class Criterion(StrEnum):
     """How filters / units are ranked for structured (channel) pruning."""
 
@@ -49,13 +52,14 @@ class CompressOptions:
     cluster: int | None = None  # number of shared values per kernel
     distill: bool = False
     qat: bool = False
-    epochs: int = 2
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 32
     learning_rate: float = 1e-3
     temperature: float = 4.0
     distill_alpha: float = 0.5  # weight of the hard-label loss next to the distillation loss
     distill_loss: DistillLoss = DistillLoss.AUTO
     criterion: Criterion = Criterion.L1
+    prune_first: bool = False  # also prune the layer(s) reading the model input
     seed: int = 0
 
     def __post_init__(self) -> None:

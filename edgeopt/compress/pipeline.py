@@ -24,7 +24,7 @@ from edgeopt_runtime.errors import ModelLoadError
 from . import binarize as _binarize
 from . import graph, measure
 from .data import Dataset, load_dataset
-from .options import CompressOptionError, CompressOptions
+from .options import DEFAULT_EPOCHS, CompressOptionError, CompressOptions
 
 Progress = Callable[[str], None]
 SCHEMA = "edgeopt.compress/1"
@@ -55,6 +55,7 @@ def compress(
     val: str | Path | None = None,
     out: str | Path = "compressed",
     targets: Sequence[str] = ("arm-cpu",),
+    formats: str = "all",
     measure_gains: bool = True,
     ablation: bool = True,
     skip: Iterable[str] = (),
@@ -72,6 +73,7 @@ def compress(
         val: held-out data for accuracy / drift (default: the training data, with a note).
         out: output folder: ``model.<suffix>`` plus ``report.json`` / ``.md`` / ``.html``.
         targets: target profiles the gains are measured for (through ``edgeopt.convert``).
+        formats: ``all`` (every format each target allows), ``tflite`` or ``onnx``.
         measure_gains: convert both models and measure size / latency / accuracy per target.
         ablation: with distillation and labels, also run the same steps without distillation.
         skip: regexes of layer names (Keras) / node or weight names (ONNX) to leave alone.
@@ -121,10 +123,11 @@ def compress(
         load_source(model_path)
         if measure_gains:
             body["measured"] = _measure(source, model_path, body.pop("_ablation", None),
-                                        targets, train, held, work, say, trust_model)
+                                        targets, train, held, work, say, trust_model,
+                                        formats)
         body.pop("_ablation", None)
-        report = _document(source, train, held, options, patterns, targets, body, model_path,
-                           out, started)
+        report = _document(source, train, held, options, patterns, targets, formats, body,
+                           model_path, out, started)
         from .report import write
 
         say("writing report")
@@ -235,7 +238,7 @@ def _onnx(source: Any, train: Dataset, held: Dataset | None, opts: CompressOptio
     ref = run_float(source.path, eval_data.inputs, eval_data.names)
     cand = run_float(model_path, eval_data.inputs, eval_data.names)
     notes = [f"ONNX: post-training only ({RETRAIN_HINT})"]
-    if opts.epochs != CompressOptions().epochs:
+    if opts.epochs != DEFAULT_EPOCHS:
         notes.append("--epochs has no effect on ONNX models (no fine-tuning)")
 
     def stats(path: Path, outs: list[np.ndarray]) -> dict[str, Any]:
@@ -264,7 +267,7 @@ def _onnx_params(path: Path) -> dict[str, int]:
 
 def _measure(source: Any, compressed: Path, ablation_path: Path | None,
              targets: Sequence[str], train: Dataset, held: Dataset | None, work: Path,
-             say: Progress, trust_model: bool) -> dict[str, Any]:
+             say: Progress, trust_model: bool, formats: str) -> dict[str, Any]:
     import edgeopt_runtime as rt
 
     from ..backends._frameworks import stdout_to_stderr
@@ -272,13 +275,15 @@ def _measure(source: Any, compressed: Path, ablation_path: Path | None,
     eval_data = held or train
     say("measuring: converting the original model")
     before = measure.convert_for(source.path, targets, train, held, work / "original", say,
-                                 trust_model)
+                                 trust_model, formats)
     say("measuring: converting the compressed model")
-    after = measure.convert_for(compressed, targets, train, held, work / "compressed", say)
+    after = measure.convert_for(compressed, targets, train, held, work / "compressed", say,
+                                formats=formats)
     plain = None
     if ablation_path is not None:
         say("measuring: converting the model compressed without distillation")
-        plain = measure.convert_for(ablation_path, targets, train, held, work / "ablation", say)
+        plain = measure.convert_for(ablation_path, targets, train, held, work / "ablation", say,
+                                    formats=formats)
     ref_float = _float_outputs(source, eval_data)
     plain_index = {(a["target"], a["format"], a["precision"]): a for a in plain.artifacts} \
         if plain is not None else {}
@@ -330,7 +335,7 @@ def _float_outputs(source: Any, data: Dataset) -> list[np.ndarray]:
 
 
 def _document(source: Any, train: Dataset, held: Dataset | None, opts: CompressOptions,
-              patterns: tuple[re.Pattern[str], ...], targets: Sequence[str],
+              patterns: tuple[re.Pattern[str], ...], targets: Sequence[str], formats: str,
               body: dict[str, Any], model_path: Path, out: Path, started: float
               ) -> dict[str, Any]:
     from ..report import host_info, tool_versions
@@ -349,7 +354,7 @@ def _document(source: Any, train: Dataset, held: Dataset | None, opts: CompressO
         "source": {"path": str(source.path), "format": source.format, "sha256": source.sha256},
         "data": {"training": train.to_dict(), "validation": held.to_dict() if held else None},
         "settings": {**opts.to_dict(), "skip": [p.pattern for p in patterns],
-                     "targets": list(targets)},
+                     "targets": list(targets), "formats": formats},
         "output": {"model": model_path.name, "path": str(out / model_path.name),
                    "next": f"edgeopt convert {out / model_path.name} --target "
                            f"{targets[0] if targets else 'arm-cpu'} --calib {train.path}"},

@@ -79,13 +79,24 @@ class MaskConstraint:
         import tensorflow as tf
 
         self.kernels = kernels
-        self.schedule = Schedule.for_steps(target, steps)
+        self.schedule: Schedule | None = Schedule.for_steps(target, steps)
         self.masks = [tf.Variable(np.ones(k.variable.shape, np.float32), trainable=False)
                       for k in kernels]
         if steps == 0:
             self.update(self.schedule.end_step)
 
+    @classmethod
+    def fixed(cls, kernels: list[Kernel]) -> MaskConstraint:
+        """Hold the zeros the kernels have now (no schedule): pruning kept through QAT."""
+        self = cls(kernels, 0.0, 1)
+        self.schedule = None
+        for k, m in zip(kernels, self.masks, strict=True):
+            m.assign((k.numpy() != 0).astype(np.float32))
+        return self
+
     def update(self, step: int) -> None:
+        if self.schedule is None:
+            return
         sparsity = self.schedule.sparsity(step)
         for k, m in zip(self.kernels, self.masks, strict=True):
             new = magnitude_mask(k.numpy(), sparsity, keep_zero=m.numpy())
@@ -93,7 +104,7 @@ class MaskConstraint:
             k.variable.assign(k.numpy() * new)
 
     def before_step(self, step: int) -> None:
-        if self.schedule.updates_at(step):
+        if self.schedule is not None and self.schedule.updates_at(step):
             self.update(step)
 
     def project(self) -> None:
