@@ -9,7 +9,6 @@ masks and shared weights still held). Every phase trains ``epochs`` epochs with 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,10 +83,7 @@ def run_steps(teacher: Any, data: Dataset, opts: CompressOptions, skip: tuple[re
         if not opts.fine_tunes:
             result.phases.append({"phase": phase, "steps": 0, "fine_tuned": False})
             return
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            history = train.fine_tune(model, data.inputs, targets, settings, constraints, phase,
-                                      say)
+        history = train.fine_tune(model, data.inputs, targets, settings, constraints, phase, say)
         result.phases.append({**history.to_dict(), "fine_tuned": True})
 
     stem = set() if opts.prune_first else graph.first_layers(student)
@@ -160,10 +156,8 @@ def _prune_channels(student: Any, data: Dataset, targets: train.Targets,
         else:
             plain = train.TrainSettings(**{**settings.__dict__, "distill": False})
             hard = train.Targets(targets.kinds, targets.labels, None, targets.label_output)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The structure of `inputs`")
-                scores = train.taylor_scores(student, [g.producer for g in plan.groups],
-                                             data.inputs, hard, plain)
+            scores = train.taylor_scores(student, [g.producer for g in plan.groups],
+                                         data.inputs, hard, plain)
     channels.rank(student, plan, opts.prune_channels or 0.0, criterion, scores)
     result.channel_plan = {**plan.to_dict(), "criterion": criterion.value}
     return channels.apply(student, plan)

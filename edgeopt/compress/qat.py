@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import graph
+from .train import call_model
 
 WEIGHT_LAYERS = {"Conv1D", "Conv2D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D"}
 FUSED = {None, "linear", "relu", "relu6"}  # activations TFLite fuses into conv / dense
@@ -284,8 +285,7 @@ def activation_ranges(model: Any, names: set[str], inputs: list[np.ndarray],
     n = int(inputs[0].shape[0])
     for start in range(0, n, batch):
         xs = [x[start:start + batch] for x in inputs]
-        outs = probe(xs if len(xs) > 1 else xs[0], training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        outs = call_model(probe, xs, training=False)
         for name, o in zip(ordered, outs, strict=True):
             a = np.asarray(o)
             lo[name] = min(lo[name], float(a.min()))
@@ -312,7 +312,7 @@ def _pre_activation_ranges(model: Any, split: dict[str, str], inputs: list[np.nd
         lo, hi = np.inf, -np.inf
         for start in range(0, int(inputs[0].shape[0]), 256):
             xs = [x[start:start + 256] for x in inputs]
-            a = np.asarray(sub(xs if len(xs) > 1 else xs[0], training=False))
+            a = np.asarray(call_model(sub, xs, training=False)[0])
             lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
         ranges[name] = (lo, hi)
     return ranges

@@ -22,6 +22,7 @@ labels distillation alone (unlabelled data is enough: the teacher labels it).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +68,19 @@ class History:
                 "loss": [round(v, 6) for v in self.loss],
                 "distill_loss": [round(v, 6) for v in self.distill] or None,
                 "hard_loss": [round(v, 6) for v in self.hard] or None}
+
+
+def call_model(model: Any, xs: list[Any], training: bool) -> list[Any]:
+    """``model`` on positional inputs, outputs as a list.
+
+    Rebuilt functional models record a list input structure even for one input; Keras then
+    warns on every call with a plain tensor although the result is the same, so that one
+    warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        out = model(xs if len(xs) > 1 else xs[0], training=training)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 # ------------------------------------------------------------------------------ constraints
@@ -219,9 +233,8 @@ def fine_tune(model: Any, inputs: list[np.ndarray], targets: Targets, settings: 
     @tf.function(reduce_retracing=True)
     def train_step(xs: list[Any], labels: Any, teacher: list[Any]) -> tuple[Any, Any, Any]:
         with tf.GradientTape() as tape:
-            outs = model(xs if len(xs) > 1 else xs[0], training=True)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            total, hard, distill = loss_fn(list(outs), labels, teacher)
+            outs = call_model(model, xs, training=True)
+            total, hard, distill = loss_fn(outs, labels, teacher)
         grads = tape.gradient(total, model.trainable_variables)
         optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, model.trainable_variables, strict=True)
@@ -308,8 +321,7 @@ def predict(model: Any, inputs: list[np.ndarray], batch_size: int = 256) -> list
     n = int(inputs[0].shape[0])
     for start in range(0, n, batch_size):
         xs = [x[start:start + batch_size] for x in inputs]
-        y = model(xs if len(xs) > 1 else xs[0], training=False)
-        y = y if isinstance(y, (list, tuple)) else [y]
+        y = call_model(model, xs, training=False)
         if not outs:
             outs = [[] for _ in y]
         for acc, v in zip(outs, y, strict=True):
@@ -343,8 +355,7 @@ def taylor_scores(model: Any, layer_names: list[str], inputs: list[np.ndarray],
         idx = order[start:start + settings.batch_size]
         xs = [tf.constant(x[idx]) for x in inputs]
         with tf.GradientTape() as tape:
-            outs = model(xs if len(xs) > 1 else xs[0], training=False)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            outs = call_model(model, xs, training=False)
             lab = tf.constant(targets.labels[idx]) if targets.labels is not None else None
             teach = [tf.constant(t[idx]) for t in targets.teacher] if targets.teacher else []
             total, _, _ = loss_fn(list(outs), lab, teach)
