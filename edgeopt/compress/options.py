@@ -63,6 +63,11 @@ class CompressOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # the enums may be given by value ("taylor"), as in TOML / JSON / the CLI
+        object.__setattr__(self, "criterion", parse_enum(Criterion, "--criterion",
+                                                         self.criterion))
+        object.__setattr__(self, "distill_loss", parse_enum(DistillLoss, "--distill-loss",
+                                                            self.distill_loss))
         self.validate()
 
     @property
