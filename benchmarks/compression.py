@@ -15,8 +15,8 @@ accuracy come from ``edgeopt compress``'s own report):
    Targets: accuracy within 1 point of float, gzip'd int8 TFLite >= 30 % smaller.
 2. ``channels30``: a wider digits CNN trained here (32-64-64 filters), 30 % of the filters
    removed (L1), fine-tuned with distillation. Target: int8 latency faster than the original.
-3. ``criteria``: L1 / L2 / first-order Taylor ranking for 30 % channel pruning of the wide CNN,
-   accuracy before fine-tuning (one shot) and after one fine-tuning run each.
+3. ``criteria``: L1 / L2 / first-order Taylor ranking for 30 / 50 / 70 % channel pruning of the
+   wide CNN, accuracy before fine-tuning (one shot), and at 50 % after fine-tuning.
 4. ``qat``: the bundled model made to lose accuracy under PTQ by a function-preserving change
    (conv1's filter 0 scaled 100x, conv2's matching input channel / 100: the same float
    function, but one activation channel 100x larger sets the per-tensor int8 range); then
@@ -169,15 +169,17 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         r2 = _row("channels30", d2)
         results["cases"].append(r2)
         _say("case 3: channel-ranking criteria (30 %, one shot and fine-tuned)")
-        crit = {}
+        crit: dict[str, Any] = {}
         for c in ("l1", "l2", "taylor"):
-            one = _compress(wide, train, work / f"k{c}0", measure=False, prune_channels=0.3,
-                            criterion=c, epochs=0)
-            tuned = _compress(wide, train, work / f"k{c}", measure=False, prune_channels=0.3,
+            crit[c] = {}
+            for frac in (0.3, 0.5, 0.7):
+                one = _compress(wide, train, work / f"k{c}{frac}", measure=False,
+                                prune_channels=frac, criterion=c, epochs=0)
+                crit[c][f"one_shot_{frac}"] = one["after"]["accuracy"]
+                crit[c]["float"] = one["before"]["accuracy"]
+            tuned = _compress(wide, train, work / f"k{c}t", measure=False, prune_channels=0.5,
                               criterion=c, epochs=max(1, epochs // 2))
-            crit[c] = {"one_shot": one["after"]["accuracy"],
-                       "fine_tuned": tuned["after"]["accuracy"],
-                       "float": one["before"]["accuracy"]}
+            crit[c]["fine_tuned_0.5"] = tuned["after"]["accuracy"]
         results["criteria"] = crit
         _say("case 4: QAT on a model built to lose accuracy under PTQ")
         d4 = _compress(outlier_model(work), train, work / "c4", qat=True,
@@ -233,10 +235,14 @@ def render(results: dict[str, Any]) -> str:
             f"{gz.get('before')} -> {gz.get('after')} B (-{_pct(gz.get('reduction'))}) | "
             f"{zs.get('before')} -> {zs.get('after')} B (-{_pct(zs.get('reduction'))}) | "
             f"{r['int8_speedup_cpu']}x | {r['seconds']} |")
-    lines += ["", "Channel-ranking criteria, 30 % of the wide CNN's filters (float accuracy):", "",
-              "| criterion | one shot | fine-tuned |", "|---|---|---|"]
+    lines += ["", "Channel-ranking criteria on the wide CNN (held-out float accuracy after "
+              "removing the fraction of filters per layer; one shot = no fine-tuning):", "",
+              "| criterion | float | one shot 30 % | one shot 50 % | one shot 70 % | "
+              "50 % fine-tuned |", "|---|---|---|---|---|---|"]
     for c, v in (results.get("criteria") or {}).items():
-        lines.append(f"| {c} | {_pct(v['one_shot'])} | {_pct(v['fine_tuned'])} |")
+        lines.append(f"| {c} | {_pct(v.get('float'))} | {_pct(v.get('one_shot_0.3'))} | "
+                     f"{_pct(v.get('one_shot_0.5'))} | {_pct(v.get('one_shot_0.7'))} | "
+                     f"{_pct(v.get('fine_tuned_0.5'))} |")
     lines += ["", "Checks:", ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in results["checks"].items()]
     pre = next((r.get("sparsity_preflight") for r in results["cases"]

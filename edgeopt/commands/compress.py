@@ -12,18 +12,8 @@ from pathlib import Path
 
 import click
 
-_CRITERIA = ["l1", "l2", "taylor"]
+_CRITERIA = ["auto", "l1", "l2", "taylor"]
 _DISTILL_LOSSES = ["auto", "kl", "mse"]
-
-
-def _say(enabled: bool) -> object:
-    if not enabled:
-        return None
-
-    def say(message: str) -> None:
-        click.echo(f"edgeopt: {message}", err=True)
-
-    return say
 
 
 @click.command("compress")
@@ -37,8 +27,8 @@ def _say(enabled: bool) -> object:
               help="Magnitude pruning: fraction of zero weights per kernel, in [0, 1).")
 @click.option("--prune-channels", type=float, metavar="FRACTION",
               help="Structured pruning: fraction of filters/units removed per layer, in [0, 1).")
-@click.option("--criterion", type=click.Choice(_CRITERIA), default="l1", show_default=True,
-              help="Filter ranking for --prune-channels.")
+@click.option("--criterion", type=click.Choice(_CRITERIA), default="auto", show_default=True,
+              help="Filter ranking for --prune-channels; auto = taylor with labels, else l1.")
 @click.option("--prune-first", is_flag=True,
               help="Also prune the first layer(s) (left dense by default: they are small and "
               "sensitive).")
@@ -92,6 +82,8 @@ def command(model: Path, data: Path | None, val: Path | None, prune: float | Non
     from edgeopt.compress.report import summary_lines
     from edgeopt.report import dumps
 
+    from .convert import _progress  # the same "edgeopt: ..." progress lines on stderr
+
     if binarize:
         from edgeopt.compress.binarize import REASON, BinarizeUnavailable
 
@@ -108,7 +100,7 @@ def command(model: Path, data: Path | None, val: Path | None, prune: float | Non
             model, data, options, val=val, out=out, targets=list(targets) or ["arm-cpu"],
             formats=fmt,
             measure_gains=not no_measure, ablation=not no_ablation, skip=skip, force=force,
-            trust_model=trust_model, progress=_say(True),
+            trust_model=trust_model, progress=_progress(True),
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",

@@ -93,8 +93,7 @@ def run_steps(teacher: Any, data: Dataset, opts: CompressOptions, skip: tuple[re
             "have few weights; measured on the digits example: 50 % one-shot pruning of every "
             "layer left 32 % accuracy); pass --prune-first to prune them too")
     if opts.prune_channels is not None:
-        say(f"channel pruning {opts.prune_channels:.0%} of the filters per layer "
-            f"({opts.criterion.value})")
+        say(f"channel pruning {opts.prune_channels:.0%} of the filters per layer")
         student = _prune_channels(student, data, targets, settings, opts,
                                   skip + tuple(re.compile(f"^{re.escape(n)}$") for n in stem),
                                   result)
@@ -148,8 +147,11 @@ def _prune_channels(student: Any, data: Dataset, targets: train.Targets,
         )
     criterion = opts.criterion
     scores = None
+    labelled = targets.labels is not None and targets.label_output is not None
+    if criterion is Criterion.AUTO:
+        criterion = Criterion.TAYLOR if labelled else Criterion.L1
     if criterion is Criterion.TAYLOR:
-        if targets.labels is None or targets.label_output is None:
+        if not labelled:
             result.notes.append("taylor criterion needs labels (the loss gradient); "
                                 "ranked by L1 norm instead")
             criterion = Criterion.L1

@@ -25,7 +25,8 @@ DEFAULT_EPOCHS = 2
 class Criterion(StrEnum):
     """How filters / units are ranked for structured (channel) pruning."""
 
-    L1 = "l1"  # sum of |w| of the filter (and its bias)
+    AUTO = "auto"  # taylor when the data has labels, else l1 (chosen by measurement)
+    L1 = "l1"  # sum of |w| of the filter
     L2 = "l2"  # Euclidean norm of the filter
     TAYLOR = "taylor"  # first-order Taylor: (sum_w g*w)^2 over the filter, on training data
 
@@ -58,7 +59,7 @@ class CompressOptions:
     temperature: float = 4.0
     distill_alpha: float = 0.5  # weight of the hard-label loss next to the distillation loss
     distill_loss: DistillLoss = DistillLoss.AUTO
-    criterion: Criterion = Criterion.L1
+    criterion: Criterion = Criterion.AUTO
     prune_first: bool = False  # also prune the layer(s) reading the model input
     seed: int = 0
 
