@@ -168,7 +168,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                        epochs=epochs, ablation=False)
         r2 = _row("channels30", d2)
         results["cases"].append(r2)
-        _say("case 3: channel-ranking criteria (30 %, one shot and fine-tuned)")
+        _say("case 3: channel-ranking criteria (30 / 50 / 70 %, one shot; 50 % fine-tuned)")
         crit: dict[str, Any] = {}
         for c in ("l1", "l2", "taylor"):
             crit[c] = {}
@@ -214,6 +214,10 @@ def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
 
 
+def _change(reduction: Any) -> str:
+    return "—" if reduction is None else f"{-100 * reduction:+.1f}%"
+
+
 def render(results: dict[str, Any]) -> str:
     quick = ", quick" if results["quick"] else ""
     lines = [f"# Compression benchmark ({results['created']}{quick})",
@@ -232,8 +236,8 @@ def render(results: dict[str, Any]) -> str:
             f"{_pct(r['float_accuracy'][1])} | {_pct(r['int8_accuracy'][0])} -> "
             f"{_pct(r['int8_accuracy'][1])} | {_pct(r['int8_accuracy_without_distillation'])} | "
             f"{r['tflite_int8_bytes'][0]} -> {r['tflite_int8_bytes'][1]} B | "
-            f"{gz.get('before')} -> {gz.get('after')} B (-{_pct(gz.get('reduction'))}) | "
-            f"{zs.get('before')} -> {zs.get('after')} B (-{_pct(zs.get('reduction'))}) | "
+            f"{gz.get('before')} -> {gz.get('after')} B ({_change(gz.get('reduction'))}) | "
+            f"{zs.get('before')} -> {zs.get('after')} B ({_change(zs.get('reduction'))}) | "
             f"{r['int8_speedup_cpu']}x | {r['seconds']} |")
     lines += ["", "Channel-ranking criteria on the wide CNN (held-out float accuracy after "
               "removing the fraction of filters per layer; one shot = no fine-tuning):", "",
