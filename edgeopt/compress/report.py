@@ -49,6 +49,13 @@ def _pct(v: Any) -> str:
     return "—" if not isinstance(v, (int, float)) else f"{100 * v:.1f}%"
 
 
+def _smaller(reduction: Any) -> str:
+    if not isinstance(reduction, (int, float)):
+        return "—"
+    return f"{100 * reduction:.1f}% smaller" if reduction >= 0 else \
+        f"{-100 * reduction:.1f}% larger"
+
+
 def _x(v: Any) -> str:
     return "—" if not isinstance(v, (int, float)) else f"{v:.2f}x"
 
@@ -71,7 +78,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         size, acc, lat = row["size"], row["accuracy"], row["latency"]
         gz = size.get("gzip", {})
         text = (f"{row['target']}/{row['file']}: gzip {fmt_bytes(gz.get('before'))} -> "
-                f"{fmt_bytes(gz.get('after'))} ({_pct(gz.get('reduction'))} smaller), "
+                f"{fmt_bytes(gz.get('after'))} ({_smaller(gz.get('reduction'))}), "
                 f"int8 latency {_x(lat.get('speedup_cpu'))} (thread CPU, interleaved)")
         if acc.get("before") is not None:
             text += f", accuracy {_pct(acc['before'])} -> {_pct(acc.get('after'))}"
