@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "edgeopt.commands.compare",
         "Compare a quantized model's outputs with its float reference.",
     ),
+    "compress": ("edgeopt.commands.compress", "Prune, cluster, distill or QAT-fine-tune a model."),
     "diff": ("edgeopt.commands.diff", "Show what changed between two edgeopt reports."),
     "inspect": (
         "edgeopt.commands.inspect",
