@@ -39,8 +39,9 @@ class CalibrationMethod(StrEnum):
 
 
 class OnnxScheme(StrEnum):
-    STATIC = "static"
-    DYNAMIC = "dynamic"
+    STATIC = "static"  # QDQ / QOperator with calibrated activation ranges
+    DYNAMIC = "dynamic"  # int8 weights, activations quantized per call (MatMulInteger)
+    WEIGHT_ONLY = "weight-only"  # int8 weights dequantized to float: smaller file, float compute
 
 
 class QuantType(StrEnum):
@@ -63,6 +64,31 @@ class Delegate(StrEnum):
 class Format(StrEnum):
     TFLITE = "tflite"
     ONNX = "onnx"
+
+
+class ExclusionPreset(StrEnum):
+    """Named sets of op types kept float by a recipe (``edgeopt.recipes.presets``)."""
+
+    # Optimum's fix for static transformer collapse: LayerNorm, GELU, Softmax, residual and
+    # embedding Adds and the attention-mask path feeding Softmax stay float.
+    TRANSFORMER = "transformer"
+    # MatMuls of two activations (Q.K^T, attention.V): no weight to quantize, both ranges live.
+    ACTIVATION_MATMULS = "activation-matmuls"
+
+
+class TransformName(StrEnum):
+    """Float-equivalent graph rewrites a recipe may apply before quantizing (ONNX)."""
+
+    SMOOTH = "smooth"  # SmoothQuant-style scaling of LayerNorm-fed weight MatMuls
+    OUTLIER_SPLIT = "outlier-split"  # outlier input channels through a small float MatMul
+
+
+class KeepFloatPolicy(StrEnum):
+    """What keeping a layer float costs on a target (``[recipes] keep_float``)."""
+
+    ALLOWED = "allowed"  # a float op runs on the same engine (CPU): only its own time
+    PARTITION_SPLIT = "partition-split"  # a float op leaves the accelerator: the graph splits
+    NEVER = "never"  # the target cannot run float ops at all
 
 
 @dataclass(frozen=True)
@@ -110,6 +136,26 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class RecipeSpace:
+    """Which recipes ``tune`` may try on this target (``[recipes]``; every key optional).
+
+    The default admits everything the backends can build; a target narrows it (the Edge TPU
+    takes full int8 only). Presets and transforms are hypotheses the search measures.
+    """
+
+    tflite: tuple[Scheme, ...] = (Scheme.INT8, Scheme.DYNAMIC, Scheme.INT16X8, Scheme.FLOAT16)
+    onnx: tuple[OnnxScheme, ...] = (OnnxScheme.STATIC, OnnxScheme.DYNAMIC, OnnxScheme.WEIGHT_ONLY)
+    activation_types: tuple[QuantType, ...] = (QuantType.UINT8, QuantType.INT8)
+    calibration_methods: tuple[CalibrationMethod, ...] = (
+        CalibrationMethod.MINMAX, CalibrationMethod.ENTROPY, CalibrationMethod.PERCENTILE)
+    per_tensor: bool = True  # per-tensor weights may be tried besides per-channel
+    exclusion_presets: tuple[ExclusionPreset, ...] = (
+        ExclusionPreset.TRANSFORMER, ExclusionPreset.ACTIVATION_MATMULS)
+    transforms: tuple[TransformName, ...] = (TransformName.SMOOTH, TransformName.OUTLIER_SPLIT)
+    keep_float: KeepFloatPolicy = KeepFloatPolicy.ALLOWED
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     """A deployment target: what to produce and what the device can run."""
 
@@ -123,6 +169,7 @@ class TargetProfile:
     ops: OpRules
     runtime: RuntimeSpec
     path: str | None = None
+    recipes: RecipeSpace = RecipeSpace()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict whose values are the TOML strings (enums become their values)."""
@@ -158,6 +205,7 @@ _SECTIONS: dict[str, type] = {
     "shapes": ShapeRules,
     "ops": OpRules,
     "runtime": RuntimeSpec,
+    "recipes": RecipeSpace,
 }
 _TOP_KEYS = {"name", "description", "formats", *_SECTIONS}
 # A target's name is the folder its artifacts go to (OUT/<name>/): a plain identifier, so no
