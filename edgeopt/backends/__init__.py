@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..recipes import Recipe
 from ..sources import ModelSource
 from ..targets import CalibrationMethod, TargetProfile
 
@@ -42,6 +43,16 @@ class BuildRequest:
     calib: Iterable[Sample] | None = None
     calib_method: CalibrationMethod = CalibrationMethod.MINMAX
     keep_float: tuple[re.Pattern[str], ...] = ()
+    # Every quantization choice as one value. None: the profile's choices for ``precision``
+    # with ``calib_method`` and ``keep_float`` (what ``convert`` builds); see ``resolved``.
+    recipe: Recipe | None = None
+
+    def resolved(self, fmt: str) -> Recipe:
+        """The recipe this request builds in format ``fmt``."""
+        if self.recipe is not None:
+            return self.recipe
+        return Recipe.from_profile(self.profile, fmt, self.precision, self.calib_method,
+                                   tuple(p.pattern for p in self.keep_float))
 
 
 @dataclass

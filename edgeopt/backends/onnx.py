@@ -22,6 +22,11 @@ import numpy as np
 from edgeopt_runtime.errors import CalibrationError, UnsupportedOpError
 from onnxruntime.quantization import CalibrationDataReader
 
+from onnxruntime.quantization import calibrate as q_cal
+
+from ..recipes import Recipe
+from ..recipes.ranges import BadRange, bad_ranges
+from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource, clean_onnx
 from ..targets import OnnxScheme, QuantFormat, QuantType, TargetProfile
 from . import Backend, BuildRequest, Built, Shapes, matching, register_backend
@@ -33,6 +38,8 @@ MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need the axis 
 # keep whole activations: 16 samples of a 224x224 CNN are tens to hundreds of MiB.
 MAX_CALIB_CHUNK = 16
 LARGE_WEIGHT = 1e20  # above this, a weight is named as the likely cause of a broken artifact
+WEIGHT_BLOCK = 32  # input channels per weight-only scale (MatMulNBits block_size)
+TRANSFORM_SAMPLES = 128  # calibration samples a graph transform's channel statistics read
 
 
 class OnnxBackend:
@@ -45,7 +52,8 @@ class OnnxBackend:
         return None
 
     def precisions(self, profile: TargetProfile) -> list[str]:
-        return ["dynamic" if profile.onnx.scheme is OnnxScheme.DYNAMIC else "int8"]
+        return [{OnnxScheme.DYNAMIC: "dynamic", OnnxScheme.WEIGHT_ONLY: "weight-only"}.get(
+            profile.onnx.scheme, "int8")]
 
     def build_float(self, source: ModelSource, input_shapes: Shapes, workdir: Path) -> Path:
         tag = "dynamic" if any(d is None for s in input_shapes.values() for d in s) else "static"
@@ -63,34 +71,93 @@ class OnnxBackend:
         return out
 
     def build(self, req: BuildRequest) -> Built:
+        """Build ``req``'s recipe: pre-process, transforms (checked in float), exclusions,
+        then ORT static / dynamic / weight-only quantization."""
+        recipe = req.resolved(self.name)
         float_path = self.build_float(req.source, req.input_shapes, req.workdir)
-        details: dict[str, Any] = {}
+        details: dict[str, Any] = {"recipe": recipe.to_dict(), "recipe_key": recipe.key()}
+        notes: list[str] = []
         pre = _preprocess(float_path, req.workdir, details)
-        nodes = [n.name for n in import_onnx().load(str(pre)).graph.node]
-        exclude = matching(nodes, req.keep_float)
-        if req.keep_float:
-            details["keep_float"] = exclude
-            if not exclude:
-                details["keep_float_unmatched"] = [p.pattern for p in req.keep_float]
+        onnx = import_onnx()
+        exclude: list[str] = []
+        if recipe.transforms:
+            pre, float_nodes = _transform(req, recipe, pre, details, notes)
+            exclude += float_nodes
+        model = onnx.load(str(pre))
+        nodes = [n.name for n in model.graph.node]
+        patterns = recipe.keep_float_patterns()
+        matched = matching(nodes, patterns)
+        if patterns:
+            details["keep_float"] = matched
+            if not matched:
+                details["keep_float_unmatched"] = list(recipe.keep_float)
+        if recipe.exclude:
+            from ..recipes.presets import excluded_nodes
+
+            preset = excluded_nodes(model, recipe.exclude)
+            details["excluded_by_preset"] = len(preset)
+            exclude += preset
+        del model
+        exclude = list(dict.fromkeys([*exclude, *matched]))
         spec = req.profile.onnx
-        reader = _quantize(req, pre, exclude)
-        if reader is not None:
-            _check_runs(req, reader.first, float_path)
+        first = _quantize(req, recipe, pre, exclude, details, notes)
+        _check_runs(req, first, float_path)
         details.update(
-            activation_type=spec.activation_type.value,
-            weight_type=spec.weight_type.value,
-            quant_format=spec.quant_format.value,
-            calibration_method=req.calib_method.value if req.precision != "dynamic" else None,
+            activation_type=recipe.activation_type.value if recipe.mode == "static" else None,
+            weight_type=recipe.weight_type.value,
+            quant_format=recipe.quant_format.value if recipe.mode == "static"
+            else spec.quant_format.value,
+            calibration_method=recipe.calibration_method.value
+            if recipe.mode == "static" else None,
             ops=dict(op_counts(req.out_path)),
         )
-        return Built(req.out_path, self.name, req.precision, details)
+        return Built(req.out_path, self.name, recipe.precision, details, notes)
 
 
-def _quantize(req: BuildRequest, pre: Path, exclude: list[str]) -> _Reader | None:
-    """``quantize_dynamic`` or chunked ``quantize_static`` of ``pre`` into ``req.out_path``.
+def _samples(req: BuildRequest, limit: int) -> list[dict[str, np.ndarray]]:
+    """Up to ``limit`` calibration samples as feeds in the model's input dtypes."""
+    dtypes = {s.name: np.dtype(s.dtype) for s in req.source.inputs}
+    out = []
+    for sample in req.calib or ():
+        out.append({k: np.asarray(v, dtype=dtypes[k]) for k, v in sample.items()})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _transform(req: BuildRequest, recipe: Recipe, pre: Path, details: dict[str, Any],
+               notes: list[str]) -> tuple[Path, list[str]]:
+    """Apply the recipe's graph transforms to the pre-processed model (cached by recipe key).
+
+    Raises:
+        CalibrationError: the transforms need calibration data and none was given.
+        UnsupportedOpError: a transform's result is not float-equivalent (the check refused it).
+    """
+    from ..recipes import transforms as tr
+
+    onnx = import_onnx()
+    samples = _samples(req, TRANSFORM_SAMPLES)
+    if not samples:
+        raise CalibrationError(f"{req.source.path}: recipe transforms "
+                               f"({', '.join(t.name.value for t in recipe.transforms)}) need "
+                               "calibration data: pass --calib")
+    try:
+        result = tr.apply(onnx.load(str(pre)), recipe.transforms, samples)
+    except tr.TransformError as exc:
+        raise UnsupportedOpError(f"{req.source.path}: {exc}") from None
+    out = req.workdir / f"{pre.stem}_t{recipe.key()}.onnx"
+    onnx.save(result.model, str(out))
+    notes += result.notes
+    details["transforms"] = result.details
+    return out, result.float_nodes
+
+
+def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
+              details: dict[str, Any], notes: list[str]) -> dict[str, np.ndarray] | None:
+    """Quantize ``pre`` into ``req.out_path`` as the recipe says.
 
     Returns:
-        The calibration reader (static), or None (dynamic).
+        One input sample to test-run the result with (None when no data was read).
 
     Raises:
         UnsupportedOpError: ONNX Runtime could not quantize the model.
@@ -98,41 +165,151 @@ def _quantize(req: BuildRequest, pre: Path, exclude: list[str]) -> _Reader | Non
     """
     from onnxruntime import quantization as q
 
-    spec = req.profile.onnx
-    reader: _Reader | None = None
+    first: dict[str, np.ndarray] | None = None
     try:
         with stdout_to_stderr(), _quiet_ort_logging():
-            if req.precision == "dynamic":
+            if recipe.mode == "dynamic":
                 q.quantize_dynamic(
                     str(pre), str(req.out_path),
-                    per_channel=req.profile.quantization.per_channel,
-                    reduce_range=spec.reduce_range,
-                    weight_type=_qtype(q, spec.weight_type),
+                    per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range,
+                    weight_type=_qtype(q, recipe.weight_type),
                     nodes_to_exclude=exclude,
+                    op_types_to_quantize=list(recipe.op_types) or None,
+                    extra_options={"MatMulConstBOnly": True},
                 )
+                first = next(iter(_samples(req, 1)), None)
+            elif recipe.mode == "weight-only":
+                _weight_only(pre, req.out_path, recipe, exclude, details)
+                first = next(iter(_samples(req, 1)), None)
             else:
                 reader = _Reader(req)
+                ranges, bad = _calibrate(req, recipe, pre, reader)
+                if bad:
+                    exclude = exclude + _touching(pre, [b.tensor for b in bad])
+                    details["kept_float_ranges"] = [
+                        {"tensor": b.tensor, "min": b.low, "max": b.high, "reason": b.reason}
+                        for b in bad]
+                    notes.append(range_summary(bad))
+                cache = req.workdir / f"calib_{recipe.key()}_{req.out_path.stem}.json"
+                q_cal.save_tensors_data(ranges, cache)
                 q.quantize_static(
-                    str(pre), str(req.out_path), reader,
+                    str(pre), str(req.out_path), None,
                     quant_format=q.QuantFormat.QDQ
-                    if spec.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
-                    per_channel=req.profile.quantization.per_channel,
-                    reduce_range=spec.reduce_range,
-                    activation_type=_qtype(q, spec.activation_type),
-                    weight_type=_qtype(q, spec.weight_type),
+                    if recipe.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
+                    per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range,
+                    activation_type=_qtype(q, recipe.activation_type),
+                    weight_type=_qtype(q, recipe.weight_type),
                     nodes_to_exclude=exclude,
-                    calibrate_method=_method(q, req.calib_method.value),
-                    extra_options=_calib_options(len(reader)),
+                    op_types_to_quantize=list(recipe.op_types) or None,
+                    calibrate_method=_method(q, recipe.calibration_method.value),
+                    calibration_cache_path=str(cache),
                 )
-    except CalibrationError:
+                first = reader.first
+    except (CalibrationError, UnsupportedOpError):
         raise
     except Exception as exc:  # ORT raises ValueError / RuntimeError / its own Fail types
         text = str(exc).strip().splitlines()
         raise UnsupportedOpError(
-            f"{req.source.path}: ONNX {req.precision} quantization failed: "
+            f"{req.source.path}: ONNX {recipe.precision} quantization failed: "
             f"{text[0][:300] if text else type(exc).__name__}"
         ) from None
-    return reader
+    details["excluded_nodes"] = len(exclude)
+    return first
+
+
+def _op_types(recipe: Recipe) -> list[str]:
+    """The op types ``quantize_static`` quantizes (and so calibrates): ORT's default list."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return list(recipe.op_types) or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _calibrate(req: BuildRequest, recipe: Recipe, pre: Path,
+               reader: _Reader) -> tuple[Any, list[BadRange]]:
+    """Calibration ranges for static quantization, with unquantizable tensors left out.
+
+    A min/max pass finds every tensor whose range is non-finite or absurd (``edgeopt.recipes.
+    ranges``); entropy / percentile then run a second pass over the other tensors only (their
+    histograms crash on such tensors: "cannot convert float NaN to integer", "Maximum allowed
+    size exceeded"). Both passes are chunked (see ``_Reader``).
+
+    Returns:
+        (ORT ``TensorsData`` of the method, the tensors left out).
+    """
+    op_types = _op_types(recipe)
+    aug = req.workdir / f"augmented_{req.out_path.stem}.onnx"
+    scan = _collect(_calibrator("minmax", pre, op_types, aug, set()), reader)
+    bad = bad_ranges({k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1])))
+                      for k, v in scan.data.items()})
+    skip = {b.tensor for b in bad}
+    method = recipe.calibration_method.value
+    if method == "minmax":
+        data = {k: v for k, v in scan.data.items() if k not in skip}
+        return q_cal.TensorsData(q_cal.CalibrationMethod.MinMax, data), bad
+    ranges = _collect(_calibrator(method, pre, op_types, aug, skip), reader)
+    return ranges, bad
+
+
+def _calibrator(method: str, model: Path, op_types: list[str], aug: Path, skip: set[str]) -> Any:
+    """ORT's calibrator for ``method`` (create_calibrator's defaults), minus ``skip`` tensors."""
+    base = {"minmax": q_cal.MinMaxCalibrater, "entropy": q_cal.EntropyCalibrater,
+            "percentile": q_cal.PercentileCalibrater}[method]
+    kwargs = {"entropy": {"num_bins": 128, "num_quantized_bins": 128},
+              "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True},
+              }.get(method, {})
+
+    class _Skipping(base):  # type: ignore[misc, valid-type]
+        def select_tensors_to_calibrate(self, model: Any) -> tuple[set[str], dict]:
+            tensors, infos = super().select_tensors_to_calibrate(model)
+            return tensors - skip, infos
+
+    aug.unlink(missing_ok=True)
+    cal = _Skipping(str(model), op_types, augmented_model_path=str(aug), **kwargs)
+    cal.augment_graph()
+    cal.create_inference_session()
+    return cal
+
+
+def _collect(cal: Any, reader: _Reader) -> Any:
+    """One chunked pass of ``reader`` through ``cal``; its ``TensorsData``."""
+    count = len(reader)
+    if not count:
+        raise CalibrationError("static ONNX quantization needs calibration data: pass --calib")
+    chunk = calib_chunk(count)
+    for start in range(0, count, chunk):
+        reader.set_range(start, start + chunk)
+        cal.collect_data(reader)
+    return cal.compute_data()
+
+
+def _touching(path: Path, tensors: list[str]) -> list[str]:
+    """Names of the nodes that produce or read any of ``tensors``."""
+    wanted = set(tensors)
+    graph = import_onnx().load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if wanted & (set(n.input) | set(n.output))]
+
+
+def _weight_only(pre: Path, out: Path, recipe: Recipe, exclude: list[str],
+                 details: dict[str, Any]) -> None:
+    """int8 weights of the weight MatMuls (ORT's weight-only quantizer: ``MatMulNBits`` with
+    8 bits, blocks of ``WEIGHT_BLOCK`` input channels, float activations)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    onnx = import_onnx()
+    config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, bits=8,
+                                          op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(pre)), bits=8, block_size=WEIGHT_BLOCK,
+                                     is_symmetric=True, nodes_to_exclude=exclude,
+                                     algo_config=config)
+    quantizer.process()
+    onnx.save(quantizer.model.model, str(out))
+    details["weight_only_matmuls"] = sum(n.op_type == "MatMulNBits"
+                                         for n in quantizer.model.model.graph.node)
 
 
 def _check_runs(req: BuildRequest, sample: dict[str, np.ndarray] | None,
@@ -186,11 +363,6 @@ def _largest_weight(path: Path) -> tuple[str, float]:
 
 def _qtype(q: Any, t: QuantType) -> Any:
     return q.QuantType.QUInt8 if t is QuantType.UINT8 else q.QuantType.QInt8
-
-
-def _calib_options(count: int) -> dict[str, Any]:
-    """Chunked calibration (memory independent of the sample count; see ``_Reader``)."""
-    return {"CalibStridedMinMax": calib_chunk(count)} if count else {}
 
 
 def _method(q: Any, name: str) -> Any:

@@ -1,0 +1,95 @@
+"""Op-type exclusion presets: named sets of ONNX nodes a static recipe keeps float.
+
+``transformer`` follows Optimum's fix for the static int8 collapse of transformers: LayerNorm
+(op or decomposed), GELU (op or the Erf pattern), Softmax, residual / embedding Adds (two
+activation inputs) and the attention-mask path feeding Softmax (Where / IsNaN / Add). It is a
+hypothesis for the search to measure, not a promise: on MiniLM-L6 static QDQ stays far below
+dynamic quantization even with it (issue 14).
+
+``activation-matmuls``: MatMuls of two activations (Q.K^T and attention.V) — no weight to
+quantize and both ranges data-dependent.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..targets import ExclusionPreset
+from .graph import GraphView, layer_norms
+
+_GELU_PARTS = {"Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
+
+
+def _transformer(view: GraphView) -> set[str]:
+    names: set[str] = set()
+    for ln in layer_norms(view):
+        names.add(ln.node.name)
+        if ln.mul is not None:  # decomposed: everything from the ReduceMean to the final Add
+            names |= _upstream(view, ln.node, stop_ops={"ReduceMean"}, depth=8)
+    for node in view.graph.node:
+        op = node.op_type
+        if op in ("Softmax", "IsNaN") or op in _GELU_PARTS:
+            names.add(node.name)
+            if op == "Erf":  # x * 0.5 * (1 + erf(x / sqrt 2)): the Div / Add / Mul around it
+                names |= _neighbourhood(view, node, {"Div", "Add", "Mul"}, depth=3)
+        elif op == "Add" and all(not view.is_const(i) for i in node.input):
+            names.add(node.name)  # residual, embedding sums, score + mask
+        elif op == "Where" and any(c.op_type in ("Add", "Softmax", "MatMul")
+                                   for c in view.consumers.get(node.output[0], [])):
+            names.add(node.name)
+    return names
+
+
+def _activation_matmuls(view: GraphView) -> set[str]:
+    return {n.name for n in view.graph.node
+            if n.op_type == "MatMul" and not any(view.is_const(i) for i in n.input)}
+
+
+def _upstream(view: GraphView, node: onnx.NodeProto, stop_ops: set[str], depth: int) -> set[str]:
+    seen: set[str] = set()
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for inp in n.input:
+                p = view.producer.get(inp)
+                if p is None or p.name in seen or view.is_const(inp):
+                    continue
+                seen.add(p.name)
+                if p.op_type not in stop_ops:
+                    nxt.append(p)
+        frontier = nxt
+    return seen
+
+
+def _neighbourhood(view: GraphView, node: onnx.NodeProto, ops: set[str], depth: int) -> set[str]:
+    seen: set[str] = set()
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            near = [view.producer.get(i) for i in n.input]
+            near += [c for o in n.output for c in view.consumers.get(o, [])]
+            for p in near:
+                if p is not None and p.op_type in ops and p.name not in seen:
+                    seen.add(p.name)
+                    nxt.append(p)
+        frontier = nxt
+    return seen
+
+
+_PRESETS = {
+    ExclusionPreset.TRANSFORMER: _transformer,
+    ExclusionPreset.ACTIVATION_MATMULS: _activation_matmuls,
+}
+
+
+def excluded_nodes(model: onnx.ModelProto, presets: tuple[ExclusionPreset, ...]) -> list[str]:
+    """Names of the nodes ``presets`` keep float, in graph order."""
+    if not presets:
+        return []
+    view = GraphView(model)
+    names: set[str] = set()
+    for preset in presets:
+        names |= _PRESETS[preset](view)
+    return [n.name for n in model.graph.node if n.name in names]
