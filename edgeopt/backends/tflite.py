@@ -25,8 +25,11 @@ from typing import Any
 import numpy as np
 from edgeopt_runtime.errors import UnsupportedOpError
 
+from ..recipes import Recipe
+from ..recipes.ranges import BadRange, bad_ranges
+from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource
-from ..targets import Scheme, TargetProfile
+from ..targets import KeepFloatPolicy, Scheme, TargetProfile
 from . import Backend, BuildRequest, Built, Shapes, matching, register_backend
 from ._frameworks import import_tf, stdout_to_stderr
 from ._tfgraph import SIGNATURE, saved_model
@@ -63,41 +66,49 @@ class TFLiteBackend:
         return out
 
     def build(self, req: BuildRequest) -> Built:
+        """Build ``req``'s recipe (``int8`` / ``int16x8`` / ``float16`` / ``dynamic`` /
+        ``float32``); int8 calibrates once, keeps float what the recipe names and every tensor
+        whose calibrated range is unquantizable, then quantizes the calibrated model."""
         tf = import_tf()
+        recipe = req.resolved(self.name)
         converter = _converter(req.source, req.input_shapes, req.workdir)
-        details: dict[str, Any] = {"io_dtype": "float32"}
+        details: dict[str, Any] = {"io_dtype": "float32", "recipe": recipe.to_dict(),
+                                   "recipe_key": recipe.key()}
         notes: list[str] = []
-        scheme = Scheme(req.precision)
+        scheme = Scheme(recipe.mode)
+        wanted: set[str] = set()  # output tensors of ops kept float on purpose
+        bad: list[BadRange] = []
         if scheme in (Scheme.INT8, Scheme.INT16X8):
-            _integer_options(tf, converter, req, scheme)
+            _integer_options(tf, converter, req, scheme, recipe.per_channel)
             if scheme is Scheme.INT8:
                 details["io_dtype"] = req.profile.tflite.io_dtype.value
-            if req.calib_method.value != "minmax":
+            if req.calib_method.value != "minmax" and req.recipe is None:
                 notes.append(
                     f"the TFLite converter calibrates with min/max only; "
                     f"{req.calib_method.value!r} applies to the ONNX artifact"
                 )
-            if req.keep_float:
-                data = _quantize_with_denylist(tf, converter, req, details)
+            if scheme is Scheme.INT8:
+                data, wanted, bad = _int8(tf, converter, req, recipe, details, notes)
             else:
-                data = _convert(converter, req.source, req.precision)
+                data = _convert(converter, req.source, recipe.precision)
         elif scheme is Scheme.FLOAT16:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-            data = _convert(converter, req.source, req.precision)
+            data = _convert(converter, req.source, recipe.precision)
         elif scheme is Scheme.DYNAMIC:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            data = _convert(converter, req.source, req.precision)
+            converter._experimental_disable_per_channel = not recipe.per_channel  # noqa: SLF001
+            data = _convert(converter, req.source, recipe.precision)
         else:
-            data = _convert(converter, req.source, req.precision)
+            data = _convert(converter, req.source, recipe.precision)
         req.out_path.write_bytes(data)
-        ops = op_dtypes(data)
-        float_ops = [op for op, float_io in ops if float_io and op not in _EDGE_OPS]
-        details["ops"] = dict(Counter(op for op, _ in ops))
+        ops = _op_io(data)
+        float_ops = [op for op, float_io, _ in ops if float_io and op not in _EDGE_OPS]
+        details["ops"] = dict(Counter(op for op, _, _ in ops))
         details["float_ops"] = dict(Counter(float_ops))
         if scheme in (Scheme.INT8, Scheme.INT16X8) and not req.profile.quantization.float_fallback:
-            _refuse_float_ops(req, float_ops)
-        return Built(req.out_path, self.name, req.precision, details, notes)
+            _refuse_float_ops(req, ops, wanted, bad, notes)
+        return Built(req.out_path, self.name, recipe.precision, details, notes)
 
 
 def _shape_tag(shapes: Shapes) -> str:
@@ -123,11 +134,12 @@ def _representative(req: BuildRequest) -> Any:
     return gen
 
 
-def _integer_options(tf: Any, converter: Any, req: BuildRequest, scheme: Scheme) -> None:
+def _integer_options(tf: Any, converter: Any, req: BuildRequest, scheme: Scheme,
+                     per_channel: bool) -> None:
     profile = req.profile
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(req)
-    converter._experimental_disable_per_channel = not profile.quantization.per_channel  # noqa: SLF001
+    converter._experimental_disable_per_channel = not per_channel  # noqa: SLF001
     if scheme is Scheme.INT16X8:
         ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     else:
@@ -161,23 +173,46 @@ def _error_summary(exc: BaseException) -> str:
     return line.strip()[:300]
 
 
-def _quantize_with_denylist(tf: Any, converter: Any, req: BuildRequest, details: dict) -> bytes:
-    """Calibrate, then quantize everything except the nodes ``--keep-float`` names."""
+def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: dict,
+          notes: list[str]) -> tuple[bytes, set[str], list[BadRange]]:
+    """Calibrate once, then quantize all but the recipe's keep-float nodes and the tensors
+    whose calibrated range cannot be quantized (``edgeopt.recipes.ranges``).
+
+    This is the converter's own int8 path split in two (``_experimental_calibrate_only``, then
+    ``mlir_quantize`` on the calibrated model, as ``QuantizationDebugger`` does), so the
+    calibrated ranges can be read in between.
+
+    Returns:
+        (model bytes, output tensors of the ops kept float on purpose, the bad ranges found).
+    """
     from tensorflow.lite.python import convert as tfl_convert
     from tensorflow.lite.python import util as tfl_util
 
     converter._experimental_calibrate_only = True  # noqa: SLF001
-    calibrated = _convert(converter, req.source, req.precision)
-    names = [name for _op, outs in _op_outputs(calibrated) for name in outs]
-    deny = matching(names, req.keep_float)
-    details["keep_float"] = deny
-    if not deny:
-        details["keep_float_unmatched"] = [p.pattern for p in req.keep_float]
+    calibrated = _convert(converter, req.source, recipe.precision)
+    tensors = _calibrated_tensors(calibrated)
+    names = [name for _op, _ins, outs in tensors["ops"] for name in outs]
+    patterns = recipe.keep_float_patterns()
+    deny = matching(names, patterns)
+    if patterns:
+        details["keep_float"] = deny
+        if not deny:
+            details["keep_float_unmatched"] = list(recipe.keep_float)
+    bad = bad_ranges(tensors["ranges"])
+    if bad:
+        wanted_bad = {b.tensor for b in bad}
+        # The producer keeps the tensor float; its readers would quantize it again, so they
+        # stay float too.
+        touching = [outs for _op, ins, outs in tensors["ops"] if wanted_bad & set(ins + outs)]
+        deny = list(dict.fromkeys([*deny, *(o for outs in touching for o in outs)]))
+        details["kept_float_ranges"] = [{"tensor": b.tensor, "min": b.low, "max": b.high,
+                                         "reason": b.reason} for b in bad]
+        notes.append(range_summary(bad))
     try:
         with stdout_to_stderr():
             data = tfl_convert.mlir_quantize(
                 calibrated,
-                disable_per_channel=not req.profile.quantization.per_channel,
+                disable_per_channel=not recipe.per_channel,
                 fully_quantize=False,
                 denylisted_nodes=deny,
             )
@@ -185,10 +220,38 @@ def _quantize_with_denylist(tf: Any, converter: Any, req: BuildRequest, details:
             if io != "float32":
                 data = tfl_util.modify_model_io_type(data, getattr(tf, io), getattr(tf, io))
     except Exception as exc:  # the quantizer raises RuntimeError / ValueError
+        what = "with --keep-float " if deny else ""
         raise UnsupportedOpError(
-            f"{req.source.path}: int8 quantization with --keep-float failed: {_error_summary(exc)}"
+            f"{req.source.path}: int8 quantization {what}failed: {_error_summary(exc)}"
         ) from None
-    return bytes(data)
+    return bytes(data), set(deny), bad
+
+
+def _calibrated_tensors(data: bytes) -> dict[str, Any]:
+    """Ops (name, input names, output names) and calibrated (min, max) per tensor of the
+    primary subgraph of a calibrate-only model (the calibrator stores them in each tensor's
+    quantization parameters)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    graph = model.subgraphs[0]
+    names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in graph.tensors]
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, t in zip(names, graph.tensors, strict=True):
+        q = t.quantization
+        if t.type == schema.TensorType.FLOAT32 and q is not None and q.min is not None \
+                and q.max is not None and len(q.min) and len(q.max):
+            ranges[name] = (float(np.min(q.min)), float(np.max(q.max)))
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        ops.append((codes.get(builtin, str(builtin)),
+                    [names[i] for i in op.inputs if i >= 0],
+                    [names[i] for i in op.outputs if i >= 0]))
+    return {"ops": ops, "ranges": ranges}
 
 
 def _interpreter(data: bytes) -> Any:
@@ -197,31 +260,50 @@ def _interpreter(data: bytes) -> Any:
     return Interpreter(model_content=data)
 
 
-def _op_outputs(data: bytes) -> list[tuple[str, list[str]]]:
-    """(op name, output tensor names) of the primary subgraph, in execution order."""
+def _op_io(data: bytes) -> list[tuple[str, bool, list[str]]]:
+    """(op name, whether any input/output tensor is floating point, output tensor names) per
+    op of the primary subgraph, in execution order."""
     interp = _interpreter(data)
-    names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
-    return [
-        (op["op_name"], [names[i] for i in op["outputs"] if i >= 0])
-        for op in interp._get_ops_details()  # noqa: SLF001 - stable since TF 2.4
-    ]
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    result = []
+    for op in interp._get_ops_details():  # noqa: SLF001 - stable since TF 2.4
+        idx = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        result.append((op["op_name"], any(tensors[i]["dtype"] in _FLOAT for i in idx),
+                       [tensors[i]["name"] for i in op["outputs"] if i >= 0]))
+    return result
 
 
 def op_dtypes(data: bytes) -> list[tuple[str, bool]]:
     """(op name, whether any of its input/output tensors is floating point) per op."""
-    interp = _interpreter(data)
-    dtypes = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
-    result = []
-    for op in interp._get_ops_details():  # noqa: SLF001
-        tensors = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
-        result.append((op["op_name"], any(dtypes[i] in _FLOAT for i in tensors)))
-    return result
+    return [(op, float_io) for op, float_io, _ in _op_io(data)]
 
 
-def _refuse_float_ops(req: BuildRequest, float_ops: list[str]) -> None:
-    if not float_ops:
+def _refuse_float_ops(req: BuildRequest, ops: list[tuple[str, bool, list[str]]],
+                      wanted: set[str], bad: list[BadRange], notes: list[str]) -> None:
+    """On a target without float fallback: float ops the recipe asked for are a CPU partition
+    (allowed unless the target's keep-float policy is ``never``); any other float op is an
+    error naming the op types, or the unquantizable tensors that forced them."""
+    chosen = [op for op, float_io, outs in ops
+              if float_io and op not in _EDGE_OPS and set(outs) & wanted]
+    silent = [op for op, float_io, outs in ops
+              if float_io and op not in _EDGE_OPS and not set(outs) & wanted]
+    policy = req.profile.recipes.keep_float
+    forced = bad and any(set(outs) & {b.tensor for b in bad} for _o, _f, outs in ops)
+    if forced or (chosen and policy is KeepFloatPolicy.NEVER):
+        why = (range_summary(bad) if forced else
+               f"the recipe keeps {', '.join(sorted(set(chosen)))} float")
+        raise UnsupportedOpError(
+            f"{req.source.path}: target {req.profile.name!r} allows no float ops "
+            f"(quantization.float_fallback = false) but {why}; remove the masking constant "
+            "from the model, or use a target that allows float fallback (e.g. arm-cpu)"
+        )
+    if chosen:
+        notes.append(f"{len(chosen)} op(s) kept float on purpose run on the host CPU "
+                     f"({', '.join(f'{o} x{n}' for o, n in Counter(chosen).items())}): the "
+                     "accelerator graph is split there")
+    if not silent:
         return
-    counts = ", ".join(f"{op} x{n}" for op, n in Counter(float_ops).items())
+    counts = ", ".join(f"{op} x{n}" for op, n in Counter(silent).items())
     raise UnsupportedOpError(
         f"{req.source.path}: target {req.profile.name!r} allows no float ops "
         f"(quantization.float_fallback = false) but these have no int8 kernel: {counts}; "
