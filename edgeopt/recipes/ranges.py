@@ -47,7 +47,8 @@ def bad_ranges(ranges: Mapping[str, tuple[float, float]] | Iterable[tuple[str, f
 
     NaN counts as non-finite. Returns them sorted by name (stable notes).
     """
-    items = ranges.items() if isinstance(ranges, Mapping) else ((n, (lo, hi)) for n, lo, hi in ranges)
+    items = (ranges.items() if isinstance(ranges, Mapping)
+             else ((n, (lo, hi)) for n, lo, hi in ranges))
     out = []
     for name, (low, high) in items:
         low, high = float(low), float(high)

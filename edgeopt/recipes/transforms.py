@@ -143,8 +143,12 @@ def smooth(model: onnx.ModelProto, samples: Sequence[Feeds], alpha: float) -> Tr
         else:  # decomposed: share the normalized tensor, duplicate Mul(gamma) and Add(beta)
             mid = _unique(view, f"{ln.mul.output[0]}_smooth")
             norm = next(i for i in ln.mul.input if i != ln.scale)
-            added = [helper.make_node("Mul", [norm, g], [mid], name=_unique(view, f"{ln.mul.name}_smooth")),
-                     helper.make_node("Add", [mid, b], [out], name=_unique(view, f"{ln.node.name}_smooth"))]
+            added = [
+                helper.make_node("Mul", [norm, g], [mid],
+                                 name=_unique(view, f"{ln.mul.name}_smooth")),
+                helper.make_node("Add", [mid, b], [out],
+                                 name=_unique(view, f"{ln.node.name}_smooth")),
+            ]
         new_nodes[ln.node.name] = added
         for m, w in zip(mms, weights, strict=True):
             m.input[0] = out
