@@ -58,6 +58,18 @@ class GraphView:
         return name in self.init or (name in self.producer
                                      and self.producer[name].op_type == "Constant")
 
+    def has_weight(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` is a weight MatMul / Gemm (rank-2 float initializer as B), from the
+        initializer's header only (no external data read)."""
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            return False
+        t = self.init.get(node.input[1])
+        if t is None:
+            return self.weight(node) is not None  # a Constant node: small, read it
+        floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+        return len(t.dims) == 2 and t.data_type in floats and \
+            (node.op_type == "Gemm" or not self.is_const(node.input[0]))
+
     def weight(self, node: onnx.NodeProto) -> np.ndarray | None:
         """The ``[in, out]`` weight of a weight MatMul / Gemm, else None."""
         if node.op_type == "MatMul" and len(node.input) == 2:
@@ -74,7 +86,7 @@ class GraphView:
         return None
 
     def weight_matmuls(self) -> list[onnx.NodeProto]:
-        return [n for n in self.graph.node if n.op_type == "MatMul" and self.weight(n) is not None]
+        return [n for n in self.graph.node if n.op_type == "MatMul" and self.has_weight(n)]
 
     def layer_name(self, node: onnx.NodeProto) -> str:
         """A readable name for a weight MatMul: its bias's module path, else the node name."""
@@ -166,6 +178,22 @@ def _has_ancestor(view: GraphView, node: onnx.NodeProto, ops: set[str], depth: i
     return False
 
 
+def _reaches(view: GraphView, node: onnx.NodeProto, want: Any, depth: int) -> bool:
+    """Whether a node satisfying ``want`` is among ``node``'s ancestors within ``depth`` hops."""
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for inp in n.input:
+                p = view.producer.get(inp)
+                if p is not None:
+                    if want(p):
+                        return True
+                    nxt.append(p)
+        frontier = nxt
+    return False
+
+
 def ffn_outputs(view: GraphView) -> list[onnx.NodeProto]:
     """Weight MatMuls fed by an activation function: the FFN output (down) projections."""
     return [n for n in view.weight_matmuls() if activation_output(view, n.input[0])]
@@ -198,12 +226,10 @@ def detect(model: onnx.ModelProto) -> TransformerShape | None:
         if node.op_type != "Softmax":
             continue
         src = view.producer.get(node.input[0])
-        chain = [src] if src is not None else []
         if src is not None and src.op_type in ("Add", "Where"):
             masked = True
-            chain += [view.producer.get(i) for i in src.input]
-        if any(p is not None and p.op_type == "MatMul" and not view.is_const(p.input[1])
-               for p in chain):
+        if _reaches(view, node, lambda p: p.op_type == "MatMul"
+                    and not any(view.is_const(i) for i in p.input), depth=4):
             softmaxes.append(node)
     if not softmaxes or len(lns) < 2 or len(mms) < 4:
         return None

@@ -30,13 +30,20 @@ def _transformer(view: GraphView) -> set[str]:
         op = node.op_type
         if op in ("Softmax", "IsNaN") or op in _GELU_PARTS:
             names.add(node.name)
-            if op == "Erf":  # x * 0.5 * (1 + erf(x / sqrt 2)): the Div / Add / Mul around it
-                names |= _neighbourhood(view, node, {"Div", "Add", "Mul"}, depth=3)
+        if op == "Erf":  # x * 0.5 * (1 + erf(x / sqrt 2)): the Div before, Add / Muls after
+            names |= {p.name for p in (view.producer.get(i) for i in node.input)
+                      if p is not None and p.op_type == "Div"}
+            names |= _downstream(view, node, {"Add", "Mul"}, depth=3)
         elif op == "Add" and all(not view.is_const(i) for i in node.input):
             names.add(node.name)  # residual, embedding sums, score + mask
-        elif op == "Where" and any(c.op_type in ("Add", "Softmax", "MatMul")
-                                   for c in view.consumers.get(node.output[0], [])):
-            names.add(node.name)
+        elif op == "Softmax":  # the mask path: what feeds the score Add besides the scores
+            src = view.producer.get(node.input[0])
+            if src is not None and src.op_type in ("Add", "Where"):
+                for inp in src.input:
+                    p = view.producer.get(inp)
+                    if p is not None and p.op_type not in ("MatMul", "Mul", "Div"):
+                        names.add(p.name)
+                        names |= _upstream(view, p, stop_ops=set(), depth=5)
     return names
 
 
@@ -62,18 +69,16 @@ def _upstream(view: GraphView, node: onnx.NodeProto, stop_ops: set[str], depth: 
     return seen
 
 
-def _neighbourhood(view: GraphView, node: onnx.NodeProto, ops: set[str], depth: int) -> set[str]:
+def _downstream(view: GraphView, node: onnx.NodeProto, ops: set[str], depth: int) -> set[str]:
     seen: set[str] = set()
     frontier = [node]
     for _ in range(depth):
         nxt = []
         for n in frontier:
-            near = [view.producer.get(i) for i in n.input]
-            near += [c for o in n.output for c in view.consumers.get(o, [])]
-            for p in near:
-                if p is not None and p.op_type in ops and p.name not in seen:
-                    seen.add(p.name)
-                    nxt.append(p)
+            for c in (c for o in n.output for c in view.consumers.get(o, [])):
+                if c.op_type in ops and c.name not in seen:
+                    seen.add(c.name)
+                    nxt.append(c)
         frontier = nxt
     return seen
 

@@ -173,6 +173,8 @@ class Recipe:
                          "exclude"}
             elif self.mode == "dynamic":
                 keep |= {"op_types"}
+            else:  # weight-only: block-wise int8 weights, no per-channel / reduce-range choice
+                keep -= {"per_channel", "reduce_range"}
         elif self.mode not in (Scheme.INT8.value, Scheme.INT16X8.value):
             keep -= {"keep_float"}
             if self.mode != Scheme.DYNAMIC.value:
@@ -191,7 +193,7 @@ class Recipe:
             parts.append(("U8" if r.activation_type is QuantType.UINT8 else "S8")
                          + ("S8" if r.weight_type is QuantType.INT8 else "U8"))
             parts.append(r.calibration_method.value)
-        if r.per_channel and (r.format is Format.ONNX or r.mode in ("int8", "int16x8")):
+        if r.per_channel and r.mode in ("static", "dynamic", "int8", "int16x8"):
             parts.append("per-channel")
         if r.op_types:
             parts.append("+".join(r.op_types))

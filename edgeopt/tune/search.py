@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from ..recipes import Recipe
+from ..recipes.groups import LayerGroup
 
 
 class Metric(StrEnum):
@@ -86,15 +87,6 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class LayerGroup:
-    """Quantizers that go back to float together, and where they sit in the graph."""
-
-    name: str
-    patterns: tuple[str, ...]  # keep-float regexes that revert exactly this group
-    position: float = 0.5  # 0 = first op, 1 = last op
-
-
-@dataclass(frozen=True)
 class Evaluation:
     """What the evaluator measured for one recipe (any field may be None when not measured)."""
 
@@ -140,7 +132,7 @@ def through_executor(executor: Any, evaluate: Callable[..., Evaluation],
     """A ``Batch`` over an ``edgeopt.executors`` executor: one ``Task(evaluate, (recipe,
     *args))`` per recipe (``evaluate`` must be a module-level function; recipes and
     evaluations pickle). Failed tasks become ``Evaluation``s with ``error`` set."""
-    from ..executors import Task  # the shared executor interface (sweep, tune)
+    from ..executors import Task  # type: ignore[import-not-found]  # shared with sweep
 
     def run(recipes: Sequence[Recipe]) -> list[Evaluation]:
         tasks = [Task(evaluate, (r, *args), key=r.key()) for r in recipes]
