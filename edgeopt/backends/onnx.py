@@ -76,14 +76,15 @@ class OnnxBackend:
         float_path = self.build_float(req.source, req.input_shapes, req.workdir)
         details: dict[str, Any] = {"recipe": recipe.to_dict(), "recipe_key": recipe.key()}
         notes: list[str] = []
-        pre = _preprocess(float_path, req.workdir, details)
         onnx = import_onnx()
-        exclude: list[str] = []
-        if recipe.transforms:
-            pre, float_nodes = _transform(req, recipe, pre, details, notes)
-            exclude += float_nodes
+        float_nodes: list[str] = []
+        if recipe.transforms:  # on the exporter's graph, before ORT's fusions rename nodes
+            float_path, float_nodes = _transform(req, recipe, float_path, details, notes)
+        pre = _preprocess(float_path, req.workdir, details)
         model = onnx.load(str(pre))
         nodes = [n.name for n in model.graph.node]
+        # ORT's pre-processing may fuse a node and name the result "<name>/<Fusion>..."
+        exclude = [n for n in nodes if any(n == f or n.startswith(f"{f}/") for f in float_nodes)]
         patterns = recipe.keep_float_patterns()
         matched = matching(nodes, patterns)
         if patterns:
@@ -126,7 +127,7 @@ def _samples(req: BuildRequest, limit: int) -> list[dict[str, np.ndarray]]:
 
 def _transform(req: BuildRequest, recipe: Recipe, pre: Path, details: dict[str, Any],
                notes: list[str]) -> tuple[Path, list[str]]:
-    """Apply the recipe's graph transforms to the pre-processed model (cached by recipe key).
+    """Apply the recipe's graph transforms to the float model ``pre`` (saved by recipe key).
 
     Raises:
         CalibrationError: the transforms need calibration data and none was given.

@@ -40,5 +40,6 @@ def onnx_groups(model: object) -> list[LayerGroup]:
         if node.op_type.startswith("Conv") and not view.is_const(node.input[1]):
             continue
         name = view.layer_name(node) if node.op_type in ("MatMul", "Gemm") else node.name
-        out.append(LayerGroup(name, (f"^{re.escape(node.name)}$",), i / last))
+        # "(/|$)": ORT's pre-processing names a fused node "<name>/<Fusion>_..."
+        out.append(LayerGroup(name, (f"^{re.escape(node.name)}(/|$)",), i / last))
     return out
