@@ -248,3 +248,20 @@ def test_result_record_is_json_ready():
     assert data["status"] == "met" and data["best"] == 1
     assert data["trials"][1]["reverted"] == ["L3"] and data["trials"][1]["chosen"]
     assert re.fullmatch(r"[0-9a-f]{16}", data["trials"][0]["key"]) and text
+
+
+def test_through_executor_runs_candidates_as_tasks():
+    executors = pytest.importorskip("edgeopt.executors")
+    from edgeopt.tune.search import through_executor
+
+    with executors.make_executor("serial") as ex:
+        batch = through_executor(ex, _module_level_evaluate, 0.5)
+        got = batch([STATIC, DYNAMIC])
+    assert [e.recipe for e in got] == [STATIC, DYNAMIC]
+    assert got[0].accuracy == 0.5 and got[1].error and "ValueError" in got[1].error
+
+
+def _module_level_evaluate(recipe: Recipe, accuracy: float) -> Evaluation:
+    if recipe.mode == "dynamic":
+        raise ValueError("no dynamic here")
+    return Evaluation(recipe, accuracy, latency_ms=1.0)
