@@ -122,3 +122,15 @@ def backend_names() -> list[str]:
 def matching(names: Iterable[str], patterns: tuple[re.Pattern[str], ...]) -> list[str]:
     """Names (tensor or node names) that any ``--keep-float`` pattern finds (``re.search``)."""
     return [n for n in names if any(p.search(n) for p in patterns)]
+
+
+def keep_float_names(names: Iterable[str], recipe: Recipe, details: dict[str, Any]) -> list[str]:
+    """The ``names`` the recipe's keep-float patterns match, recorded in ``details``
+    (``keep_float``; ``keep_float_unmatched`` when patterns were given but none matched)."""
+    patterns = recipe.keep_float_patterns()
+    matched = matching(names, patterns)
+    if patterns:
+        details["keep_float"] = matched
+        if not matched:
+            details["keep_float_unmatched"] = list(recipe.keep_float)
+    return matched

@@ -28,7 +28,7 @@ from ..recipes.ranges import BadRange, bad_ranges
 from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource, clean_onnx
 from ..targets import OnnxScheme, QuantFormat, QuantType, TargetProfile
-from . import Backend, BuildRequest, Built, Shapes, matching, register_backend
+from . import Backend, BuildRequest, Built, Shapes, keep_float_names, register_backend
 from ._frameworks import import_onnx, import_tf2onnx, stdout_to_stderr
 
 TF2ONNX_OPSET = 17
@@ -85,12 +85,7 @@ class OnnxBackend:
         nodes = [n.name for n in model.graph.node]
         # ORT's pre-processing may fuse a node and name the result "<name>/<Fusion>..."
         exclude = [n for n in nodes if any(n == f or n.startswith(f"{f}/") for f in float_nodes)]
-        patterns = recipe.keep_float_patterns()
-        matched = matching(nodes, patterns)
-        if patterns:
-            details["keep_float"] = matched
-            if not matched:
-                details["keep_float_unmatched"] = list(recipe.keep_float)
+        matched = keep_float_names(nodes, recipe, details)
         if recipe.exclude:
             from ..recipes.presets import excluded_nodes
 

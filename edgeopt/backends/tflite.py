@@ -30,7 +30,7 @@ from ..recipes.ranges import BadRange, bad_ranges
 from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource
 from ..targets import KeepFloatPolicy, Scheme, TargetProfile
-from . import Backend, BuildRequest, Built, Shapes, matching, register_backend
+from . import Backend, BuildRequest, Built, Shapes, keep_float_names, register_backend
 from ._frameworks import import_tf, stdout_to_stderr
 from ._tfgraph import SIGNATURE, saved_model
 
@@ -192,12 +192,7 @@ def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: d
     calibrated = _convert(converter, req.source, recipe.precision)
     tensors = _calibrated_tensors(calibrated)
     names = [name for _op, _ins, outs in tensors["ops"] for name in outs]
-    patterns = recipe.keep_float_patterns()
-    deny = matching(names, patterns)
-    if patterns:
-        details["keep_float"] = deny
-        if not deny:
-            details["keep_float_unmatched"] = list(recipe.keep_float)
+    deny = keep_float_names(names, recipe, details)
     bad = bad_ranges(tensors["ranges"])
     if bad:
         wanted_bad = {b.tensor for b in bad}

@@ -164,34 +164,34 @@ def activation_output(view: GraphView, tensor: str) -> bool:
 
 
 def _has_ancestor(view: GraphView, node: onnx.NodeProto, ops: set[str], depth: int) -> bool:
+    return _reaches(view, node, lambda p: p.op_type in ops, depth)
+
+
+def ancestors(view: GraphView, node: onnx.NodeProto, depth: int,
+              stop: Any = None) -> list[onnx.NodeProto]:
+    """Producers of ``node``'s inputs, breadth first, up to ``depth`` hops (each node once;
+    the walk does not continue above a node for which ``stop(node)`` is true)."""
+    seen: set[int] = set()
+    out: list[onnx.NodeProto] = []
     frontier = [node]
     for _ in range(depth):
         nxt = []
         for n in frontier:
             for inp in n.input:
                 p = view.producer.get(inp)
-                if p is not None:
-                    if p.op_type in ops:
-                        return True
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                out.append(p)
+                if stop is None or not stop(p):
                     nxt.append(p)
         frontier = nxt
-    return False
+    return out
 
 
 def _reaches(view: GraphView, node: onnx.NodeProto, want: Any, depth: int) -> bool:
     """Whether a node satisfying ``want`` is among ``node``'s ancestors within ``depth`` hops."""
-    frontier = [node]
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            for inp in n.input:
-                p = view.producer.get(inp)
-                if p is not None:
-                    if want(p):
-                        return True
-                    nxt.append(p)
-        frontier = nxt
-    return False
+    return any(want(p) for p in ancestors(view, node, depth))
 
 
 def ffn_outputs(view: GraphView) -> list[onnx.NodeProto]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import onnx
 
 from ..targets import ExclusionPreset
-from .graph import GraphView, layer_norms
+from .graph import GraphView, ancestors, layer_norms
 
 _GELU_PARTS = {"Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
 
@@ -53,20 +53,9 @@ def _activation_matmuls(view: GraphView) -> set[str]:
 
 
 def _upstream(view: GraphView, node: onnx.NodeProto, stop_ops: set[str], depth: int) -> set[str]:
-    seen: set[str] = set()
-    frontier = [node]
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            for inp in n.input:
-                p = view.producer.get(inp)
-                if p is None or p.name in seen or view.is_const(inp):
-                    continue
-                seen.add(p.name)
-                if p.op_type not in stop_ops:
-                    nxt.append(p)
-        frontier = nxt
-    return seen
+    """Names of the non-constant ancestors of ``node`` (not above a ``stop_ops`` node)."""
+    return {p.name for p in ancestors(view, node, depth, stop=lambda p: p.op_type in stop_ops)
+            if p.op_type != "Constant"}
 
 
 def _downstream(view: GraphView, node: onnx.NodeProto, ops: set[str], depth: int) -> set[str]:
