@@ -233,6 +233,7 @@ def detect(model: onnx.ModelProto) -> TransformerShape | None:
             softmaxes.append(node)
     if not softmaxes or len(lns) < 2 or len(mms) < 4:
         return None
-    hidden = int(view.const(lns[0].scale).size)
+    scale = view.init.get(lns[0].scale)
+    hidden = int(np.prod(scale.dims)) if scale is not None else 0
     return TransformerShape(len(softmaxes), hidden, len(lns), len(mms),
                             len(ffn_outputs(view)), masked)
