@@ -182,9 +182,7 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
                 ranges, bad = _calibrate(req, recipe, pre, reader)
                 if bad:
                     exclude = exclude + _touching(pre, [b.tensor for b in bad])
-                    details["kept_float_ranges"] = [
-                        {"tensor": b.tensor, "min": b.low, "max": b.high, "reason": b.reason}
-                        for b in bad]
+                    details["kept_float_ranges"] = [b.to_dict() for b in bad]
                     notes.append(range_summary(bad))
                 cache = req.workdir / f"calib_{recipe.key()}_{req.out_path.stem}.json"
                 q_cal.save_tensors_data(ranges, cache)

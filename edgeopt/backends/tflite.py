@@ -200,8 +200,7 @@ def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: d
         # stay float too.
         touching = [outs for _op, ins, outs in tensors["ops"] if wanted_bad & set(ins + outs)]
         deny = list(dict.fromkeys([*deny, *(o for outs in touching for o in outs)]))
-        details["kept_float_ranges"] = [{"tensor": b.tensor, "min": b.low, "max": b.high,
-                                         "reason": b.reason} for b in bad]
+        details["kept_float_ranges"] = [b.to_dict() for b in bad]
         notes.append(range_summary(bad))
     try:
         with stdout_to_stderr():

@@ -36,6 +36,14 @@ class BadRange:
             return "non-finite"
         return f"|x| > {ABSURD:g}"
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready (strict JSON has no inf: non-finite bounds become "-inf" / "inf" / "nan")."""
+        def num(x: float) -> float | str:
+            return x if math.isfinite(x) else str(x)
+
+        return {"tensor": self.tensor, "min": num(self.low), "max": num(self.high),
+                "reason": self.reason}
+
     def note(self) -> str:
         return (f"calibration range of {self.tensor!r} is [{self.low:.4g}, {self.high:.4g}] "
                 f"({self.reason}: a masking constant or padding); kept float")

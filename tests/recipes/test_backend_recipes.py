@@ -189,3 +189,23 @@ def test_tflite_recipe_per_channel_choice_reaches_the_converter(tmp_path):
         conv = next(o for o in CM.tflite_ops(built.path) if o["op"] == "CONV_2D")
         scales[pc] = conv["in_scales"][1]
     assert scales == {True: 8, False: 1}
+
+
+def test_convert_report_names_the_kept_float_mask(tmp_path):
+    import json
+
+    import edgeopt
+
+    src = M.save(M.block(), tmp_path)
+    feeds = M.samples(16)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.concatenate([f["x"] for f in feeds]),
+             mask=np.concatenate([f["mask"] for f in feeds]))
+    report = edgeopt.convert(src, "arm-cpu", calib, formats="onnx", out=tmp_path / "out",
+                             latency_runs=3)
+    art = report.artifacts[0]
+    assert {r["tensor"] for r in art["details"]["kept_float_ranges"]} >= {"bias", "s2"}
+    assert all(isinstance(r["min"], str) for r in art["details"]["kept_float_ranges"]
+               if r["tensor"] == "bias")  # "-inf": strict JSON has no infinity
+    text = (tmp_path / "out" / "report.json").read_text()
+    assert "unquantizable calibration ranges" in text and json.loads(text)
