@@ -247,11 +247,15 @@ def search_demo(name: str, budget: float, plan: timing.Plan) -> dict[str, Any]:
     groups = onnx_groups(onnx.load(str(bench.model.onnx), load_external_data=False))
     signal = layer_signal(bench)
 
+    float_ms = bench.speed({}, plan)["float"]["cpu_p50_ms"]
+
     def evaluate(recipe: Any) -> Evaluation:
         path, built, seconds = bench.build(recipe)
         acc = bench.accuracy(path)
         sp = bench.speed({"cand": path}, plan)
-        return Evaluation(recipe, acc["min"], latency_ms=sp["cand"]["cpu_p50_ms"],
+        # latency from the interleaved ratio against float (one float reference for every
+        # candidate): absolute ms drift with the host's load between candidates, ratios do not
+        return Evaluation(recipe, acc["min"], latency_ms=float_ms / sp["cand"]["speedup"],
                           size_bytes=path.stat().st_size, layer_scores=signal,
                           extra={"cosine": acc, "speedup": sp["cand"]["speedup"],
                                  "build_s": round(seconds, 1)})

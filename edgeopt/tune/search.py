@@ -17,7 +17,9 @@ Algorithm (NNCF's ``quantize_with_accuracy_control``, with limits and partitions
    *step back* (the group stays quantized and is not tried again) and re-rank the remaining
    groups on the current candidate. Stop when the budget holds, no group is left, or the limits
    (evaluations, seconds) run out.
-3. Return the best candidate meeting the budget (``met``); otherwise the most accurate one with
+3. Return the best candidate meeting the budget (``met``: the fastest, where candidates within
+   ``tie`` (3 %) of the fastest count as equally fast and the most accurate of them wins);
+   otherwise the most accurate one with
    status ``not-met`` (nothing left to try) or ``limit`` (limits ran out) and the reason.
 
 Partition-aware targets (``KeepFloatPolicy.PARTITION_SPLIT``: Edge TPU, GPU): candidates are
@@ -217,6 +219,9 @@ class Search:
     limits: Limits = field(default_factory=Limits)
     partition_aware: bool = False
     parallel: int = 1
+    # Objective values within this fraction of the best are a tie (latency measured on a busy
+    # host moves by a few %): among tied candidates meeting the budget the most accurate wins.
+    tie: float = 0.03
     clock: Callable[[], float] = time.monotonic
     progress: Callable[[str], None] | None = None
     trials: list[Trial] = field(default_factory=list)
@@ -361,7 +366,23 @@ class Search:
     def _best_met(self) -> Trial | None:
         ok = [t for t in self.trials
               if t.evaluation.error is None and self.budget.met(t.evaluation.accuracy)]
-        return min(ok, key=lambda t: self._objective_key(t.evaluation), default=None)
+        if not ok:
+            return None
+        fastest = min(self._objective_key(t.evaluation) for t in ok)
+        tied = [t for t in ok if self._ties(self._objective_key(t.evaluation), fastest)]
+        best = tied[0]
+        for t in tied[1:]:
+            if self.budget.better(t.evaluation.accuracy, best.evaluation.accuracy):
+                best = t
+        return best
+
+    def _ties(self, key: tuple[float, ...], best: tuple[float, ...]) -> bool:
+        """``key`` equals ``best`` on every element but the last, and the last is within
+        ``tie`` of it (partitions compare exactly; latency / size within the tolerance)."""
+        if key[:-1] != best[:-1]:
+            return False
+        a, b = key[-1], best[-1]
+        return a == b or (math.isfinite(a) and a <= b * (1 + self.tie))
 
     def _most_accurate(self) -> Trial | None:
         best = None

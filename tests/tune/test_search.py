@@ -265,3 +265,16 @@ def _module_level_evaluate(recipe: Recipe, accuracy: float) -> Evaluation:
     if recipe.mode == "dynamic":
         raise ValueError("no dynamic here")
     return Evaluation(recipe, accuracy, latency_ms=1.0)
+
+
+def test_latency_within_the_tie_tolerance_goes_to_the_more_accurate():
+    a = Evaluation(DYNAMIC, 0.992, latency_ms=5.00)
+    b = Evaluation(STATIC, 0.998, latency_ms=5.10)  # 2 % slower: a tie, more accurate
+    c = Evaluation(Recipe(Format.ONNX, "weight-only"), 0.9999, latency_ms=9.0)
+    table = {e.recipe: e for e in (a, b, c)}
+    result = search(list(table), GROUPS, serial(table.__getitem__),
+                    Budget(Metric.MIN_COSINE, 0.99))
+    assert result.best.evaluation is b
+    result = search(list(table), GROUPS, serial(table.__getitem__),
+                    Budget(Metric.MIN_COSINE, 0.99), tie=0.0)
+    assert result.best.evaluation is a
