@@ -183,7 +183,10 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
                 if bad:
                     exclude = exclude + _touching(pre, [b.tensor for b in bad])
                     details["kept_float_ranges"] = [b.to_dict() for b in bad]
-                    notes.append(range_summary(bad))
+                    name, value = _largest_weight(pre)
+                    hint = (f"; the float model holds a weight of magnitude {value:.3g} "
+                            f"({name!r}): is the source corrupt?" if value > LARGE_WEIGHT else "")
+                    notes.append(range_summary(bad) + hint)
                 cache = req.workdir / f"calib_{recipe.key()}_{req.out_path.stem}.json"
                 q_cal.save_tensors_data(ranges, cache)
                 q.quantize_static(
