@@ -586,9 +586,7 @@ def _import_ray(local: bool) -> Any:
     try:
         import ray
     except ImportError:
-        raise MissingDependencyError(
-            'the ray executor needs Ray: pip install "edgeopt[ray]"'
-        ) from None
+        raise MissingDependencyError("ray", '"edgeopt[ray]"', "needed by --executor ray") from None
     return ray
 
 

@@ -34,12 +34,16 @@ from .spec import ModelEntry, Recipe, SweepSpec
 JOB_SCHEMA = "edgeopt.sweep.job/1"
 KEY_CHARS = 16  # of the sha256 hex digest: folder names stay short, collisions stay absurd
 TUNE_MISSING = ("tune not available in this edgeopt ({version}): the recipe {recipe!r} asks "
-                "for a tune budget {budget}, but edgeopt.tune does not exist yet (issue #14); "
-                "nothing was converted for this job")
+                "for a tune budget {budget}, but this edgeopt has no edgeopt.tune() yet "
+                "(issue #14); nothing was converted for this job")
 
 
 class SweepInputChanged(EdgeOptError):
     """An input file read by a worker is not the one the driver hashed."""
+
+
+class TuneUnavailable(EdgeOptError):
+    """A recipe asks for a tune budget, and this edgeopt has no ``edgeopt.tune``."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,9 @@ def run_job(job: JobSpec) -> dict[str, Any]:
         ``EdgeOptError`` (deterministic: the sweep caches it).
 
     Raises:
-        SweepInputChanged: an input differs from the driver's; MissingDependencyError (e.g.
-            no tune in this edgeopt); anything unexpected. The sweep records these as the
-            job's error and tries again on the next run.
+        SweepInputChanged: an input differs from the driver's; TuneUnavailable (no tune in
+            this edgeopt); MissingDependencyError; anything unexpected. The sweep records
+            these as the job's error and tries again on the next run.
     """
     scratch = _scratch(job)
     try:
@@ -208,7 +212,7 @@ def run_job(job: JobSpec) -> dict[str, Any]:
         report = _convert(job, scratch / "artifact")
         val_total = _references(job, report.data, scratch) if job.val else None
         return {"row": summarize(report.data), "files": _files(scratch), "val_total": val_total}
-    except (SweepInputChanged, MissingDependencyError):
+    except (SweepInputChanged, MissingDependencyError, TuneUnavailable):
         raise  # not a property of the job's inputs: fail now, run again next time
     except EdgeOptError as exc:
         # The inputs are refused (a target that cannot take this model, an op, bad data): the
@@ -321,7 +325,8 @@ def _run_tune(job: JobSpec, scratch: Path) -> dict[str, Any]:
     convert's.
 
     Raises:
-        MissingDependencyError: this edgeopt has no tune (the job fails with that message).
+        TuneUnavailable: this edgeopt has no tune (the job fails with that message and is
+            tried again by the next run).
     """
     import importlib
 
@@ -333,7 +338,7 @@ def _run_tune(job: JobSpec, scratch: Path) -> dict[str, Any]:
     except ImportError:
         pass
     if not callable(tune):
-        raise MissingDependencyError(TUNE_MISSING.format(
+        raise TuneUnavailable(TUNE_MISSING.format(
             version=__version__, recipe=job.recipe.name, budget=job.recipe.tune.to_dict()))
     report = tune(job.model, _target_for_convert(job, scratch), job.calib, val=job.val,
                   out=scratch / "artifact", seed=job.seed, latency_runs=job.latency_runs,

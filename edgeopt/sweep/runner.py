@@ -247,6 +247,7 @@ class _Driver:
             self._materialize(jdir, value["files"])
             rec.update(status="ok", error=None, row=value["row"], val_total=value["val_total"])
         elif value:  # refused inputs: deterministic, cached
+            jdir.mkdir(parents=True, exist_ok=True)
             rec.update(status="failed", refused=True, error={"kind": "refused", **value[
                 "refused"]}, row=None)
         else:
