@@ -59,6 +59,20 @@ manager (``close()`` on exit) and offers:
     Cancel every pending and running task (running workers are terminated); they are yielded
     as ``cancelled`` outcomes by a later ``as_completed``.
 
+Example (the tuning loop evaluating candidate recipes, one task each)::
+
+    from edgeopt.executors import Resources, Task, make_executor
+
+    with make_executor("process", jobs=2) as ex:          # or "serial", or "ray"
+        outcomes = ex.run([Task(evaluate, (model, cand.to_dict()), key=cand.name,
+                                resources=Resources(memory=peak_bytes))
+                           for cand in candidates])
+    for cand, out in zip(candidates, outcomes):          # same order as the tasks
+        if out.ok:
+            use(cand, out.value)
+        else:                                            # out.error.kind says why
+            log(f"{cand.name}: {out.error}")
+
 Ctrl-C: a ``KeyboardInterrupt`` while ``as_completed`` / ``run`` waits cancels everything
 (workers are terminated, so a convert in them removes its staging folder) and is re-raised;
 outcomes already yielded stand. Process-pool workers ignore SIGINT so that only the caller
@@ -583,6 +597,7 @@ def _import_ray(local: bool) -> Any:
         # Single-node mode: Ray then binds and talks on 127.0.0.1 instead of this host's
         # network address (read once, when ray is imported).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private cluster reports nothing
     try:
         import ray
     except ImportError:

@@ -182,9 +182,11 @@ def svg_pareto(arts: Sequence[Mapping[str, Any]], title: str, width: int = 560,
         out.append(f'<circle class="{"front" if best else "dominated"}" cx="{px(x):.1f}" '
                    f'cy="{py(y):.1f}" r="{r:.1f}" {fill} stroke="#3b6fd8">'
                    f'<title>{_e(tip)}</title></circle>')
-        if best:
-            out.append(f'<text x="{px(x) + r + 2:.1f}" y="{py(y) + 4:.1f}">'
-                       f'{_e(a.get("_short", ""))}</text>')
+        if best:  # label on the side with room
+            right_side = px(x) < 0.65 * width
+            tx = px(x) + r + 2 if right_side else px(x) - r - 2
+            out.append(f'<text x="{tx:.1f}" y="{py(y) - r:.1f}" text-anchor='
+                       f'"{"start" if right_side else "end"}">{_e(a.get("_short", ""))}</text>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">'
                f'host latency p50 (ms, quantized)</text><text transform="translate(14 '
                f'{(top + height - bottom) / 2}) rotate(-90)" text-anchor="middle">'
@@ -209,7 +211,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
                  "thread (see each report for where it was measured).</p><div class=\"plots\">")
     for target in (doc.get("matrix") or {}).get("targets", []):
         arts = [{**a, "_label": f"{j['model']} · {j['recipe']} · {a['file']}",
-                 "_short": f"{j['recipe']}/{a['precision']}"}
+                 "_short": f"{j['model']}/{j['recipe']}/{a['precision']}"}
                 for j in doc["jobs"] if j["target"] == target and j["status"] == "ok"
                 for a in j.get("artifacts") or []]
         parts.append(svg_pareto(arts, f"{target}"))

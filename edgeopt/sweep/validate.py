@@ -118,16 +118,13 @@ def _host_load(rt: Any, path: Path) -> Any:
 
 
 def _run_all(source: Any, quant: Any, ref: Any) -> dict[str, Any]:
+    # convert's own loop (the one the shared evaluator will replace), so a shard's per-sample
+    # outputs are produced exactly as convert's drift numbers are
+    from ..convert import _run_outputs
+
     names = [s.name for s in quant.outputs]
-    r_out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    c_out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in source:
-        r, c = ref.run(sample), quant.run(sample)
-        for i, n in enumerate(names):
-            r_out[n].append(r[n] if n in r else r[i])  # same names by construction; else order
-            c_out[n].append(c[n])
-    return {"names": names, "reference": [np.concatenate(r_out[n]) for n in names],
-            "candidate": [np.concatenate(c_out[n]) for n in names]}
+    r_out, c_out = _run_outputs(source, ref, quant, names)
+    return {"names": names, "reference": r_out, "candidate": c_out}
 
 
 def merge_shards(shards: Sequence[Mapping[str, Any]], artifact_paths: Sequence[str],

@@ -22,6 +22,7 @@ def ray_cluster() -> Iterator[object]:
     importable in them.
     """
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # 127.0.0.1 only
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     os.environ["PYTHONPATH"] = os.pathsep.join(

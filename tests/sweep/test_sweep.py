@@ -202,7 +202,7 @@ def test_killed_sweep_resumes_without_redoing_jobs(matrix: dict[str, Any],
     assert not (out / ".scratch").exists()
 
 
-def test_sharded_validation_is_exact_on_a_pool(matrix: dict[str, Any], tmp_path: Path) -> None:
+def test_sharded_validation_is_exact_on_a_pool(tmp_path: Path) -> None:
     models = _models.write_models(tmp_path / "in", n_val=700)
     sweep = _models.write_sweep(tmp_path, {"conv": models["conv"]},
                                 extra=SETTINGS + "[validation]\nshard_size = 300\n",
