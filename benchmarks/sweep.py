@@ -43,7 +43,7 @@ import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np, keras
 keras.utils.set_random_seed(0)
-d = np.load(sys.argv[1])
+d = np.load(sys.argv[1], allow_pickle=False)
 x, y = d["input"], d["labels"]
 inp = keras.Input((16, 16, 1), name="input")
 h = keras.layers.Flatten()(inp)
@@ -64,7 +64,7 @@ def shifted_digits(n_shift: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The bundled digits (calib + val) at every (dy, dx) shift in -n..n, zero-padded."""
     xs, ys = [], []
     for name in ("calib.npz", "val.npz"):
-        d = np.load(DIGITS / name)
+        d = np.load(DIGITS / name, allow_pickle=False)
         xs.append(d["input"])
         ys.append(d["labels"])
     x, y = np.concatenate(xs), np.concatenate(ys)

@@ -213,7 +213,7 @@ def test_sharded_validation_is_exact_on_a_pool(tmp_path: Path) -> None:
     assert job["status"] == "ok" and job["validation"]["shards"] == 3
     [art] = job["artifacts"]
     assert art["samples"] == 700 and art["convert_samples"] == 256
-    per = np.load(tmp_path / "out" / job["dir"] / "validation.npz")
+    per = np.load(tmp_path / "out" / job["dir"] / "validation.npz", allow_pickle=False)
     ref, cand, labels = per["a0.o0.reference"], per["a0.o0.candidate"], per["labels"]
     assert ref.shape == (700, 5) and labels.shape == (700,)
     # the merged numbers are the numbers of all 700 samples, computed once
