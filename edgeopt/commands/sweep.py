@@ -3,13 +3,12 @@
 Writes ``DIR/jobs/<key>/`` per job and ``DIR/results.{json,csv,html}``. A rerun skips finished
 jobs; a changed input reruns only the jobs it affects. ``--json`` prints the results document on
 stdout; progress goes to stderr (a bar on a terminal, plain lines otherwise). Exit codes: 0 all
-jobs ok, 1 some job failed (results still written), 2 bad sweep file / options, 130 Ctrl-C
-(finished jobs kept; rerun to resume).
+jobs ok, 1 some job failed (results still written), 2 bad sweep file / options, 130 / 143 on
+SIGINT / SIGTERM (finished jobs kept; rerun to resume).
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,8 +92,7 @@ def command(sweep_file: Path, out: Path, executor: str | None, jobs: int | None,
     spec = load_sweep(sweep_file)
     name = executor or ("ray" if ray_address else "process" if (jobs or 1) > 1 else "serial")
     progress = SweepProgress(0, 0)
-    previous = signal.signal(signal.SIGTERM, _term_as_interrupt)
-    try:
+    try:  # SIGINT / SIGTERM arrive as edgeopt.signals.Interrupted (the CLI installs it)
         with make_executor(name, jobs, ray_address=ray_address,
                            resources=_resources(resources)) as ex:
             doc = run_sweep(spec, out, ex, rerun_failed=rerun_failed, progress=progress,
@@ -105,9 +103,8 @@ def command(sweep_file: Path, out: Path, executor: str | None, jobs: int | None,
         click.echo(f"edgeopt: sweep interrupted: {c['ok'] + c['failed']} of "
                    f"{len(exc.results['jobs'])} jobs finished are kept in {out}; run the same "
                    "command again to resume", err=True)
-        raise SystemExit(130) from None
+        raise SystemExit(exc.exit_code) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
         progress.close()
     if as_json:
         click.echo(dumps(doc), nl=False)
@@ -117,7 +114,3 @@ def command(sweep_file: Path, out: Path, executor: str | None, jobs: int | None,
         click.echo(f"wrote {out}/results.json, results.csv, results.html")
     if doc["counts"]["failed"] or doc["counts"]["pending"]:
         sys.exit(1)
-
-
-def _term_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

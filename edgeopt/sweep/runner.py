@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,9 +52,13 @@ class SweepError(EdgeOptError):
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM: finished jobs are kept, ``results`` holds what exists."""
 
-    def __init__(self, results: dict[str, Any]) -> None:
+    def __init__(self, results: dict[str, Any], signum: int = signal.SIGINT) -> None:
         super().__init__("sweep interrupted")
-        self.results = results
+        self.results, self.signum = results, int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 @dataclass
@@ -143,8 +148,9 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike[str], executor: Executor, 
         driver = _Driver(spec, out, executor, jobs, rerun_failed, progress)
         try:
             driver.run()
-        except KeyboardInterrupt:
-            raise SweepInterrupted(driver.results(interrupted=True)) from None
+        except KeyboardInterrupt as exc:  # edgeopt.signals.Interrupted says which signal
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise SweepInterrupted(driver.results(interrupted=True), signum) from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return driver.results(interrupted=False)

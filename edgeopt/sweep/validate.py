@@ -47,13 +47,16 @@ def preprocessing(options: Mapping[str, Any]) -> Any:
 
 def _reader(path: str | os.PathLike[str], inputs: list[Any], pre: Any) -> Any:
     from ..calibration import ArrayDirReader, ImageDirReader, NpyReader, NpzReader
+    from ..limits import CalibrationLimits
 
     p = Path(path)
     found = [c for c in (NpzReader, NpyReader, ImageDirReader, ArrayDirReader) if c.matches(p)]
     if len(found) != 1:
         raise CalibrationError(f"{path}: validation data must be one .npz, .npy, image folder "
                                f"or folder of arrays")
-    return found[0](p, str(path), inputs, pre)
+    # the readers' own limits (sample size, bombs, EDGEOPT_CALIB_* overrides); the sample count
+    # limit is open_calibration's, per pass: a shard reads shard_size samples
+    return found[0](p, str(path), inputs, pre, limits=CalibrationLimits.from_env())
 
 
 def count_samples(path: str | os.PathLike[str], inputs: list[Any],

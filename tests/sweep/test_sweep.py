@@ -58,6 +58,9 @@ def matrix(tmp_path_factory: pytest.TempPathFactory, ray_cluster: object) -> dic
 def test_same_results_on_every_executor(matrix: dict[str, Any]) -> None:
     docs = matrix["docs"]
     assert len(docs["serial"]["jobs"]) == 12
+    errors = {f"{n}: {j['model']}/{j['target']}/{j['recipe']}": j["error"]
+              for n, d in docs.items() for j in d["jobs"] if j["status"] != "ok"}
+    assert not errors
     assert docs["serial"]["counts"] == {"ok": 12, "failed": 0, "pending": 0, "cached": 0}
     assert {(j["model"], j["target"], j["recipe"]) for j in docs["serial"]["jobs"]} == {
         (m, t, r) for m in ("conv", "mlp") for t in ("arm-cpu", "cpu-s8", "cpu-qop")
