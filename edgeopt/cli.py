@@ -29,6 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "edgeopt.commands.inspect",
         "Pre-flight check: which ops a target runs, and why not.",
     ),
+    "sweep": ("edgeopt.commands.sweep", "Run models x targets x recipes, cached, on an executor."),
     "targets": ("edgeopt.commands.targets", "List and show target profiles."),
 }
 

@@ -2,9 +2,10 @@
 
 Works on any two ``edgeopt.report/1`` files (compare or convert, or one of each: entries are
 matched by key — ``candidate`` for a compare report, ``<target> · <file>`` for a convert
-report's artifacts). A change counts as a regression when it moves the wrong way by more than
-the quantity's tolerance (latency is noisy, so it gets a relative tolerance; sizes and drift are
-deterministic for the same data and get small absolute ones).
+report's artifacts), and on two sweeps (``edgeopt.sweep/1`` results: entries are
+``<model> · <target> · <recipe> · <file>``). A change counts as a regression when it moves
+the wrong way by more than the quantity's tolerance (latency is noisy, so it gets a relative
+tolerance; sizes and drift are deterministic for the same data and get small absolute ones).
 """
 
 from __future__ import annotations
@@ -31,12 +32,38 @@ _TOLERANCE: dict[str, tuple[int, float, float]] = {
     "drop": (-1, 0.0, 0.0),
     "worst layer SQNR dB": (+1, 0.5, 0.0),
     "gates passed": (+1, 0.0, 0.0),
+    "ok": (+1, 0.0, 0.0),
 }
 
 
+_SWEEP_QUANTITIES = (("size bytes", "size_bytes"), ("latency p50 float ms", "float_latency_p50_ms"),
+                     ("latency p50 quantized ms", "latency_p50_ms"),
+                     ("speedup p50", "speedup_p50"), ("SQNR dB", "sqnr_db"),
+                     ("cosine", "cosine"), ("top-1 agreement", "top1_agreement"),
+                     ("accuracy: quantized", "accuracy"), ("accuracy: drop", "accuracy_drop"))
+
+
+def _sweep_entries(doc: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """key -> quantities for every artifact of a sweep (a failed job: ``ok`` = 0)."""
+    out: dict[str, dict[str, float]] = {}
+    for job in doc.get("jobs") or []:
+        head = f"{job['model']} · {job['target']} · {job['recipe']}"
+        if job.get("status") != "ok" or not job.get("artifacts"):
+            out[head] = {"ok": 0.0}
+            continue
+        for art in job["artifacts"]:
+            q = {label: art.get(key) for label, key in _SWEEP_QUANTITIES}
+            out[f"{head} · {art['file']}"] = {
+                k: v for k, v in q.items() if isinstance(v, (int, float))}
+    return out
+
+
 def _entries(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """key -> {quantity: value} for every evaluation in a report."""
+    """key -> {quantity: value} for every evaluation in a report (or artifact of a sweep)."""
     from edgeopt.report import _size, evaluations, latency_pair
+
+    if str(report.get("schema", "")).startswith("edgeopt.sweep/"):
+        return _sweep_entries(report)
 
     out: dict[str, dict[str, float]] = {}
     for title, sec in evaluations(report):
@@ -143,6 +170,23 @@ def render_diff(d: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _load(path: Path, load_report: Any) -> dict[str, Any]:
+    """A report, or a sweep's results (``results.json`` or the sweep folder)."""
+    import json
+
+    from edgeopt.report import ReportError, from_jsonable
+
+    p = path / "results.json" if path.is_dir() and not (path / "report.json").exists() else path
+    if p.name == "results.json" and p.is_file():
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ReportError(f"{p}: cannot read sweep results: {exc}") from None
+        if str(data.get("schema", "")).startswith("edgeopt.sweep/"):
+            return from_jsonable(data)
+    return load_report(p)
+
+
 @click.command("diff")
 @click.argument("old_report", type=click.Path(path_type=Path))
 @click.argument("new_report", type=click.Path(path_type=Path))
@@ -152,13 +196,14 @@ def render_diff(d: Mapping[str, Any]) -> str:
 def command(old_report: Path, new_report: Path, as_json: bool, fail_on_regression: bool) -> None:
     """Show what changed in latency, size and drift between two edgeopt reports.
 
-    OLD_REPORT and NEW_REPORT are report.json files (or the folders holding them).
+    OLD_REPORT and NEW_REPORT are report.json files (or the folders holding them), or two
+    sweeps' results.json (or sweep folders).
     """
     import sys
 
     from edgeopt.report import dumps, load_report
 
-    d = diff_reports(load_report(old_report), load_report(new_report))
+    d = diff_reports(_load(old_report, load_report), _load(new_report, load_report))
     d = {**d, "old": str(old_report), "new": str(new_report)}
     click.echo(dumps(d) if as_json else render_diff(d), nl=not as_json)
     if fail_on_regression and d["regressions"]:
