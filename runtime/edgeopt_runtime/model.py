@@ -305,6 +305,43 @@ def _read_model(path: Path, fmt: str, expected_sha256: str | None, inside: Path 
     return data
 
 
+def vet_model_file(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    sha256: str | None = None,
+    inside: str | os.PathLike[str] | None = None,
+    isolate: bool = True,
+) -> str:
+    """Check an untrusted model file the way ``load`` does, without loading it here.
+
+    Reads it (regular file, size cap, inside ``inside``), checks ``sha256``, the format and the
+    structural checks, then (``isolate``) loads and runs it once in a child process. For tools
+    that hand the file to other readers (``edgeopt inspect``).
+
+    Returns:
+        The model format (``"tflite"`` / ``"onnx"``).
+
+    Raises:
+        ModelLoadError: as ``load(..., isolate=True)``.
+    """
+    p = Path(path)
+    if fmt is None:
+        backend = backends.for_extension(p.suffix)
+        if backend is None:
+            known = ", ".join(backends.extensions())
+            raise ModelLoadError(
+                f"{p}: unsupported model file extension {p.suffix!r}; expected {known}"
+            )
+        fmt = backend.format
+    data = _read_model(p, fmt, sha256, Path(inside) if inside is not None else None)
+    if isolate:
+        from .verify.probe import probe_model
+
+        probe_model(data, fmt, str(p))
+    return fmt
+
+
 def edgetpu_available() -> bool:
     """True when the Edge TPU runtime library can be found by the dynamic loader."""
     return delegates.get("edgetpu").available()
@@ -494,4 +531,11 @@ def load(
     return model
 
 
-__all__ = ["Model", "Outputs", "load", "edgetpu_available", "gpu_delegate_available"]
+__all__ = [
+    "Model",
+    "Outputs",
+    "edgetpu_available",
+    "gpu_delegate_available",
+    "load",
+    "vet_model_file",
+]
