@@ -108,6 +108,13 @@ def _plain_file_name(v: str) -> str | None:
     return None
 
 
+def _delegate_name(v: str) -> str | None:
+    if v in DELEGATES:
+        return None
+    return (f"expected one of {', '.join(DELEGATES)} (an artifact names a delegate; only the "
+            "caller may pass a library path)")  # fmt: skip
+
+
 def _finite_positive(v: float) -> str | None:
     return None if math.isfinite(v) and v >= 1.1754944e-38 else "expected a finite scale > 0"
 

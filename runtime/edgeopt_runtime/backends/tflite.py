@@ -318,6 +318,9 @@ def _signature_names(interp: Any) -> tuple[dict[int, str], dict[int, str]]:
     return ins, outs
 
 
+_PLUGIN_API = ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
+
+
 def load_delegate(mod: Any, name: str, library: str | None, options: dict[str, Any] | None) -> Any:
     """Load an external delegate: a registry name (its system library) or a caller's path.
 
@@ -342,10 +345,16 @@ def load_delegate(mod: Any, name: str, library: str | None, options: dict[str, A
         hint = "check the path and that the library matches this platform"
     try:
         # dlopen first: LiteRT's Delegate leaves a half-built object (and a noisy __del__
-        # traceback) behind when the library is missing.
-        ctypes.CDLL(library)
+        # traceback) behind when the library is missing or lacks the delegate entry points.
+        lib = ctypes.CDLL(library)
+        missing = [f for f in _PLUGIN_API if not hasattr(lib, f)]
+        if missing:
+            raise DelegateError(
+                f"delegate library {library!r} is not a TFLite delegate (it lacks "
+                f"{', '.join(missing)}); {hint}"
+            )
         return mod.load_delegate(library, options or {})
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, AttributeError) as exc:
         where = "" if os.path.sep in library else " (searched the dynamic loader path)"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DelegateError(
