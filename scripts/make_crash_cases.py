@@ -36,8 +36,13 @@ MANIFEST = "manifest.json"
 
 
 # -- tiny models ---------------------------------------------------------------------------------
-def _tflite(op_name: str, n: int, out_type: str = "INT8") -> bytes:
-    """One-op TFLite model: float32 [1, n] -> ``op_name`` -> ``out_type`` [1, n]."""
+def _tflite(op_name: str, n: int, out_type: str = "INT8", twice: bool = False,
+            pool_filter_h: int | None = None) -> bytes:  # fmt: skip
+    """One-op TFLite model: float32 [1, n] -> ``op_name`` -> ``out_type`` [1, n].
+
+    ``twice``: the operator appears twice, both writing the output tensor. ``pool_filter_h``:
+    a MAX_POOL_2D over [1, n, n, 1] whose filter height is this (0: the schema default).
+    """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as s
 
@@ -61,6 +66,9 @@ def _tflite(op_name: str, n: int, out_type: str = "INT8") -> bytes:
     sg = s.SubGraphT()
     sg.tensors = [tensor("x", s.TensorType.FLOAT32, 1, False),
                   tensor("y", out_t, 2, out_t != s.TensorType.FLOAT32)]  # fmt: skip
+    if pool_filter_h is not None:
+        for t in sg.tensors:
+            t.shape = np.array([1, n, n, 1], np.int32)
     sg.inputs, sg.outputs = np.array([0], np.int32), np.array([1], np.int32)
     op = s.OperatorT()
     op.opcodeIndex, op.inputs, op.outputs = 0, np.array([0], np.int32), np.array([1], np.int32)
@@ -68,7 +76,11 @@ def _tflite(op_name: str, n: int, out_type: str = "INT8") -> bytes:
         op.builtinOptionsType = s.BuiltinOptions.SoftmaxOptions
         op.builtinOptions = s.SoftmaxOptionsT()
         op.builtinOptions.beta = 1.0
-    sg.operators = [op]
+    if pool_filter_h is not None:
+        op.builtinOptionsType = s.BuiltinOptions.Pool2DOptions
+        o = op.builtinOptions = s.Pool2DOptionsT()
+        o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = 0, 1, 1, 2, pool_filter_h
+    sg.operators = [op, op] if twice else [op]
     m.subgraphs = [sg]
     b = flatbuffers.Builder(1024)
     b.Finish(m.Pack(b), file_identifier=b"TFL3")
@@ -268,6 +280,18 @@ def make_cases(out: Path, compile_evil: bool = False) -> list[dict[str, Any]]:
          "QUANTIZE's opcode changed to SOFTMAX: float softmax writes 4x the bytes into an int8 "
          "output; runs, then the process aborts in free() (or segfaults for bigger tensors)",
          r"SOFTMAX\) writes int8 from a float32 input", crashes_raw="tflite")  # fmt: skip
+    p = out / "tflite_tensor_written_twice.tflite"
+    p.write_bytes(_tflite("QUANTIZE", 8, twice=True))
+    case("tflite_tensor_written_twice", p,
+         "an operator duplicated so two write one tensor (found by tests/stress/semantic_fuzz.py:"
+         " XNNPACK segfaulted on a duplicated PAD)",
+         r"writes tensor 1, already written by subgraph 0 operator 0")  # fmt: skip
+    p = out / "tflite_pool_filter_height_zero.tflite"
+    p.write_bytes(_tflite("MAX_POOL_2D", 8, out_type="FLOAT32", pool_filter_h=0))
+    case("tflite_pool_filter_height_zero", p,
+         "MAX_POOL_2D whose filter height field is 0 (absent = the schema default 0; the check "
+         "read it as 1): segfault (found by tests/stress/semantic_fuzz.py)",
+         r"\(MAX_POOL_2D\) has stride 1x1, dilation 1x1, filter 2x0")  # fmt: skip
     empty_scale = _onnx_qdq_softmax(np.zeros((0,), np.float32), np.array(-128, np.int8))
     p = out / "onnx_empty_scale.onnx"
     p.write_bytes(empty_scale)

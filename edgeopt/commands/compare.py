@@ -69,16 +69,19 @@ def match_signatures(ref: Sequence[TensorSpec], cand: Sequence[TensorSpec],
 
 def _read_labels(path: Path) -> np.ndarray:
     """Labels from .npy, .npz (key ``labels`` or ``y``) or a text file of one id per line."""
+    from edgeopt_runtime.npz import read_npy, read_npz_arrays
+
     try:
+        # The runtime's readers check declared sizes before reading (no decompression bomb).
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                key = next((k for k in ("labels", "y") if k in z.files), None)
-                if key is None:
-                    raise CalibrationError(f"{path}: no 'labels' or 'y' array (has "
-                                           f"{', '.join(z.files) or 'nothing'})")
-                return np.asarray(z[key])
+            arrays = read_npz_arrays(path, error=CalibrationError)
+            key = next((k for k in ("labels", "y") if k in arrays), None)
+            if key is None:
+                raise CalibrationError(f"{path}: no 'labels' or 'y' array (has "
+                                       f"{', '.join(arrays) or 'nothing'})")
+            return np.asarray(arrays[key])
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return read_npy(path, error=CalibrationError)
         return np.loadtxt(path, dtype=np.int64, ndmin=1)
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such labels file") from None

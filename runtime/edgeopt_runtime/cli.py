@@ -90,6 +90,12 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
+def _load_args(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``_add_load_options`` parsed, as ``load`` / ``profile`` keyword arguments."""
+    return {"threads": args.threads, "delegate": args.delegate, "providers": args.providers,
+            "isolate": args.isolate}  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -139,14 +145,11 @@ def _profile(args: argparse.Namespace) -> int:
         runs=args.runs,
         duration=args.duration,
         warmup=args.warmup,
-        threads=args.threads,
-        delegate=args.delegate,
-        providers=args.providers,
+        **_load_args(args),
         inputs=args.input,
         seed=args.seed,
         op_profile=not args.no_op_profile,
         progress=_Progress(sys.stderr) if sys.stderr.isatty() else None,
-        isolate=args.isolate,
     )
     doc = result.to_dict()
     if args.json:
@@ -249,13 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"{out_path}: --output must be a .npz path")
     if not out_path.parent.is_dir():
         raise InputError(f"{out_path}: output directory {out_path.parent} does not exist")
-    model = load(
-        args.model,
-        threads=args.threads,
-        delegate=args.delegate,
-        providers=args.providers,
-        isolate=args.isolate,
-    )
+    model = load(args.model, **_load_args(args))
     feeds = read_npz(args.input, model.inputs, any_batch=True)
     t0 = time.perf_counter_ns()
     outputs = run_checked(model, feeds, args.input, raw=args.raw, batch=True)

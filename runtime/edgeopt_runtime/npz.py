@@ -179,6 +179,39 @@ def read_npz_arrays(
             raise error(f"{p}: not a readable .npz file: {first}") from None
 
 
+def read_npy(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = MAX_INPUT_BYTES,
+    error: type[EdgeOptError] = InputError,
+) -> np.ndarray:
+    """One ``.npy`` array, after its header's declared size was checked against the file and
+    ``max_bytes``.
+
+    Raises:
+        ``error``: not a regular file, not a .npy, truncated, or over budget.
+    """
+    p = Path(path)
+    with _open_regular(p, error) as f:
+        header = read_npy_header(f, str(p), error)
+        size = os.fstat(f.fileno()).st_size
+        if header.data_offset + header.nbytes > size:
+            raise error(
+                f"{p}: truncated: its header declares {list(header.shape)} {header.dtype} "
+                f"({header.nbytes:,} bytes) but the file holds {size - header.data_offset:,}"
+            )
+        if header.nbytes > max_bytes:
+            raise error(
+                f"{p}: declares {header.nbytes:,} bytes ({list(header.shape)} {header.dtype}), "
+                f"more than the {max_bytes:,}-byte budget for input data"
+            )
+        f.seek(0)
+        try:
+            return np.lib.format.read_array(f, allow_pickle=False, max_header_size=MAX_HEADER_BYTES)
+        except (ValueError, OSError, EOFError) as exc:
+            raise error(f"{p}: not a readable .npy file: {str(exc)[:200]}") from None
+
+
 def read_npz(
     path: str | os.PathLike[str],
     specs: list[TensorSpec],
@@ -239,6 +272,7 @@ __all__ = [
     "NpyHeader",
     "NpzMember",
     "npz_members",
+    "read_npy",
     "read_npy_header",
     "read_npz",
     "read_npz_arrays",

@@ -12,8 +12,8 @@ import edgeopt_runtime as rt
 import numpy as np
 import pytest
 from edgeopt_runtime import memory
-from edgeopt_runtime.errors import EdgeOptError, InputError
 from edgeopt_runtime.backends.onnx import aggregate_ort_trace
+from edgeopt_runtime.errors import EdgeOptError, InputError
 from edgeopt_runtime.feeds import random_feeds
 from edgeopt_runtime.npz import read_npz
 from edgeopt_runtime.profile import SCHEMA, latency_stats

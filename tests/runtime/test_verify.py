@@ -407,7 +407,29 @@ ZOO_CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] =
         ),
         r"\(DEQUANTIZE\) output shape \[1, 1, 1, 1\] differs from its input's",
     ),
+    (
+        "QUANTIZE turned into SOFTMAX: float softmax into an int8 tensor (heap overrun)",
+        "misc_int8",
+        lambda m: [setattr(c, "builtinCode", CODES["SOFTMAX"]) or setattr(
+            c, "deprecatedBuiltinCode", CODES["SOFTMAX"]) for c in m.operatorCodes
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == CODES["QUANTIZE"]],
+        r"\(SOFTMAX\) writes int8 from a float32 input; its kernel writes float32",
+    ),
+    (
+        "a WHILE body that passes its counter through: the loop never ends (hang)",
+        "rnn_dynamic",
+        lambda m: _loop_forever(m),
+        r"\(WHILE\) never ends once entered: its condition \(subgraph \d+\) reads only loop "
+        r"variables",
+    ),
 ]
+
+
+def _loop_forever(m: schema.ModelT) -> None:
+    """Make the first WHILE's body return its inputs unchanged (the state never moves)."""
+    op = _op(m, "WHILE")
+    body = m.subgraphs[op.builtinOptions.bodySubgraphIndex]
+    body.outputs = np.array(body.inputs, np.int32)
 
 
 @pytest.mark.parametrize(
@@ -519,7 +541,8 @@ def test_probe_turns_a_crash_into_model_load_error(
             lambda m: setattr(_out(m, "ADD").quantization, "scale", np.array([0.0], np.float32)),
         )
     )
-    with pytest.raises(ModelLoadError, match=r"crashed the TFLite interpreter \(signal 6, SIGABRT\)"):
+    crashed = r"crashed the TFLite interpreter \(signal 6, SIGABRT\)"
+    with pytest.raises(ModelLoadError, match=crashed):
         verify.probe_in_subprocess(path, timeout=120)
 
 

@@ -34,6 +34,7 @@ def options_kind(name: str) -> int:
 
 
 CUSTOM = op("CUSTOM")
+WHILE = op("WHILE")
 MANY = 1 << 30
 
 # -- arity -------------------------------------------------------------------------------------

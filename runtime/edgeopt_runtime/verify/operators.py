@@ -10,6 +10,9 @@ from .flatbuffer import I8, I32, U8, U32, U64, Corrupt, Table, check_union
 from .schema_tables import BUILTIN_OPS, OPTIONS, OPTIONS_2
 from .tensors import INT8, INT16, QUANT_TYPES, TENSOR_TYPES, UINT8, ModelFacts, TensorFacts
 
+Idx = tuple[int, ...]  # tensor indices of an operator's inputs or outputs
+Tensors = list[TensorFacts]  # the subgraph's tensors
+
 
 def check_operator(
     m: ModelFacts, sg: int, op: Table, n: int, const: list[bool]
@@ -43,13 +46,7 @@ def check_operator(
     return inputs, outputs
 
 
-def check_op_tensors(
-    what: str,
-    code: int,
-    inputs: tuple[int, ...],
-    outputs: tuple[int, ...],
-    tensors: list[TensorFacts],
-) -> None:
+def check_op_tensors(what: str, code: int, inputs: Idx, outputs: Idx, tensors: Tensors) -> None:
     """Tensor types and quantization an operator's kernel (or XNNPACK) relies on without checking.
 
     Found by tests/runtime/test_fuzz.py: mismatched types slip past XNNPACK's node checks and make
@@ -111,11 +108,7 @@ def _check_output_type(
 
 
 def _check_requantization(
-    what: str,
-    code: int,
-    inputs: tuple[int, ...],
-    outputs: tuple[int, ...],
-    tensors: list[TensorFacts],
+    what: str, code: int, inputs: Idx, outputs: Idx, tensors: Tensors
 ) -> None:
     """Scale combinations that make a quantized kernel abort in Prepare.
 
@@ -146,11 +139,7 @@ def _check_requantization(
 
 
 def _check_conv_requantization(
-    what: str,
-    code: int,
-    inputs: tuple[int, ...],
-    outputs: tuple[int, ...],
-    tensors: list[TensorFacts],
+    what: str, code: int, inputs: Idx, outputs: Idx, tensors: Tensors
 ) -> None:
     """XNNPACK accepts an int8 conv/FC after checking the first filter scale only, then fails to
     create it when another channel's input * filter / output scale is outside [2^-32, 256), and
@@ -170,13 +159,7 @@ def _check_conv_requantization(
             )
 
 
-def check_op_options(
-    op: Table,
-    code: int,
-    inputs: tuple[int, ...],
-    outputs: tuple[int, ...],
-    tensors: list[TensorFacts],
-) -> None:
+def check_op_options(op: Table, code: int, inputs: Idx, outputs: Idx, tensors: Tensors) -> None:
     """Builtin options that XNNPACK or the kernels trust (found by the fuzz tests)."""
     if code in R.WINDOW_OPTIONS:
         _check_window(op, code, inputs, outputs, tensors)
@@ -190,13 +173,7 @@ def check_op_options(
             raise Corrupt(f"{op.what}: {what} is {count} but the operator has {have} {io}")
 
 
-def _check_window(
-    op: Table,
-    code: int,
-    inputs: tuple[int, ...],
-    outputs: tuple[int, ...],
-    tensors: list[TensorFacts],
-) -> None:
+def _check_window(op: Table, code: int, inputs: Idx, outputs: Idx, tensors: Tensors) -> None:
     """Padding, strides, dilations and filter of a 2-D conv or pool give the declared output.
 
     LiteRT sizes the output from these at Prepare; a bad padding enum or a window larger than
@@ -205,24 +182,28 @@ def _check_window(
     options_type, fids = R.WINDOW_OPTIONS[code]
     if op.scalar(3, U8) != options_type or (opts := op.table(4, "x")) is None:
         raise Corrupt(f"{op.what} lacks its {OPTIONS[options_type][0]}")
+    # An absent field is the schema's default, as LiteRT reads it (filter sizes default to 0,
+    # dilations to 1): the generated table knows which.
+    fields = OPTIONS[options_type][1]
     pad, sw, sh, dw, dh, fw, fh = (
-        None if f is None else opts.scalar(f, I8 if i == 0 else I32, 0 if i < 3 else 1)
+        None if f is None else opts.scalar(f, I8 if i == 0 else I32, fields[f][2])
         for i, f in enumerate(fids)
     )
+    dw, dh = (1 if dw is None else dw), (1 if dh is None else dh)  # pools: no dilation
     if pad not in (0, 1):
         raise Corrupt(f"{op.what} has padding {pad}, expected 0 (SAME) or 1 (VALID)")
     if fw is None:  # conv: the filter is weights [out, h, w, in] / depthwise [1, h, w, out]
         w = tensors[inputs[1]].shape
         fh, fw = (w[1], w[2]) if len(w) == 4 else (1, 1)
-    if min(sw, sh, dw or 1, dh or 1, fw, fh) < 1:
+    if min(sw, sh, dw, dh, fw, fh) < 1:
         raise Corrupt(
-            f"{op.what} has stride {sw}x{sh}, dilation {dw or 1}x{dh or 1}, filter {fw}x{fh}: "
+            f"{op.what} has stride {sw}x{sh}, dilation {dw}x{dh}, filter {fw}x{fh}: "
             "each must be >= 1"
         )
     x, out = tensors[inputs[0]], tensors[outputs[0]]
     if len(x.shape) != 4 or len(out.shape) != 4:
         return  # the kernel rejects other ranks itself
-    for axis, f, stride, dil in ((1, fh, sh, dh or 1), (2, fw, sw, dw or 1)):
+    for axis, f, stride, dil in ((1, fh, sh, dh), (2, fw, sw, dw)):
         size, declared = x.static_dim(axis), out.static_dim(axis)
         if size is None:
             continue
@@ -261,6 +242,14 @@ def _check_arity(what: str, code: int, inputs: tuple[int, ...], outputs: tuple[i
 
 def _range(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"at least {lo}" if hi >= 1 << 30 else f"{lo}..{hi}"
+
+
+def while_subgraphs(op: Table) -> tuple[int, int]:
+    """(cond, body) subgraph indices of a WHILE operator (0 when its options are absent)."""
+    if op.scalar(3, U8) != R.options_kind("WhileOptions"):
+        return 0, 0
+    opts = op.table(4, f"{op.what} options")
+    return (opts.scalar(0, I32), opts.scalar(1, I32)) if opts else (0, 0)
 
 
 def name_ops(message: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 from .flatbuffer import I8, I32, U8, U32, Corrupt, Reader, Table, check_union
 from .schema_tables import QUANT_DETAILS
@@ -46,6 +47,9 @@ class ModelFacts:
         self.calls: dict[int, set[int]] = {}  # subgraph -> subgraphs its ops call
         self.io: list[tuple[list[TensorFacts], list[TensorFacts]]] = []  # per subgraph
         self.external_ids: set[int] = set()  # ids of weights in external files
+        # per subgraph: (inputs, outputs, [(op inputs, op outputs)]) for the loop check
+        self.graphs: list[tuple[tuple[int, ...], tuple[int, ...], list[Any]]] = []
+        self.loops: list[tuple[str, int, int]] = []  # WHILE ops: (what, cond, body)
 
 
 class TensorFacts:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from ..errors import ModelLoadError
 from .flatbuffer import I8, I32, U32, U64, Corrupt, Reader, Table
-from .op_rules import CUSTOM
-from .operators import check_op_options, check_op_tensors, check_operator, name_ops
+from .op_rules import CUSTOM, WHILE
+from .operators import check_op_options, check_op_tensors, check_operator, name_ops, while_subgraphs
 from .schema_tables import BUILTIN_OPS
 from .tensors import ACTIVATION, CONSTANT, TENSOR_TYPES, ModelFacts, TensorFacts, check_tensor
 
@@ -69,6 +69,7 @@ def _check_model(r: Reader) -> None:
     for sg in _check_signatures(m, counts):
         _check_io_types(m, sg)
     _check_call_graph(m.calls)
+    _check_loops(m)
 
 
 def _check_buffer(r: Reader, t: Table) -> tuple[int, int]:
@@ -215,18 +216,59 @@ def _check_operators(
     input must be a constant, a variable, a subgraph input or an earlier operator's output."""
     const = [t.kind == CONSTANT for t in infos]
     ready = {i for i, t in enumerate(infos) if t.kind != ACTIVATION} | set(inputs)
+    flow: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    writer: dict[int, str] = {t: f"subgraph {index} input" for t in inputs}
     for op in sg.tables(3, f"subgraph {index} operator"):
         op_in, op_out = check_operator(m, index, op, len(infos), const)
         code = m.opcodes[op.scalar(0, U32)]
         check_op_tensors(op.what, code, op_in, op_out, infos)
         check_op_options(op, code, op_in, op_out, infos)
+        flow.append((op_in, op_out))
+        if code == WHILE:
+            m.loops.append((op.what, *while_subgraphs(op)))
         for k, t in enumerate(op_in):
             if t != -1 and t not in ready:
                 raise Corrupt(f"{op.what} input {k} (tensor {t}) is read before it is written")
+        for t in op_out:
+            # One writer per tensor (SSA): XNNPACK defines each value once and crashed on a
+            # tensor two operators wrote (found by tests/stress/semantic_fuzz.py).
+            if t in writer:
+                raise Corrupt(f"{op.what} writes tensor {t}, already written by {writer[t]}")
+            writer[t] = op.what
         ready.update(op_out)
     for k, t in enumerate(outputs):
         if t not in ready:
             raise Corrupt(f"subgraph {index} output {k} (tensor {t}) is never written")
+    m.graphs.append((inputs, outputs, flow))
+
+
+def _check_loops(m: ModelFacts) -> None:
+    """A WHILE whose condition reads only loop variables its body passes through unchanged can
+    never stop once it starts: the interpreter would spin in ``invoke`` forever (LiteRT has no
+    way to cancel a call). Found by ``tests/stress/semantic_fuzz.py``."""
+    for what, cond, body in m.loops:
+        c_in, c_out, c_flow = m.graphs[cond]
+        b_in, b_out, _ = m.graphs[body]
+        read = _reaches(c_out[:1], c_flow)
+        used = [k for k, t in enumerate(c_in) if t in read]
+        if len(b_in) != len(b_out) or len(c_in) != len(b_in):
+            raise Corrupt(f"{what}: its condition and body do not take the same loop variables")
+        if all(b_out[k] == b_in[k] for k in used):
+            raise Corrupt(
+                f"{what} never ends once entered: its condition (subgraph {cond}) reads only "
+                f"loop variables {used} that its body (subgraph {body}) passes through unchanged"
+            )
+
+
+def _reaches(
+    targets: tuple[int, ...], flow: list[tuple[tuple[int, ...], tuple[int, ...]]]
+) -> set[int]:
+    """Tensors the ``targets`` depend on (walking the ops backwards)."""
+    need = set(targets)
+    for op_in, op_out in reversed(flow):
+        if need.intersection(op_out):
+            need.update(t for t in op_in if t != -1)
+    return need
 
 
 __all__ = ["MAX_BUILTIN_CODE", "TFLITE_IDENTIFIER", "TFLITE_SCHEMA_VERSION", "check_tflite"]
