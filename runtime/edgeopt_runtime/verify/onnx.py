@@ -126,6 +126,15 @@ def _packed_varints(buf: memoryview, a: int, b: int, what: str) -> list[int]:
     return out
 
 
+_HIGH_BYTES = bytes(range(128))
+
+
+def _count_varints(buf: memoryview, a: int, b: int) -> int:
+    """Number of packed varints in ``buf[a:b]`` (each ends with a byte < 0x80), in C speed."""
+    chunk = bytes(buf[a:b])
+    return len(chunk) - len(chunk.translate(None, _HIGH_BYTES))
+
+
 def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
@@ -173,7 +182,7 @@ def _tensor(buf: memoryview, a: int, b: int, what: str) -> _Tensor:
                 if num == 4:
                     t.floats = (s, e)
             elif wire == 2:
-                t.typed_count += len(_packed_varints(buf, s, e, what))
+                t.typed_count += _count_varints(buf, s, e)
             else:
                 t.typed_count += 1
         elif num == 6:
