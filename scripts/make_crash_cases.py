@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -151,93 +147,9 @@ def _manifest_case(out: Path, name: str, model: bytes, edit: Any) -> Path:
     return d
 
 
-# -- .npz bomb ---------------------------------------------------------------------------------
-def _crc32_zeros(crc: int, n: int) -> int:
-    """CRC-32 of ``n`` zero bytes appended to data whose CRC is ``crc`` (zlib's crc32_combine
-    with an all-zero second part: O(log n) 32x32 GF(2) matrix squarings)."""
-
-    def times(mat: list[int], vec: int) -> int:
-        out, i = 0, 0
-        while vec:
-            if vec & 1:
-                out ^= mat[i]
-            vec >>= 1
-            i += 1
-        return out
-
-    def square(mat: list[int]) -> list[int]:
-        return [times(mat, mat[i]) for i in range(32)]
-
-    odd = [0xEDB88320] + [1 << i for i in range(31)]  # operator for one zero bit
-    even = square(odd)  # two bits
-    odd = square(even)  # four bits
-    crc ^= 0xFFFFFFFF
-    while n:
-        even = square(odd)
-        if n & 1:
-            crc = times(even, crc)
-        n >>= 1
-        if not n:
-            break
-        odd = square(even)
-        if n & 1:
-            crc = times(odd, crc)
-        n >>= 1
-    return crc ^ 0xFFFFFFFF
-
-
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": "<f4", "fortran_order": False, "shape": shape}
-    )
-    return buf.getvalue()
-
-
-def npz_bomb(path: Path, size: int = 8 << 30, key: str = "x") -> None:
-    """An ``.npz`` of a few MB whose one float32 array holds ``size`` bytes of zeros.
-
-    The deflate stream repeats one independently compressed 16 MiB block of zeros (a full flush
-    resets the compressor, so the copies concatenate into one valid stream); the zip64 sizes and
-    the CRC are exact, so ``np.load`` would really inflate all of it.
-    """
-    block = 16 << 20
-    count = max(1, size // block)
-    header = _npy_header((count * block // 4,))
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-    first = comp.compress(header) + comp.flush(zlib.Z_FULL_FLUSH)
-    zeros = comp.compress(bytes(block)) + comp.flush(zlib.Z_FULL_FLUSH)
-    tail = comp.flush()
-    usize = len(header) + count * block
-    crc = _crc32_zeros(zlib.crc32(header), count * block)
-    csize = len(first) + count * len(zeros) + len(tail)
-    name = f"{key}.npy".encode()
-    with open(path, "wb") as f:
-        extra = struct.pack("<HHQQ", 1, 16, usize, csize)  # zip64: sizes in the extra field
-        f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 8, 0, 0, crc, 0xFFFFFFFF,
-                            0xFFFFFFFF, len(name), len(extra)) + name + extra)  # fmt: skip
-        f.write(first)
-        for _ in range(count):
-            f.write(zeros)
-        f.write(tail)
-        cd_offset = f.tell()
-        cextra = struct.pack("<HHQQQ", 1, 24, usize, csize, 0)
-        central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 8, 0, 0, crc,
-                              0xFFFFFFFF, 0xFFFFFFFF, len(name), len(cextra), 0, 0, 0, 0,
-                              0xFFFFFFFF) + name + cextra  # fmt: skip
-        f.write(central)
-        cd_end = f.tell()
-        f.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, 1, 1, len(central),
-                            cd_offset))  # fmt: skip
-        f.write(struct.pack("<IIQI", 0x07064B50, 0, cd_end, 1))
-        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), 0xFFFFFFFF, 0))
-
-
-def npz_header_lies(path: Path) -> None:
-    """An ``.npz`` whose member header claims [2^40] float32 but holds 16 bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("x.npy", _npy_header((1 << 40,)) + bytes(16))
-
+# -- input data: the converter side's generators (one bomb writer for both) -----------------
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_hostile_inputs import npz_bomb, npz_huge_header  # noqa: E402
 
 # -- the evil library ------------------------------------------------------------------------------
 EVIL_C = r"""
@@ -421,11 +333,11 @@ def make_cases(out: Path, compile_evil: bool = False) -> list[dict[str, Any]]:
          r"is a link that leaves its folder")  # fmt: skip
 
     # Input data.
-    npz_bomb(out / "bomb.npz")
+    npz_bomb(out / "bomb.npz", key="x", row=(1,))
     case("npz_bomb", out / "bomb.npz",
-         "a ~8 MB .npz holding 8 GiB of zeros: run --input inflated all of it (8.4 GB RSS)",
+         "a 37 MB .npz holding 8 GiB of zeros: run --input inflated all of it (8.4 GB RSS)",
          r"more than the 2,147,483,648-byte budget", kind="run-input")  # fmt: skip
-    npz_header_lies(out / "header_lies.npz")
+    npz_huge_header(out / "header_lies.npz", key="x", shape=(1 << 40,))
     case("npz_header_lies", out / "header_lies.npz",
          "an .npz member whose header claims 2^40 floats but holds 16 bytes",
          r"array 'x' is truncated", kind="run-input")  # fmt: skip
