@@ -16,7 +16,6 @@ import html
 import json
 import math
 import os
-import platform
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt_runtime.errors import EdgeOptError
+from edgeopt_runtime.host import host_info  # one host description for reports and profiles
 
 SCHEMA = "edgeopt.report/1"
 KINDS = ("compare", "convert")
@@ -39,17 +39,6 @@ class ReportError(EdgeOptError):
 
 
 # --------------------------------------------------------------------------- building / IO
-
-
-def host_info() -> dict[str, Any]:
-    """Facts about the machine the numbers were measured on."""
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
 
 
 def tool_versions() -> dict[str, str | None]:

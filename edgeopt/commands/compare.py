@@ -69,16 +69,19 @@ def match_signatures(ref: Sequence[TensorSpec], cand: Sequence[TensorSpec],
 
 def _read_labels(path: Path) -> np.ndarray:
     """Labels from .npy, .npz (key ``labels`` or ``y``) or a text file of one id per line."""
+    from edgeopt_runtime.npz import read_npy, read_npz_arrays
+
     try:
+        # The runtime's readers check declared sizes before reading (no decompression bomb).
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                key = next((k for k in ("labels", "y") if k in z.files), None)
-                if key is None:
-                    raise CalibrationError(f"{path}: no 'labels' or 'y' array (has "
-                                           f"{', '.join(z.files) or 'nothing'})")
-                return np.asarray(z[key])
+            arrays = read_npz_arrays(path, error=CalibrationError)
+            key = next((k for k in ("labels", "y") if k in arrays), None)
+            if key is None:
+                raise CalibrationError(f"{path}: no 'labels' or 'y' array (has "
+                                       f"{', '.join(arrays) or 'nothing'})")
+            return np.asarray(arrays[key])
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return read_npy(path, error=CalibrationError)
         return np.loadtxt(path, dtype=np.int64, ndmin=1)
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such labels file") from None
@@ -205,7 +208,7 @@ def run_compare(
     per_layer: bool = True, source: Path | None = None, calib: Path | None = None,
     layer_samples: int = DEFAULT_LAYER_SAMPLES, max_drop: str | None = None,
     drop_metric: str = "accuracy", min_sqnr: float | None = None,
-    min_cosine: float | None = None,
+    min_cosine: float | None = None, isolate: bool = True,
 ) -> dict[str, Any]:
     """Compare two models on the same data and return the ``edgeopt.report/1`` document.
 
@@ -219,7 +222,9 @@ def run_compare(
     from edgeopt.drift import compare_outputs, evaluate_gates, task_metrics
     from edgeopt.report import new_report
 
-    ref, cand = rt.load(reference, threads=threads), rt.load(candidate, threads=threads)
+    # isolate: each file is probed in a child process first (a corrupt one is refused, not a crash)
+    ref = rt.load(reference, threads=threads, isolate=isolate)
+    cand = rt.load(candidate, threads=threads, isolate=isolate)
     notes: list[str] = []
     in_order, note_in = match_signatures(ref.inputs, cand.inputs, "input")
     out_order, note_out = match_signatures(ref.outputs, cand.outputs, "output")
@@ -303,12 +308,14 @@ def _latency(ref_ns: list[int], cand_ns: list[int]) -> dict[str, Any] | None:
                    "re-quantizes --source with it; default: --data).")
 @click.option("--layer-samples", type=click.IntRange(min=1), default=DEFAULT_LAYER_SAMPLES,
               show_default=True, help="Samples used by the per-layer analysis.")
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="Probe both models in a child process first (skip only for trusted files).")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress on stderr.")
 def command(reference: Path, candidate: Path, data: Path, labels_path: Path | None,
             num: int | None, seed: int, threads: int | None, out_dir: Path, as_json: bool,
             max_drop: str | None, drop_metric: str, min_sqnr: float | None,
             min_cosine: float | None, per_layer: bool, source: Path | None, calib: Path | None,
-            layer_samples: int, verbose: bool) -> None:
+            layer_samples: int, isolate: bool, verbose: bool) -> None:
     """Compare a quantized CANDIDATE's outputs with its float REFERENCE on the same data.
 
     Writes report.json / report.md / report.html to --out. Exit code 1 when a gate
@@ -321,7 +328,8 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
     report = run_compare(reference, candidate, data, labels_path=labels_path, num=num, seed=seed,
                          threads=threads, per_layer=per_layer, source=source, calib=calib,
                          layer_samples=layer_samples, max_drop=max_drop,
-                         drop_metric=drop_metric, min_sqnr=min_sqnr, min_cosine=min_cosine)
+                         drop_metric=drop_metric, min_sqnr=min_sqnr, min_cosine=min_cosine,
+                         isolate=isolate)
     paths = write_report(report, out_dir)
     if as_json:
         click.echo(dumps(report), nl=False)

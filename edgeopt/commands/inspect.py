@@ -16,19 +16,27 @@ from typing import Any
 import click
 
 
-def _models(path: Path) -> list[Path]:
-    """The model files to inspect: the file itself, or every model of an artifact directory."""
+def _models(path: Path, isolate: bool) -> list[Path]:
+    """The model files to inspect: the file itself, or every model of an artifact directory.
+
+    Each is checked the way the runtime loads it (regular file, size cap, sha256 from the
+    manifest, structural checks) and, with ``isolate``, probed in a child process first.
+    """
+    from edgeopt_runtime.model import vet_model_file
+
     if path.is_dir():
         from edgeopt_runtime.manifest import read_manifest
 
         manifest = read_manifest(path)
         # A compiled *_edgetpu.tflite is one custom op wrapping the TPU program: the pre-flight
         # rules are about the model the compiler is given, so inspect that one instead.
-        return [
-            manifest.model_path(entry)
-            for entry in manifest.models
-            if not entry.file.endswith("_edgetpu.tflite")
-        ]
+        entries = [e for e in manifest.models if not e.file.endswith("_edgetpu.tflite")]
+        for e in entries:
+            vet_model_file(manifest.model_path(e), fmt=e.format, sha256=e.sha256, inside=path,
+                           isolate=isolate)  # fmt: skip
+        return [manifest.model_path(e) for e in entries]
+    if path.suffix.lower() in (".tflite", ".onnx"):  # preflight names other files itself
+        vet_model_file(path, isolate=isolate)
     return [path]
 
 
@@ -99,7 +107,9 @@ def render(report: dict[str, Any]) -> str:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", required=True, help="Built-in target name or a profile .toml.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def command(model: Path, target: str, as_json: bool) -> None:
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="Probe each model in a child process first (skip only for trusted files).")
+def command(model: Path, target: str, as_json: bool, isolate: bool) -> None:
     """Pre-flight check: which ops TARGET runs on its accelerator, and why not.
 
     MODEL is a .tflite / .onnx file or an edgeopt artifact directory.
@@ -108,7 +118,7 @@ def command(model: Path, target: str, as_json: bool) -> None:
     from edgeopt.targets import load_target
 
     profile = load_target(target)
-    reports = [preflight(path, profile) for path in _models(model)]
+    reports = [preflight(path, profile) for path in _models(model, isolate)]
     if as_json:
         doc = {"schema": SCHEMA, "target": profile.name, "reports": reports}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")

@@ -3,6 +3,12 @@
 ``profile MODEL``: latency, memory and per-op time (a table, or ``--json``).
 ``run MODEL --input in.npz --output out.npz``: one inference for scripted use.
 
+Both probe the model in a child process first (``--no-isolate`` skips it): a file handed to the
+device may be corrupt, and a crash of the child is a one-line refusal instead of a dead process.
+Numeric options are bounded (threads 1..256, runs, warm-up, duration, seed) with the range in
+the message; ``--input`` arrays are checked against a byte budget from their headers before any
+data is decompressed.
+
 argparse rather than click keeps the device install at numpy + the two inference engines.
 User errors (``EdgeOptError``) become one line ``edgeopt-runtime: error: ...`` and exit code 2;
 anything else is a bug and keeps its traceback.
@@ -23,6 +29,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from .errors import EdgeOptError, InputError
+from .manifest_schema import MAX_THREADS
+from .profile import MAX_DURATION_S, MAX_RUNS, MAX_WARMUP
 
 PROG = "edgeopt-runtime"
 RUN_SCHEMA = "edgeopt.run/1"
@@ -43,14 +51,24 @@ def _bounded(kind: type, what: str, ok: Any) -> Any:
     return parse
 
 
-_positive_int = _bounded(int, "a positive integer", lambda v: v >= 1)
-_non_negative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)
-_positive_float = _bounded(float, "seconds > 0", lambda v: v > 0)
+def _int_in(lo: int, hi: int) -> Any:
+    return _bounded(int, f"an integer in {lo}..{hi:,}", lambda v: lo <= v <= hi)
+
+
+_threads = _int_in(1, MAX_THREADS)
+_runs = _int_in(1, MAX_RUNS)
+_warmup = _int_in(0, MAX_WARMUP)
+_seed = _int_in(0, 2**63 - 1)
+_duration = _bounded(
+    float, f"seconds in (0, {MAX_DURATION_S:g}]", lambda v: 0 < v <= MAX_DURATION_S
+)
 
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=".tflite / .onnx file, or an artifact directory (manifest.json)")
-    p.add_argument("--threads", type=_positive_int, help="interpreter / intra-op threads")
+    p.add_argument(
+        "--threads", type=_threads, help=f"interpreter / intra-op threads (1..{MAX_THREADS})"
+    )
     p.add_argument(
         "--delegate",
         metavar="NAME|PATH",
@@ -62,7 +80,20 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
         help="ONNX Runtime execution providers, comma-separated (default: CPU)",
     )
+    p.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="skip the child-process probe of the model (only for files you trust: a corrupt "
+        "model can then crash this process)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def _load_args(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``_add_load_options`` parsed, as ``load`` / ``profile`` keyword arguments."""
+    return {"threads": args.threads, "delegate": args.delegate, "providers": args.providers,
+            "isolate": args.isolate}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,11 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="latency, memory and per-op time of a model")
     _add_load_options(prof)
     amount = prof.add_mutually_exclusive_group()
-    amount.add_argument("--runs", type=_positive_int, default=100, help="timed runs (100)")
-    amount.add_argument("--duration", type=_positive_float, metavar="S", help="time budget (s)")
-    prof.add_argument("--warmup", type=_non_negative_int, default=10, help="warm-up runs (10)")
+    amount.add_argument("--runs", type=_runs, default=100, help="timed runs (100)")
+    amount.add_argument("--duration", type=_duration, metavar="S", help="time budget (s)")
+    prof.add_argument("--warmup", type=_warmup, default=10, help="warm-up runs (10)")
     prof.add_argument("--input", metavar="FILE.npz", help="inputs (default: seeded random)")
-    prof.add_argument("--seed", type=int, default=0, help="seed of the random inputs (0)")
+    prof.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (0)")
     prof.add_argument("--no-op-profile", action="store_true", help="skip per-op timing")
     run = sub.add_parser("run", help="run one inference: .npz in, .npz out")
     _add_load_options(run)
@@ -114,9 +145,7 @@ def _profile(args: argparse.Namespace) -> int:
         runs=args.runs,
         duration=args.duration,
         warmup=args.warmup,
-        threads=args.threads,
-        delegate=args.delegate,
-        providers=args.providers,
+        **_load_args(args),
         inputs=args.input,
         seed=args.seed,
         op_profile=not args.no_op_profile,
@@ -215,14 +244,15 @@ def _format_ops(ops: dict[str, Any], top_nodes: int) -> list[str]:
 # -- run ---------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
     from .model import load
-    from .profile import read_npz, run_checked
+    from .npz import read_npz
+    from .profile import run_checked
 
     out_path = Path(args.output)
     if out_path.suffix.lower() != ".npz":
         raise InputError(f"{out_path}: --output must be a .npz path")
     if not out_path.parent.is_dir():
         raise InputError(f"{out_path}: output directory {out_path.parent} does not exist")
-    model = load(args.model, threads=args.threads, delegate=args.delegate, providers=args.providers)
+    model = load(args.model, **_load_args(args))
     feeds = read_npz(args.input, model.inputs, any_batch=True)
     t0 = time.perf_counter_ns()
     outputs = run_checked(model, feeds, args.input, raw=args.raw, batch=True)

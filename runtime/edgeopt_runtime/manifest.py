@@ -30,19 +30,26 @@ Schema ``edgeopt.manifest/1`` (JSON object)::
       "tools": {"edgeopt": "0.1.0", "tensorflow": "2.21.0", ...}
     }
 
-Unknown top-level keys are kept (forward compatible); a different major schema is refused.
+Unknown keys are kept (forward compatible); a different major schema is refused. Every known
+field is checked on load against the table in ``edgeopt_runtime.manifest_schema`` (type, range,
+allowed values): add new fields there. ``runtime.tflite_delegate`` may only name a delegate of
+``edgeopt_runtime.delegates``; ``runtime.delegate_library`` only one of that delegate's registered
+library names (an artifact never chooses native code).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .files import MAX_MANIFEST_BYTES, read_capped
+from .manifest_schema import MAX_DEPTH, check_fields
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = "edgeopt.manifest/1"
@@ -115,62 +122,111 @@ def _fail(path: Path, why: str) -> ModelLoadError:
     return ModelLoadError(f"{path}: invalid manifest: {why}")
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _depth_and_strings(value: Any, depth: int = 1) -> str | None:
+    """Why ``value`` nests too deeply or holds an un-encodable string, else None."""
+    if depth > MAX_DEPTH:
+        return f"nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"string {value[:40]!r} holds a lone surrogate (not valid Unicode)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"number {value} is out of range (not finite)"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for k, v in items:
+        why = _depth_and_strings(k, depth) if isinstance(k, str) else None
+        why = why or _depth_and_strings(v, depth + 1)
+        if why:
+            return why
+    return None
+
+
+def parse_manifest_bytes(raw: bytes, path: Path) -> dict[str, Any]:
+    """Parse manifest bytes strictly and check them against the schema table.
+
+    Raises:
+        ModelLoadError: not UTF-8, not JSON, too deep, NaN/Infinity, duplicate keys, or a field
+            of the wrong type or out of range (the message names the field).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise _fail(path, f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise _fail(path, f"not JSON ({str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise _fail(path, "expected a JSON object")
+    why = _depth_and_strings(data)
+    if why:
+        raise _fail(path, why)
+    schema = data.get("schema")
+    if not isinstance(schema, str) or not schema.startswith("edgeopt.manifest/"):
+        raise _fail(path, f"expected schema {MANIFEST_SCHEMA!r}, got {schema!r:.80}")
+    if schema.split("/", 1)[1].split(".")[0] != MANIFEST_SCHEMA.split("/", 1)[1]:
+        raise _fail(path, f"schema {schema!r} is not supported by this runtime ({MANIFEST_SCHEMA})")
+    why = check_fields(data)
+    if why:
+        raise _fail(path, why)
+    return data
+
+
 def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Read and validate ``directory/manifest.json``.
+
+    The manifest must be a regular file inside ``directory`` of at most ``MAX_MANIFEST_BYTES``;
+    every field is checked against ``manifest_schema.FIELDS``.
 
     Raises:
         ModelLoadError: missing, unreadable or malformed manifest.
     """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise ModelLoadError(
             f"{directory}: directory has no {MANIFEST_NAME}; expected an edgeopt artifact "
             "directory or a .tflite / .onnx file"
-        ) from None
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise _fail(path, f"not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise _fail(path, "expected a JSON object")
-    schema = data.get("schema")
-    if not isinstance(schema, str) or not schema.startswith("edgeopt.manifest/"):
-        raise _fail(path, f"expected schema {MANIFEST_SCHEMA!r}, got {schema!r}")
-    if schema.split("/", 1)[1].split(".")[0] != MANIFEST_SCHEMA.split("/", 1)[1]:
-        raise _fail(path, f"schema {schema!r} is not supported by this runtime ({MANIFEST_SCHEMA})")
-    models_raw = data.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise _fail(path, "'models' must be a non-empty list")
+        )
+    raw = read_capped(path, max_bytes=MAX_MANIFEST_BYTES, what="manifest", inside=directory)
+    data = parse_manifest_bytes(raw, path)
     models = []
-    for i, m in enumerate(models_raw):
-        if not isinstance(m, dict):
-            raise _fail(path, f"models[{i}] must be an object")
-        try:
-            entry = ModelEntry(
-                file=str(m["file"]),
-                format=str(m["format"]),
-                precision=str(m.get("precision", "unknown")),
-                sha256=str(m["sha256"]),
-                size_bytes=int(m.get("size_bytes", -1)),
+    for m in data["models"]:
+        models.append(
+            ModelEntry(
+                file=m["file"],
+                format=m["format"],
+                precision=m.get("precision") or "unknown",
+                sha256=m["sha256"],
+                size_bytes=m.get("size_bytes", -1),
                 inputs=list(m.get("inputs") or []),
                 outputs=list(m.get("outputs") or []),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _fail(path, f"models[{i}] is missing or has a bad field: {exc}") from None
-        name = entry.file
-        if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-            raise _fail(path, f"models[{i}].file {name!r} must be a plain file name in the folder")
-        if entry.format not in MODEL_FORMATS:
-            raise _fail(path, f"models[{i}].format {entry.format!r} is not one of {MODEL_FORMATS}")
-        models.append(entry)
+        )
     runtime = data.get("runtime") or {}
-    if not isinstance(runtime, dict):
-        raise _fail(path, "'runtime' must be an object")
     return Manifest(directory=directory, models=tuple(models), runtime=runtime, data=data)
 
 

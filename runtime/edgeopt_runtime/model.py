@@ -7,18 +7,24 @@ of an int8 model and of its float original write the same code.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelLoadError
+from . import backends, delegates
+from .backends import LoadOptions, Runner
+from .errors import DelegateError, EdgeOptError, InputError, ModelLoadError
+from .files import MAX_MODEL_BYTES, read_capped
 from .manifest import MANIFEST_NAME, Manifest, ModelEntry, read_manifest
+from .manifest_schema import MAX_THREADS
 from .spec import Dequantizer, Quantizer, QuantParams, TensorSpec
 
-_EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx"}
+MAX_INSTANCES = 256
 _INT_LIMITS = {"int8", "uint8", "int16", "int32", "int64", "uint16"}
 
 
@@ -50,7 +56,7 @@ class Model:
 
     def __init__(
         self,
-        runner: Any,
+        runner: Runner,
         path: Path,
         *,
         manifest: Manifest | None = None,
@@ -59,6 +65,7 @@ class Model:
     ) -> None:
         self._runner = runner
         self.path = path
+        self.probe_ns: int | None = None  # time of the isolated probe (load(isolate=True))
         self.manifest = manifest
         self.entry = entry
         self.notes = list(notes or [])
@@ -94,7 +101,7 @@ class Model:
         return self._runner.threads
 
     @property
-    def runner(self) -> Any:
+    def runner(self) -> Runner:
         """The backend runner (raw interpreter / session access for benchmarks)."""
         return self._runner
 
@@ -143,9 +150,7 @@ class Model:
             # (keeps the per-call cost of the wrapper to a few microseconds even on big models).
             results = self._runner.run([feeds])
         else:
-            arrays = self._arrays(feeds)
-            prepared = [self._prepare(f, a, raw) for f, a in zip(self._feeds, arrays, strict=True)]
-            results = self._runner.run(prepared)
+            results = self._runner.run(self.prepare(feeds, raw=raw))
         if raw or not self._any_out_q:
             return Outputs(zip(self._out_names, results, strict=True))
         return Outputs(
@@ -153,11 +158,20 @@ class Model:
             for name, r, q in zip(self._out_names, results, self._out_q, strict=True)
         )
 
+    def prepare(self, feeds: Any, *, raw: bool = False) -> list[np.ndarray]:
+        """Check feeds and convert them to what the runner takes (arrays in input order).
+
+        Raises:
+            InputError: as ``run``.
+        """
+        arrays = self._arrays(feeds)
+        return [self._prepare(f, a, raw) for f, a in zip(self._feeds, arrays, strict=True)]
+
     def run_batch(self, feeds: Any, *, raw: bool = False) -> Outputs:
         """Run a batch of N samples on any model, including fixed batch-1 ones.
 
-        Models with a dynamic batch dim run the batch at once; fixed batch-1 TFLite models are
-        resized to N when the interpreter allows it, otherwise run sample by sample.
+        Models with a dynamic batch dim run the batch at once; models with a fixed batch dim
+        run sample by sample. Safe from many threads, like ``run``.
         """
         arrays = self._arrays(feeds)
         batch = {a.shape[0] if np.ndim(a) else 1 for a in arrays}
@@ -268,21 +282,12 @@ def _guess_precision(inputs: list[TensorSpec]) -> str:
     return next((s.dtype for s in inputs if s.dtype.startswith("float")), "unknown")
 
 
-def _read_model(path: Path, fmt: str, expected_sha256: str | None) -> bytes:
-    """Read the model bytes and check them before any interpreter sees them."""
+def _read_model(path: Path, fmt: str, expected_sha256: str | None, inside: Path | None) -> bytes:
+    """Read the model bytes (regular file, size-capped) and check them before any engine."""
     from . import verify
 
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: model file not found") from None
-    except IsADirectoryError:
-        raise ModelLoadError(f"{path}: is a directory, expected a model file") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read: {exc.strerror}") from None
+    data = read_capped(path, max_bytes=MAX_MODEL_BYTES, what="model file", inside=inside)
     if expected_sha256 is not None:
-        import hashlib
-
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
             raise ModelLoadError(
@@ -294,34 +299,75 @@ def _read_model(path: Path, fmt: str, expected_sha256: str | None) -> bytes:
     actual_fmt = verify.sniff_format(data)
     if actual_fmt is not None and actual_fmt != fmt:
         raise ModelLoadError(f"{path}: named like a .{fmt} model but is really a {actual_fmt} file")
-    if fmt == "tflite":
-        # Structural checks even for manifest-verified files: a matching hash proves the file is
-        # what the converter wrote, not that a hand-edited manifest is honest.
-        verify.check_tflite(data, str(path))
-    else:
-        verify.check_onnx_header(data, str(path))
+    # Structural checks even for manifest-verified files: a matching hash proves the file is
+    # what the converter wrote, not that a hand-edited manifest is honest.
+    backends.get(fmt).check(data, str(path))
     return data
+
+
+def vet_model_file(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    sha256: str | None = None,
+    inside: str | os.PathLike[str] | None = None,
+    isolate: bool = True,
+) -> str:
+    """Check an untrusted model file the way ``load`` does, without loading it here.
+
+    Reads it (regular file, size cap, inside ``inside``), checks ``sha256``, the format and the
+    structural checks, then (``isolate``) loads and runs it once in a child process. For tools
+    that hand the file to other readers (``edgeopt inspect``).
+
+    Returns:
+        The model format (``"tflite"`` / ``"onnx"``).
+
+    Raises:
+        ModelLoadError: as ``load(..., isolate=True)``.
+    """
+    p = Path(path)
+    if fmt is None:
+        backend = backends.for_extension(p.suffix)
+        if backend is None:
+            known = ", ".join(backends.extensions())
+            raise ModelLoadError(
+                f"{p}: unsupported model file extension {p.suffix!r}; expected {known}"
+            )
+        fmt = backend.format
+    data = _read_model(p, fmt, sha256, Path(inside) if inside is not None else None)
+    if isolate:
+        from .verify.probe import probe_model
+
+        probe_model(data, fmt, str(p))
+    return fmt
 
 
 def edgetpu_available() -> bool:
     """True when the Edge TPU runtime library can be found by the dynamic loader."""
-    import ctypes.util  # lazily: ~25 ms of import time most callers never need
+    return delegates.get("edgetpu").available()
 
-    return ctypes.util.find_library("edgetpu") is not None or any(
-        (Path(d) / "libedgetpu.so.1").exists()
-        for d in (
-            "/usr/lib",
-            "/usr/lib/x86_64-linux-gnu",
-            "/usr/lib/aarch64-linux-gnu",
-            "/usr/local/lib",
-        )
+
+def gpu_delegate_available() -> bool:
+    """True when the TFLite GPU delegate library can be found by the dynamic loader."""
+    return delegates.get("gpu").available()
+
+
+def _compiled_for(file: str) -> delegates.Delegate | None:
+    """The delegate a model file was compiled for (by its name), if any."""
+    return next(
+        (
+            d
+            for d in delegates.DELEGATES.values()
+            if d.compiled_suffix and file.endswith(d.compiled_suffix)
+        ),
+        None,
     )
 
 
 def _choose_entry(
-    manifest: Manifest, fmt: str | None, precision: str | None, delegate: str | None
+    manifest: Manifest, fmt: str | None, precision: str | None, wanted: str | None, explicit: bool
 ) -> tuple[ModelEntry, list[str]]:
-    """Pick the manifest model to load; prefer an accelerator build only when it can run."""
+    """Pick the manifest model to load; prefer a compiled build only when it can run."""
     notes: list[str] = []
     candidates = [
         m
@@ -330,19 +376,68 @@ def _choose_entry(
     ]
     if not candidates:
         return manifest.select(fmt, precision), notes  # raises with the list of what exists
-    compiled = [m for m in candidates if m.file.endswith("_edgetpu.tflite")]
-    plain = [m for m in candidates if not m.file.endswith("_edgetpu.tflite")]
-    want_tpu = delegate == "edgetpu" or (
-        delegate is None and manifest.runtime.get("tflite_delegate") == "edgetpu"
-    )
-    if compiled and want_tpu and (delegate == "edgetpu" or edgetpu_available()):
+    plain = [m for m in candidates if _compiled_for(m.file) is None]
+    d = delegates.DELEGATES.get(wanted or "")
+    compiled = [m for m in candidates if d is not None and _compiled_for(m.file) is d]
+    if compiled and (explicit or d.available()):
         return compiled[0], notes
-    if compiled and want_tpu:
-        notes.append(
-            "libedgetpu.so.1 not found: running the uncompiled int8 model on the host CPU "
-            "(timings are host-CPU timings, not Edge TPU)"
-        )
+    if compiled:
+        notes.append(d.fallback_note)
     return (plain or candidates)[0], notes
+
+
+def _check_count(value: Any, what: str, hi: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+        raise EdgeOptError(f"{what} must be an integer in 1..{hi}, got {value!r}")
+    return value
+
+
+def _caller_delegate(delegate: Any) -> str | None:
+    """Validate a delegate the caller passed: a registry name or a library path of theirs."""
+    if delegate is None:
+        return None
+    if not isinstance(delegate, str) or not delegate or "\x00" in delegate:
+        raise DelegateError(f"delegate must be a name or a library path, got {delegate!r}")
+    if delegate in delegates.DELEGATES or delegates.is_library_path(delegate):
+        return delegate
+    raise DelegateError(
+        f"unknown delegate {delegate!r}: expected one of {', '.join(delegates.DELEGATES)} "
+        "or a delegate library path"
+    )
+
+
+def _manifest_delegate(
+    manifest: Manifest, entry: ModelEntry, notes: list[str]
+) -> tuple[str, str | None]:
+    """The delegate an artifact asks for (registry names only); absent accelerators degrade to
+    the CPU with a note. A delegate the caller names explicitly is never replaced."""
+    name, library = delegates.check_manifest_delegate(
+        manifest.runtime, str(manifest.directory / MANIFEST_NAME)
+    )
+    d = delegates.DELEGATES[name]
+    if d.needs_compiled_model and _compiled_for(entry.file) is not d:
+        return delegates.DEFAULT, None  # the uncompiled model runs on the CPU (note: _choose_entry)
+    if d.external:
+        found = delegates.library_installed(library) if library else d.available()
+        if not found:
+            if d.fallback_note and d.fallback_note not in notes:
+                notes.append(d.fallback_note)
+            return delegates.DEFAULT, None
+    return name, library
+
+
+def _providers(value: Any, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not all(isinstance(p, str) and p for p in value)
+    ):
+        raise EdgeOptError(f"{what} must be a list of execution provider names, got {value!r}")
+    return tuple(value)
 
 
 def load(
@@ -355,101 +450,92 @@ def load(
     precision: str | None = None,
     delegate_options: dict[str, Any] | None = None,
     isolate: bool = False,
+    max_instances: int | None = None,
 ) -> Model:
     """Load a ``.tflite`` / ``.onnx`` file or an edgeopt artifact directory.
 
     Args:
         path: model file, or a directory holding ``manifest.json`` next to its model(s).
-        threads: interpreter / intra-op threads (default: manifest's, else the backend's).
+        threads: interpreter / intra-op threads, 1..256 (default: manifest's, else the backend's).
         delegate: TFLite: ``"xnnpack"`` (default), ``"none"``, ``"edgetpu"``, ``"gpu"`` or a
-            delegate library path. Default for artifacts: the manifest's, falling back to the CPU
-            (with a note in ``Model.notes``) when the accelerator library is not present.
+            delegate library path (only the caller may choose a library: a manifest can only
+            name a delegate of ``edgeopt_runtime.delegates``). Default for artifacts: the
+            manifest's, falling back to the CPU (with a note in ``Model.notes``) when the
+            accelerator library is not present.
         providers: ONNX Runtime execution providers (default: manifest's, else CPU).
         format / precision: choose among several models of an artifact directory.
         delegate_options: options passed to an external delegate.
-        isolate: first load and run the TFLite model once in a child process, so a model that
-            crashes the interpreter is refused instead of taking this process down.
+        isolate: first load and run the model once in a child process (TFLite and ONNX), so a
+            model that crashes the engine is refused instead of taking this process down.
+        max_instances: TFLite: most interpreters kept for callers on many threads (default:
+            the CPU count, at most 8; 1 = one interpreter behind a lock).
 
     Raises:
         ModelLoadError: missing/corrupt/mislabelled file, bad manifest, sha256 mismatch.
         DelegateError: requested delegate library or execution provider not available.
+        EdgeOptError: an option out of range (threads, max_instances).
     """
+    threads = _check_count(threads, "threads", MAX_THREADS)
+    max_instances = _check_count(max_instances, "max_instances", MAX_INSTANCES)
+    delegate = _caller_delegate(delegate)
+    providers_t = _providers(providers, "providers")
     p = Path(path)
     manifest: Manifest | None = None
     entry: ModelEntry | None = None
     notes: list[str] = []
+    library: str | None = None
     if p.is_dir():
         manifest = read_manifest(p)
-        entry, notes = _choose_entry(manifest, format, precision, delegate)
-        model_path, fmt, expected = manifest.model_path(entry), entry.format, entry.sha256
         rt = manifest.runtime
+        wanted = delegate if delegate is not None else rt.get("tflite_delegate")
+        entry, notes = _choose_entry(manifest, format, precision, wanted, delegate is not None)
+        model_path, fmt, expected = manifest.model_path(entry), entry.format, entry.sha256
+        if delegate is None:
+            delegate, library = _manifest_delegate(manifest, entry, notes)
+        else:  # the manifest's delegate fields must still be valid
+            delegates.check_manifest_delegate(rt, str(p / MANIFEST_NAME))
         threads = threads if threads is not None else rt.get("threads")
-        if delegate is None and fmt == "tflite":
-            delegate = _manifest_delegate(rt, entry, notes)
-        if providers is None and fmt == "onnx":
-            providers = rt.get("onnx_providers")
+        if providers_t is None:
+            providers_t = _providers(rt.get("onnx_providers"), "runtime.onnx_providers")
+        inside: Path | None = p
     else:
-        if not p.exists():
+        if not os.path.lexists(p):
             raise ModelLoadError(f"{p}: no such file or directory")
-        fmt = _EXTENSIONS.get(p.suffix.lower())
-        if fmt is None:
+        backend = backends.for_extension(p.suffix)
+        if backend is None:
+            known = ", ".join(backends.extensions())
             raise ModelLoadError(
-                f"{p}: unsupported model file extension {p.suffix!r}; expected .tflite, .onnx or "
+                f"{p}: unsupported model file extension {p.suffix!r}; expected {known} or "
                 f"an artifact directory with {MANIFEST_NAME}"
             )
-        model_path, expected = p, None
-    data = _read_model(model_path, fmt, expected)
-    if fmt == "tflite":
-        from .backends.tflite import TFLiteRunner
+        model_path, fmt, expected, inside = p, backend.format, None, None
+    options = LoadOptions(
+        threads=threads,
+        delegate=delegate,
+        delegate_library=library,
+        delegate_options=delegate_options,
+        providers=providers_t,
+        max_instances=max_instances,
+    )
+    data = _read_model(model_path, fmt, expected, inside)
+    probe_ns = None
+    if isolate:
+        from .verify.probe import probe_model
 
-        if isolate:
-            from .verify import probe_in_subprocess
-
-            probe_in_subprocess(model_path)
-        runner: Any = TFLiteRunner(
-            data,
-            str(model_path),
-            threads=threads,
-            delegate=delegate,
-            delegate_options=delegate_options,
-        )
-    else:
-        from .backends.onnx import OnnxRunner
-
-        runner = OnnxRunner(data, str(model_path), threads=threads, providers=providers)
-    return Model(runner, model_path, manifest=manifest, entry=entry, notes=notes)
-
-
-def gpu_delegate_available() -> bool:
-    """True when the TFLite GPU delegate library can be found by the dynamic loader."""
-    import ctypes.util
-
-    return ctypes.util.find_library("tensorflowlite_gpu_delegate") is not None
+        t0 = time.perf_counter_ns()
+        probe_model(data, fmt, str(model_path), options)
+        probe_ns = time.perf_counter_ns() - t0
+    runner = backends.get(fmt).create(data, str(model_path), options)
+    model = Model(runner, model_path, manifest=manifest, entry=entry, notes=notes)
+    model.probe_ns = probe_ns
+    return model
 
 
-def _manifest_delegate(rt: dict[str, Any], entry: ModelEntry, notes: list[str]) -> str:
-    """The delegate an artifact asks for; accelerators that are absent degrade to the CPU.
-
-    A delegate the caller names explicitly is never replaced: it loads or raises DelegateError.
-    """
-    wanted = rt.get("tflite_delegate") or "xnnpack"
-    if wanted == "edgetpu" and not entry.file.endswith("_edgetpu.tflite"):
-        return "xnnpack"  # the uncompiled int8 model runs on the CPU (note added by _choose_entry)
-    if wanted == "gpu":
-        library = rt.get("delegate_library")
-        found = (
-            Path(library).exists() if library and os.sep in library else gpu_delegate_available()
-        )
-        if not found:
-            notes.append(
-                "GPU delegate library not found: running on the host CPU with XNNPACK "
-                "(timings are host-CPU timings, not mobile GPU)"
-            )
-            return "xnnpack"
-        return library or "gpu"
-    if wanted == "edgetpu":
-        return rt.get("delegate_library") or "edgetpu"
-    return wanted
-
-
-__all__ = ["Model", "Outputs", "load", "edgetpu_available", "gpu_delegate_available"]
+__all__ = [
+    "Model",
+    "Outputs",
+    "edgetpu_available",
+    "gpu_delegate_available",
+    "load",
+    "vet_model_file",
+]

@@ -18,11 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
-import sys
-import tempfile
 import time
-import zipfile
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,15 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from . import memory
+from . import backends, memory
 from .errors import EdgeOptError, InputError
+from .feeds import FLOAT_RANGE, OTHER_INT_RANGE, random_feeds
+from .host import host_info
 from .memory import MemValue
 from .model import Model, load
-from .spec import TensorSpec
+from .npz import read_npz
 
 SCHEMA = "edgeopt.profile/1"
-FLOAT_RANGE = (0.0, 1.0)  # random float inputs: uniform in [0, 1), like normalised images
-OTHER_INT_RANGE = (0, 10)  # non-quantized integer inputs (ids, indices): small valid values
+MAX_RUNS = 10_000_000  # a run count beyond this is a typo, not a benchmark
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_WARMUP = 1_000_000
 OP_PROFILE_RUNS = 20  # runs traced for per-op time (after 2 untraced warm-up runs)
 _OP_PROFILE_WARMUP = 2
 
@@ -103,6 +102,7 @@ def profile(
     seed: int = 0,
     op_profile: bool = True,
     progress: Progress | None = None,
+    isolate: bool = False,
 ) -> ProfileResult:
     """Profile a model: load time, latency distribution, memory and per-op time.
 
@@ -118,6 +118,8 @@ def profile(
         seed: seed of the random inputs.
         op_profile: also measure per-op time (ONNX Runtime) / list the ops (TFLite).
         progress: called as ``progress(phase, done, total)`` while running.
+        isolate: probe the model in a child process before loading it (``load(isolate=True)``);
+            the probe's time is reported as ``timing.probe_ms``, not in ``load_ms``.
 
     Returns:
         ``ProfileResult``.
@@ -126,9 +128,9 @@ def profile(
         EdgeOptError: bad arguments; ModelLoadError / DelegateError from loading; InputError for
             inputs that do not match the model (the message names the ``.npz`` file).
     """
-    _check_args(runs, duration, warmup)
+    _check_args(runs, duration, warmup, seed)
     notes: list[str] = []
-    model, timing, mem = _load_measured(model_or_path, threads, delegate, providers, notes)
+    model, timing, mem = _load_measured(model_or_path, threads, delegate, providers, notes, isolate)
     feeds, inputs_info = _feeds(model, inputs, seed)
     source = inputs_info.get("path")
     timing["first_inference_ms"] = _ms(_timed_call(model, feeds, source))
@@ -155,13 +157,24 @@ def profile(
     )
 
 
-def _check_args(runs: int, duration: float | None, warmup: int) -> None:
-    if duration is None and (not isinstance(runs, int) or runs < 1):
-        raise EdgeOptError(f"runs must be a positive integer, got {runs!r}")
-    if duration is not None and not duration > 0:
-        raise EdgeOptError(f"duration must be a positive number of seconds, got {duration!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise EdgeOptError(f"warmup must be an integer >= 0, got {warmup!r}")
+def _check_args(runs: int, duration: float | None, warmup: int, seed: int) -> None:
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if duration is None and (not is_int(runs) or not 1 <= runs <= MAX_RUNS):
+        raise EdgeOptError(f"runs must be an integer in 1..{MAX_RUNS:,}, got {runs!r}")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, (int, float))
+        or not 0 < duration <= MAX_DURATION_S
+    ):
+        raise EdgeOptError(
+            f"duration must be a number of seconds in (0, {MAX_DURATION_S:g}], got {duration!r}"
+        )
+    if not is_int(warmup) or not 0 <= warmup <= MAX_WARMUP:
+        raise EdgeOptError(f"warmup must be an integer in 0..{MAX_WARMUP:,}, got {warmup!r}")
+    if not is_int(seed) or not 0 <= seed < 2**63:
+        raise EdgeOptError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
 
 
 def _report(progress: Progress | None, phase: str, done: int, total: int | None) -> None:
@@ -180,6 +193,7 @@ def _load_measured(
     delegate: str | None,
     providers: list[str] | None,
     notes: list[str],
+    isolate: bool,
 ) -> tuple[Model, dict[str, Any], dict[str, Any]]:
     """Load with timing and RSS around it; a ``Model`` passed in has neither (said so)."""
     if isinstance(model_or_path, Model):
@@ -202,8 +216,8 @@ def _load_measured(
     before = memory.rss()
     reset = memory.reset_peak()
     t0 = time.perf_counter_ns()
-    model = load(path, threads=threads, delegate=delegate, providers=providers)
-    load_ns = time.perf_counter_ns() - t0
+    model = load(path, threads=threads, delegate=delegate, providers=providers, isolate=isolate)
+    load_ns = time.perf_counter_ns() - t0 - (model.probe_ns or 0)
     after, peak = memory.rss(), memory.peak_rss()
     if not reset:
         peak = MemValue(peak.bytes, f"{peak.method}: process-lifetime peak, could not be reset")
@@ -215,6 +229,10 @@ def _load_measured(
         "load_ms": _ms(load_ns),
         "load_method": "wall time of edgeopt_runtime.load() (read, verify, create interpreter/"
         "session, allocate tensors); first load in this process, OS file cache not dropped",
+        "probe_ms": _ms(model.probe_ns) if model.probe_ns is not None else None,
+        "probe_method": "isolated child-process probe (load + one run), not part of load_ms"
+        if model.probe_ns is not None
+        else "not probed (isolate=False / --no-isolate)",
     }
     mem = {"rss_before_load": before, "rss_after_load": after, "peak_during_load": peak}
     return model, timing, mem
@@ -226,9 +244,9 @@ def _at_start(value: MemValue) -> MemValue:
 
 def _formats_of(path: Path) -> list[str]:
     """Formats the path will load (best effort: ``load`` reports the real errors)."""
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix in ("tflite", "onnx"):
-        return [suffix]
+    backend = backends.for_extension(path.suffix)
+    if backend is not None:
+        return [backend.format]
     if path.is_dir():
         from .manifest import read_manifest
 
@@ -241,101 +259,16 @@ def _formats_of(path: Path) -> list[str]:
 
 def _import_backends(path: Path) -> tuple[float | None, list[str]]:
     """Import the backend library before measuring the load, and time that import."""
-    from .backends.onnx import _ort
-    from .backends.tflite import _interpreter_module
-
-    importers = {"tflite": _interpreter_module, "onnx": _ort}
     fmts = _formats_of(path)
     if not fmts:
         return None, []
     t0 = time.perf_counter_ns()
     for fmt in fmts:
-        importers[fmt]()
+        backends.get(fmt).import_engine()
     return _ms(time.perf_counter_ns() - t0), fmts
 
 
 # -- inputs ------------------------------------------------------------------------------------
-def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random arrays matching ``specs`` (dynamic dims -> 1).
-
-    Float inputs are uniform in ``FLOAT_RANGE``; quantized integer inputs uniform over their
-    dtype's whole range (the model's raw input); other integers in ``OTHER_INT_RANGE``.
-    """
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for s in specs:
-        shape = tuple(1 if d is None else d for d in s.shape)
-        dtype = np.dtype(s.dtype)
-        if dtype.kind == "f":
-            a = rng.uniform(*FLOAT_RANGE, shape).astype(dtype)
-        elif dtype.kind == "b":
-            a = rng.integers(0, 2, shape).astype(bool)
-        elif dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            lo, hi = (info.min, info.max) if s.is_quantized else OTHER_INT_RANGE
-            a = rng.integers(lo, hi, shape, endpoint=s.is_quantized, dtype=dtype)
-        else:
-            raise InputError(
-                f"input '{s.name}': cannot make random {s.dtype} data; pass inputs as a .npz"
-            )
-        feeds[s.name] = a
-    return feeds
-
-
-def read_npz(
-    path: str | os.PathLike[str], specs: list[TensorSpec], *, any_batch: bool = False
-) -> dict[str, np.ndarray]:
-    """Read model inputs from a ``.npz`` file and check names and shapes against ``specs``.
-
-    Args:
-        path: ``.npz`` written by ``numpy.savez``; keys are input names (for a single-input
-            model one array under any key).
-        specs: the model's inputs.
-        any_batch: accept any size of dim 0 (for ``Model.run_batch``).
-
-    Raises:
-        InputError: missing/unreadable file, wrong extension, names or shapes that do not match.
-    """
-    p = Path(path)
-    if p.suffix.lower() != ".npz":
-        got = repr(p.suffix) if p.suffix else "no suffix"
-        raise InputError(f"{p}: expected a .npz file (numpy.savez), got {got}")
-    if not p.is_file():
-        raise InputError(f"{p}: input file not found")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{p}: not a readable .npz file: {first}") from None
-    names = [s.name for s in specs]
-    if len(specs) == 1 and len(arrays) == 1:
-        arrays = {names[0]: next(iter(arrays.values()))}
-    elif set(arrays) != set(names):
-        missing = sorted(set(names) - set(arrays))
-        extra = sorted(set(arrays) - set(names))
-        raise InputError(
-            f"{p}: array names {sorted(arrays)} do not match the model inputs {names}"
-            + (f" (missing {missing})" if missing else "")
-            + (f" (unknown {extra})" if extra else "")
-        )
-    for s in specs:
-        _check_shape(p, s, arrays[s.name], any_batch)
-    return {s.name: arrays[s.name] for s in specs}
-
-
-def _check_shape(p: Path, s: TensorSpec, a: np.ndarray, any_batch: bool) -> None:
-    ok = a.ndim == len(s.shape) and all(
-        want is None or want == got or (any_batch and i == 0)
-        for i, (want, got) in enumerate(zip(s.shape, a.shape, strict=False))
-    )
-    if not ok:
-        raise InputError(
-            f"{p}: array '{s.name}': expected shape {s.shape_str()} ({s.dtype}), got "
-            f"{list(a.shape)} ({a.dtype})"
-        )
-
-
 def _feeds(
     model: Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None, seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -484,121 +417,9 @@ def _op_profile(
     }
     if not enabled:
         return {**base, "reason": "disabled (op_profile=False / --no-op-profile)"}
-    if model.format == "onnx":
-        return {**base, **_onnx_op_profile(model, feeds, progress)}
-    ops = model.runner.ops() if hasattr(model.runner, "ops") else []
-    return {
-        **base,
-        "reason": f"per-op time not exposed by the LiteRT Python API ({model.backend}: neither "
-        "the Interpreter nor CompiledModel has a profiler hook); ops listed without times",
-        "ops": ops,
-        "op_counts": _count(o["op_name"] for o in ops),
-        "ops_note": "as the interpreter lists them; a DELEGATE node runs the ops a delegate "
-        "(XNNPACK by default) took over",
-    }
-
-
-def _count(names: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in names:
-        counts[n] = counts.get(n, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def _onnx_op_profile(
-    model: Model, feeds: dict[str, np.ndarray], progress: Progress | None
-) -> dict[str, Any]:
-    """Trace OP_PROFILE_RUNS runs in a separate profiling session and aggregate the trace."""
-    from .backends.onnx import OnnxRunner
-
-    with tempfile.TemporaryDirectory(prefix="edgeopt-ortprof-") as tmp:
-        runner = OnnxRunner(
-            model.path.read_bytes(),
-            str(model.path),
-            threads=model.threads,
-            providers=getattr(model.runner, "providers", None),
-            profile_prefix=os.path.join(tmp, "ort"),
-        )
-        traced = Model(runner, model.path, manifest=model.manifest, entry=model.entry)
-        total = _OP_PROFILE_WARMUP + OP_PROFILE_RUNS
-        for i in range(total):
-            traced.run(feeds)
-            _report(progress, "op-profile", i + 1, total)
-        trace = runner.end_profiling()
-        if not trace or not Path(trace).is_file():
-            return {"reason": "ONNX Runtime wrote no profiling trace"}
-        events = json.loads(Path(trace).read_text(encoding="utf-8"))
-    out = aggregate_ort_trace(events, skip_runs=_OP_PROFILE_WARMUP)
-    out["source"] = "onnxruntime profiling trace (separate session with enable_profiling)"
-    return out
-
-
-def aggregate_ort_trace(events: list[dict[str, Any]], *, skip_runs: int = 0) -> dict[str, Any]:
-    """Aggregate an ONNX Runtime profiling trace by op type and by node.
-
-    Args:
-        events: the trace's JSON list (Chrome trace events).
-        skip_runs: leading ``model_run`` calls to ignore (warm-up).
-
-    Returns:
-        ``available``, ``runs``, ``by_op_type`` / ``by_node`` (mean ms per run and share of the
-        node total, largest first), ``node_total_ms_per_run`` and ``model_run_ms_per_run``.
-    """
-    windows = sorted(
-        (e["ts"], e["ts"] + e["dur"])
-        for e in events
-        if e.get("cat") == "Session" and e.get("name") == "model_run"
-    )[skip_runs:]
-    if not windows:
-        return {"available": False, "reason": "no model_run events in the ONNX Runtime trace"}
-    nodes: dict[str, dict[str, Any]] = {}
-    for e in events:
-        name = e.get("name", "")
-        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
-            continue
-        if not any(a <= e["ts"] <= b for a, b in windows):
-            continue
-        args = e.get("args") or {}
-        node = nodes.setdefault(
-            name[: -len("_kernel_time")],
-            {"op_type": args.get("op_name", "?"), "provider": args.get("provider"), "us": 0},
-        )
-        node["us"] += e["dur"]
-    n = len(windows)
-    node_total_us = sum(v["us"] for v in nodes.values())
-    by_node = [
-        {
-            "name": k,
-            "op_type": v["op_type"],
-            "provider": v["provider"],
-            "mean_ms_per_run": v["us"] / n / 1e3,
-            "share": v["us"] / node_total_us if node_total_us else 0.0,
-        }
-        for k, v in sorted(nodes.items(), key=lambda kv: -kv[1]["us"])
-    ]
-    return {
-        "available": bool(by_node),
-        "reason": None if by_node else "no node events in the ONNX Runtime trace",
-        "runs": n,
-        "by_op_type": _by_op_type(by_node),
-        "by_node": by_node,
-        "node_total_ms_per_run": node_total_us / n / 1e3,
-        "model_run_ms_per_run": sum(b - a for a, b in windows) / n / 1e3,
-    }
-
-
-def _by_op_type(by_node: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[str, dict[str, Any]] = {}
-    for node in by_node:
-        g = groups.setdefault(
-            node["op_type"], {"op_type": node["op_type"], "nodes": 0, "mean_ms_per_run": 0.0}
-        )
-        g["nodes"] += 1
-        g["mean_ms_per_run"] += node["mean_ms_per_run"]
-    total = sum(g["mean_ms_per_run"] for g in groups.values())
-    for g in groups.values():
-        g["share"] = g["mean_ms_per_run"] / total if total else 0.0
-    return sorted(groups.values(), key=lambda g: -g["mean_ms_per_run"])
+    arrays = model.prepare(feeds)
+    measured = model.runner.op_profile(arrays, OP_PROFILE_RUNS, _OP_PROFILE_WARMUP, progress)
+    return {**base, **measured}
 
 
 # -- facts -------------------------------------------------------------------------------------
@@ -623,12 +444,7 @@ def runtime_info(model: Model) -> dict[str, Any]:
 
     name, _, version = model.backend.partition(" ")
     info = model.runner.info()
-    if model.threads:
-        effective = str(model.threads)
-    elif model.format == "tflite":
-        effective = "1 (LiteRT's default when num_threads is not set)"
-    else:
-        effective = "ONNX Runtime default (one per physical core)"
+    effective = model.runner.threads_effective()
     return {
         "backend": name,
         "backend_version": version or None,
@@ -641,60 +457,9 @@ def runtime_info(model: Model) -> dict[str, Any]:
     }
 
 
-def host_info() -> dict[str, Any]:
-    """CPU model, machine, OS and Python of this host."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu": cpu_model(),
-        "machine": platform.machine(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "numpy": np.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-    }
-
-
-def cpu_model() -> str:
-    """Human-readable CPU name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), best effort."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            fields = dict(
-                (k.strip().lower(), v.strip())
-                for k, _, v in (line.partition(":") for line in f)
-                if v.strip()
-            )
-        for key in ("model name", "hardware", "cpu model", "processor"):
-            value = fields.get(key)
-            if value and not value.isdigit():  # ARM's "processor : 0" is an index
-                return value
-        if "cpu part" in fields:
-            return f"ARM implementer {fields.get('cpu implementer')} part {fields['cpu part']}"
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        import subprocess
-
-        try:
-            out = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"],
-                capture_output=True,
-                text=True,
-                timeout=2,
-                check=False,
-            )
-            if out.stdout.strip():
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or "unknown"
-
-
 __all__ = [
     "SCHEMA",
     "ProfileResult",
-    "aggregate_ort_trace",
     "host_info",
     "latency_stats",
     "profile",

@@ -186,6 +186,8 @@ class Dequantizer:
     def __call__(self, q: np.ndarray) -> np.ndarray:
         if self.params.per_channel:
             return dequantize(q, self.params)
-        out = np.subtract(q, self._zp, dtype=np.float32)  # a new array: it is returned to callers
+        # A new array (it is returned to callers); out= keeps a 0-d output an array, not a
+        # numpy scalar (a scalar int16 output made np.multiply(out=...) raise TypeError).
+        out = np.subtract(q, self._zp, dtype=np.float32, out=np.empty(np.shape(q), np.float32))
         np.multiply(out, self._scale, out=out)
         return out

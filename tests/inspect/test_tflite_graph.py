@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgeopt_runtime import verify
 from edgeopt_runtime.errors import ModelLoadError
 
-from edgeopt.inspect.tflite_graph import _snake, read_tflite
+from edgeopt.inspect.tflite_graph import read_tflite
 
 from . import _models
 
@@ -70,12 +71,11 @@ def test_to_dict_is_json_ready() -> None:
     assert doc[1]["op"] == "CONV_2D" and doc[1]["inputs"][1]["constant_bytes"] == 216
 
 
-@pytest.mark.parametrize(
-    ("raw", "snake"),
-    [("dilationWFactor", "dilation_w_factor"), ("strideH", "stride_h"), ("beta", "beta")],
-)
-def test_snake_case_option_names(raw: str, snake: str) -> None:
-    assert _snake(raw) == snake
+def test_option_names_are_snake_case() -> None:
+    g = read_tflite(_models.supported_int8())
+    conv = next(op for op in g.ops if op.name == "CONV_2D")
+    assert {"dilation_w_factor", "stride_h", "fused_activation_function"} <= set(conv.options)
+    assert conv.options["padding"] in ("SAME", "VALID")  # enums by member name
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -91,12 +91,15 @@ def test_not_a_flatbuffer(tmp_path: Path) -> None:
 
 
 def test_corrupt_files_raise_model_load_error_never_crash(tmp_path: Path) -> None:
-    """Truncated / bit-flipped files: a ModelLoadError or a parse, never another exception."""
+    """Truncated / bit-flipped files: a one-line ModelLoadError naming the file, or a parse of a
+    file the runtime's checks accept too; never another exception, never a silent acceptance."""
     data = bytearray(_models.supported_int8().read_bytes())
     rng = np.random.default_rng(0)
+    outcomes = {"truncated": [], "flipped": []}
     for i in range(30):
         bad = bytearray(data)
-        if i % 3 == 0:
+        kind = "truncated" if i % 3 == 0 else "flipped"
+        if kind == "truncated":
             bad = bad[: int(rng.integers(8, len(bad)))]
         else:
             for pos in rng.integers(8, len(bad), size=16):
@@ -104,9 +107,16 @@ def test_corrupt_files_raise_model_load_error_never_crash(tmp_path: Path) -> Non
         p = tmp_path / f"bad{i}.tflite"
         p.write_bytes(bytes(bad))
         try:
-            read_tflite(p)
-        except ModelLoadError:
-            pass
+            g = read_tflite(p)
+        except ModelLoadError as exc:
+            assert str(p) in str(exc) and "\n" not in str(exc)
+            outcomes[kind].append("rejected")
+            continue
+        verify.check_tflite(bytes(bad), str(p))  # accepted here => accepted by the runtime
+        assert g.ops and g.tensors
+        outcomes[kind].append("parsed")
+    assert outcomes["truncated"] == ["rejected"] * 10, outcomes  # data past the end: never parsed
+    assert outcomes["flipped"].count("rejected") >= 5, outcomes  # the checks do reject
 
 
 def test_reader_does_not_import_tensorflow() -> None:

@@ -40,7 +40,8 @@ WORKER_MEMORY_LIMIT = 6 << 30  # address space: a huge allocation fails instead 
 
 # -- mutators ------------------------------------------------------------------------------------
 # Flatbuffer layouts used to find structural slots (offsets, vtable entries, lengths, scalars)
-# in the *valid* base model. Codes as in verify._OPTIONS, plus "T:Name" (vector of tables),
+# in the *valid* base model. Width codes ("1"/"2"/"4"/"8" scalars, "s", "vN", "g"; options
+# layouts come from edgeopt_runtime.verify.schema_tables), plus "T:Name" (vector of tables),
 # "t:Name" (table) and "U"/"U2" (builtin options union; type in the previous field).
 _LAYOUTS = {
     "Model": "4 T:OperatorCode T:SubGraph s T:Buffer v4 T:Metadata T:SignatureDef",
@@ -62,13 +63,26 @@ def structural_slots(data: bytes) -> list[tuple[int, int, bool]]:
     ``is_value``: a scalar field or an element of a short int vector (shape, tensor indices),
     i.e. a value the kernels see, rather than flatbuffer plumbing.
     """
-    from edgeopt_runtime import verify as v
+    from edgeopt_runtime.verify import flatbuffer as v
+    from edgeopt_runtime.verify.schema_tables import OPTIONS, OPTIONS_2
 
-    r = v._Reader(memoryview(data))  # noqa: SLF001 - test helper reuses the checked reader
+    def widths(fields: tuple) -> str:
+        """The generated field layout as width codes ("1 4 4 v4 s g _ ...")."""
+        out = []
+        for _, code, _ in fields:
+            if code in ("g", "G", "s", "_", "t", "T"):
+                out.append({"G": "v4", "t": "_", "T": "_"}.get(code, code))
+            elif code.startswith("v:"):
+                out.append(f"v{v.WIDTH[code[2:]]}")
+            else:
+                out.append(str(v.WIDTH[code]))
+        return " ".join(out)
+
+    r = v.Reader(memoryview(data))
     slots: list[tuple[int, int, bool]] = [(0, 4, False)]
 
     def walk(pos: int, layout: str) -> None:
-        t = v._Table(r, pos, "t")  # noqa: SLF001
+        t = v.Table(r, pos, "t")
         slots.append((t.pos, 4, False))
         slots.extend((t.vt + 2 * k, 2, False) for k in range(t.nfields + 2))
         codes = layout.split()
@@ -90,10 +104,10 @@ def structural_slots(data: bytes) -> list[tuple[int, int, bool]]:
         slots.append((p, 4, False))
         target = r.deref(p, "x")
         if code in ("U", "U2"):
-            kind = t.scalar(fid - 1, v._U8)  # noqa: SLF001
-            schema = v._OPTIONS if code == "U" else v._OPTIONS_2  # noqa: SLF001
+            kind = t.scalar(fid - 1, v.U8)
+            schema = OPTIONS if code == "U" else OPTIONS_2
             if kind in schema:
-                walk(target, schema[kind][1])
+                walk(target, widths(schema[kind][1]))
             return
         if code.startswith("t:"):
             walk(target, _LAYOUTS[code[2:]])
@@ -371,7 +385,7 @@ def _try_raw(path: str, rng: np.random.Generator, check: bool) -> tuple[str, str
             if path.endswith(".tflite"):
                 verify.check_tflite(data, path)
             else:
-                verify.check_onnx_header(data, path)
+                verify.check_onnx(data, path)
         except rt.EdgeOptError as exc:
             return "rejected", _first_line(exc)
     try:

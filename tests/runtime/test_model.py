@@ -281,3 +281,6 @@ def test_buffered_dequantizer_equals_reference_dequantize() -> None:
     first = dq(q)
     assert np.array_equal(first, dequantize(q, p)) and first.dtype == np.float32
     assert dq(q) is not first  # results handed to callers are never overwritten
+    scalar = dq(np.array(-9 + 5, np.int8))  # a 0-d output (found by the semantic fuzz)
+    assert isinstance(scalar, np.ndarray) and scalar.shape == ()
+    assert scalar == np.float32(5) * np.float32(0.0213)

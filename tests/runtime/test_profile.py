@@ -12,14 +12,11 @@ import edgeopt_runtime as rt
 import numpy as np
 import pytest
 from edgeopt_runtime import memory
+from edgeopt_runtime.backends.onnx import aggregate_ort_trace
 from edgeopt_runtime.errors import EdgeOptError, InputError
-from edgeopt_runtime.profile import (
-    SCHEMA,
-    aggregate_ort_trace,
-    latency_stats,
-    random_feeds,
-    read_npz,
-)
+from edgeopt_runtime.feeds import random_feeds
+from edgeopt_runtime.npz import read_npz
+from edgeopt_runtime.profile import SCHEMA, latency_stats
 from edgeopt_runtime.spec import QuantParams, TensorSpec
 
 from .models import SHAPE, keras_model, representative, to_onnx, to_tflite
@@ -114,12 +111,16 @@ HOST_KEYS = {
     "numpy",
     "cpu_count",
     "cpus_usable",
+    "platform",  # the converter's report names (one host_info for both)
+    "processor",
 }
 TIMING_KEYS = {
     "backend_import_ms",
     "backend_imported",
     "load_ms",
     "load_method",
+    "probe_ms",
+    "probe_method",
     "first_inference_ms",
     "warmup_runs",
 }

@@ -6,8 +6,9 @@ test changes exactly one fact and names the message it expects.
 
 from __future__ import annotations
 
-import inspect
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -406,7 +407,29 @@ ZOO_CORRUPTIONS: list[tuple[str, str, Callable[[schema.ModelT], object], str]] =
         ),
         r"\(DEQUANTIZE\) output shape \[1, 1, 1, 1\] differs from its input's",
     ),
+    (
+        "QUANTIZE turned into SOFTMAX: float softmax into an int8 tensor (heap overrun)",
+        "misc_int8",
+        lambda m: [setattr(c, "builtinCode", CODES["SOFTMAX"]) or setattr(
+            c, "deprecatedBuiltinCode", CODES["SOFTMAX"]) for c in m.operatorCodes
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == CODES["QUANTIZE"]],
+        r"\(SOFTMAX\) writes int8 from a float32 input; its kernel writes float32",
+    ),
+    (
+        "a WHILE body that passes its counter through: the loop never ends (hang)",
+        "rnn_dynamic",
+        lambda m: _loop_forever(m),
+        r"\(WHILE\) never ends once entered: its condition \(subgraph \d+\) reads only loop "
+        r"variables",
+    ),
 ]
+
+
+def _loop_forever(m: schema.ModelT) -> None:
+    """Make the first WHILE's body return its inputs unchanged (the state never moves)."""
+    op = _op(m, "WHILE")
+    body = m.subgraphs[op.builtinOptions.bodySubgraphIndex]
+    body.outputs = np.array(body.inputs, np.int32)
 
 
 @pytest.mark.parametrize(
@@ -518,7 +541,8 @@ def test_probe_turns_a_crash_into_model_load_error(
             lambda m: setattr(_out(m, "ADD").quantization, "scale", np.array([0.0], np.float32)),
         )
     )
-    with pytest.raises(ModelLoadError, match=r"crashed the interpreter \(signal 6, SIGABRT\)"):
+    crashed = r"crashed the TFLite interpreter \(signal 6, SIGABRT\)"
+    with pytest.raises(ModelLoadError, match=crashed):
         verify.probe_in_subprocess(path, timeout=120)
 
 
@@ -530,52 +554,60 @@ def test_probe_reports_a_refused_model(tmp_path: Path) -> None:
 
 
 # -- the embedded schema tables match the installed LiteRT schema --------------------------------
-_WIDTH = {"Bool": 1, "Int8": 1, "Uint8": 1, "Int16": 2, "Uint16": 2, "Int32": 4, "Uint32": 4}
-_WIDTH |= {"Float32": 4, "Int64": 8, "Uint64": 8, "Float64": 8}
-
-
-def _layout(cls: type) -> str:
-    """Field codes of a generated table class, as verify._OPTIONS writes them."""
-    codes: dict[int, str] = {}
-    for name, fn in vars(cls).items():
-        if not callable(fn) or name.endswith(("IsNone", "AsNumpy")):
-            continue
-        src = inspect.getsource(fn)
-        slot = re.search(r"self\._tab\.Offset\((\d+)\)", src)
-        if not slot or "VectorLen(" in src:
-            continue
-        fid = (int(slot[1]) - 4) // 2
-        flags = re.search(r"number_types\.((?!UOffsetT)\w+)Flags", src)
-        if "String(" in src and "j *" not in src:
-            code = "s"
-        elif "j *" in src:
-            code = f"v{_WIDTH[flags[1]]}"
-        else:
-            code = str(_WIDTH[flags[1]])
-        if "Subgraph" in name or name == "CalledComputations":
-            code = {"4": "g", "v4": "G"}[code]
-        codes[fid] = code
-    return " ".join(codes.get(i, "_") for i in range(max(codes) + 1)) if codes else ""
-
-
-@pytest.mark.parametrize(
-    "union,table",
-    [(schema.BuiltinOptions, verify._OPTIONS), (schema.BuiltinOptions2, verify._OPTIONS_2)],
-)
-def test_options_layouts_match_installed_schema(union: type, table: dict) -> None:
-    members = {v: k for k, v in vars(union).items() if isinstance(v, int) and v}
-    assert set(members) == set(table)
-    for kind, name in members.items():
-        assert table[kind] == (name, _layout(getattr(schema, name))), name
-
-
-def test_builtin_code_tables_use_the_schema_numbers() -> None:
-    src = inspect.getsource(verify)
-    pairs = re.findall(r"\b([A-Z][A-Z0-9_]+)=(\d+)\b", src)
-    assert len(pairs) > 80
-    for name, code in pairs:
-        assert CODES[name] == int(code), name
+def test_generated_schema_tables_match_the_installed_schema() -> None:
+    """scripts/gen_tflite_schema_tables.py --check: the checked-in tables are up to date."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts/gen_tflite_schema_tables.py"), "--check"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     assert max(OPS) == verify.MAX_BUILTIN_CODE
     assert {v for k, v in vars(schema.TensorType).items() if isinstance(v, int)} == set(
         verify.TENSOR_TYPES
     )
+
+
+def test_generated_option_fields_decode_like_the_schema_module(
+    base_models: dict[str, Path], valid_zoo: dict[str, Path]
+) -> None:
+    """Every builtin-options table of the test models decodes to the values the flatc-generated
+    ``*OptionsT`` classes give (scalars, bools, floats, vectors and their defaults)."""
+    from edgeopt_runtime.verify import flatbuffer as fb
+    from edgeopt_runtime.verify.schema_tables import OPTIONS
+
+    seen = 0
+    for path in [*base_models.values(), *valid_zoo.values()]:
+        if path.suffix != ".tflite":
+            continue
+        data = path.read_bytes()
+        model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+        r = fb.Reader(memoryview(data))
+        root = fb.Table(r, r.deref(0, "root"), "model")
+        for sg, sgt in zip(root.tables(2, "subgraph"), model.subgraphs, strict=True):
+            for op, opt in zip(sg.tables(3, "op"), sgt.operators, strict=True):
+                kind = op.scalar(3, fb.U8)
+                table = op.table(4, "options")
+                if not kind or table is None:
+                    continue
+                got = fb.read_fields(table, OPTIONS[kind][1])
+                want = {
+                    re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", k).lower(): v
+                    for k, v in vars(opt.builtinOptions).items()
+                    if not isinstance(v, bytes)
+                }
+                for key, value in got.items():
+                    expect = want[key]
+                    expect = expect.tolist() if hasattr(expect, "tolist") else expect
+                    assert value == expect, (path.name, OPTIONS[kind][0], key, value, expect)
+                seen += 1
+    assert seen > 50
+
+
+def test_op_rule_tables_name_real_ops() -> None:
+    from edgeopt_runtime.verify import op_rules
+
+    with pytest.raises(KeyError):
+        op_rules.codes("CONV_2D NOT_AN_OP")
+    assert op_rules.op("SOFTMAX") == CODES["SOFTMAX"]
+    assert set(op_rules.ARITY) <= set(OPS)

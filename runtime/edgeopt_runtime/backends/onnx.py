@@ -1,13 +1,22 @@
-"""ONNX Runtime runner."""
+"""ONNX Runtime runner.
+
+``InferenceSession.run`` is thread-safe (ORT documents it; ``benchmarks/threads.py`` measures
+it), so one session serves every caller.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DelegateError, MissingDependencyError, ModelLoadError
 from ..spec import TensorSpec
+from . import LoadOptions, Progress, first_line
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -29,6 +38,23 @@ def _ort() -> Any:
     except ImportError:
         raise MissingDependencyError("onnxruntime", "onnxruntime", "to run .onnx models") from None
     return onnxruntime
+
+
+def import_engine() -> str:
+    """Import ONNX Runtime; return ``"onnxruntime version"``."""
+    return f"onnxruntime {_ort().__version__}"
+
+
+def check(data: bytes, source: str) -> None:
+    """Structural checks before ONNX Runtime sees the bytes (``edgeopt_runtime.verify``)."""
+    from ..verify import check_onnx
+
+    check_onnx(data, source)
+
+
+def create(data: bytes, source: str, options: LoadOptions) -> OnnxRunner:
+    providers = list(options.providers) if options.providers else None
+    return OnnxRunner(data, source, threads=options.threads, providers=providers)
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -71,11 +97,13 @@ class OnnxRunner:
         if profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
+        self._bytes = model_bytes
         try:
             self._sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{source}: ONNX Runtime refused the model: {first}") from None
+            raise ModelLoadError(
+                f"{source}: ONNX Runtime refused the model: {first_line(exc)}"
+            ) from None
         self.delegate = self._sess.get_providers()[0]
         self.providers = self._sess.get_providers()
         self.inputs = [_spec(a) for a in self._sess.get_inputs()]
@@ -87,9 +115,8 @@ class OnnxRunner:
         try:
             return self._sess.run(self._out_names, dict(zip(self._in_names, arrays, strict=True)))
         except Exception as exc:  # ORT raises its own Fail/InvalidArgument/... classes
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"{self._source}: ONNX Runtime failed to run the model: {first}"
+                f"{self._source}: ONNX Runtime failed to run the model: {first_line(exc)}"
             ) from None
 
     @property
@@ -104,6 +131,36 @@ class OnnxRunner:
         except Exception:
             return None
 
+    def threads_effective(self) -> str:
+        return str(self.threads) if self.threads else "ONNX Runtime default (one per physical core)"
+
+    def op_profile(
+        self, arrays: list[np.ndarray], runs: int, warmup: int, progress: Progress | None
+    ) -> dict[str, Any]:
+        """Trace ``warmup + runs`` runs in a separate profiling session and aggregate the trace
+        (a separate session, so profiling never slows the timed runs)."""
+        feeds = dict(zip(self._in_names, arrays, strict=True))
+        with tempfile.TemporaryDirectory(prefix="edgeopt-ortprof-") as tmp:
+            traced = OnnxRunner(
+                self._bytes,
+                self._source,
+                threads=self.threads,
+                providers=self.providers,
+                profile_prefix=os.path.join(tmp, "ort"),
+            )
+            total = warmup + runs
+            for i in range(total):
+                traced.run(list(feeds.values()))
+                if progress is not None:
+                    progress("op-profile", i + 1, total)
+            trace = traced.end_profiling()
+            if not trace or not Path(trace).is_file():
+                return {"available": False, "reason": "ONNX Runtime wrote no profiling trace"}
+            events = json.loads(Path(trace).read_text(encoding="utf-8"))
+        out = aggregate_ort_trace(events, skip_runs=warmup)
+        out["source"] = "onnxruntime profiling trace (separate session with enable_profiling)"
+        return out
+
     def info(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
@@ -111,3 +168,71 @@ class OnnxRunner:
             "providers": self.providers,
             "threads": self.threads,
         }
+
+
+def aggregate_ort_trace(events: list[dict[str, Any]], *, skip_runs: int = 0) -> dict[str, Any]:
+    """Aggregate an ONNX Runtime profiling trace by op type and by node.
+
+    Args:
+        events: the trace's JSON list (Chrome trace events).
+        skip_runs: leading ``model_run`` calls to ignore (warm-up).
+
+    Returns:
+        ``available``, ``runs``, ``by_op_type`` / ``by_node`` (mean ms per run and share of the
+        node total, largest first), ``node_total_ms_per_run`` and ``model_run_ms_per_run``.
+    """
+    windows = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[skip_runs:]
+    if not windows:
+        return {"available": False, "reason": "no model_run events in the ONNX Runtime trace"}
+    nodes: dict[str, dict[str, Any]] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if not any(a <= e["ts"] <= b for a, b in windows):
+            continue
+        args = e.get("args") or {}
+        node = nodes.setdefault(
+            name[: -len("_kernel_time")],
+            {"op_type": args.get("op_name", "?"), "provider": args.get("provider"), "us": 0},
+        )
+        node["us"] += e["dur"]
+    n = len(windows)
+    node_total_us = sum(v["us"] for v in nodes.values())
+    by_node = [
+        {
+            "name": k,
+            "op_type": v["op_type"],
+            "provider": v["provider"],
+            "mean_ms_per_run": v["us"] / n / 1e3,
+            "share": v["us"] / node_total_us if node_total_us else 0.0,
+        }
+        for k, v in sorted(nodes.items(), key=lambda kv: -kv[1]["us"])
+    ]
+    return {
+        "available": bool(by_node),
+        "reason": None if by_node else "no node events in the ONNX Runtime trace",
+        "runs": n,
+        "by_op_type": _by_op_type(by_node),
+        "by_node": by_node,
+        "node_total_ms_per_run": node_total_us / n / 1e3,
+        "model_run_ms_per_run": sum(b - a for a, b in windows) / n / 1e3,
+    }
+
+
+def _by_op_type(by_node: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for node in by_node:
+        g = groups.setdefault(
+            node["op_type"], {"op_type": node["op_type"], "nodes": 0, "mean_ms_per_run": 0.0}
+        )
+        g["nodes"] += 1
+        g["mean_ms_per_run"] += node["mean_ms_per_run"]
+    total = sum(g["mean_ms_per_run"] for g in groups.values())
+    for g in groups.values():
+        g["share"] = g["mean_ms_per_run"] / total if total else 0.0
+    return sorted(groups.values(), key=lambda g: -g["mean_ms_per_run"])
