@@ -18,11 +18,12 @@ Note: the module itself is callable (``edgeopt.convert(...)`` works even after
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,35 @@ import edgeopt_runtime as rt
 import numpy as np
 from edgeopt_runtime.errors import EdgeOptError, TargetError
 from edgeopt_runtime.manifest import ModelEntry, sha256_file
-from edgeopt_runtime.profile import latency_stats
 
 from . import accelerator as acc
 from .accelerator import StrictError
 from .artifact import model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
 from .calibration import CalibrationSource, Preprocessing, open_calibration
+from .evaluate import (
+    DEFAULT_LATENCY_RUNS,
+    DEFAULT_MAX_EVAL,
+    HOST_THREADS,
+    EvalData,
+    EvalOptions,
+    EvalSamples,
+    ModelRef,
+    evaluate,
+)
 from .limits import OptionError, check_numbers
 from .output import Staging, claim_output, source_bytes
+from .results import (
+    ArtifactResult,
+    ConvertResult,
+    Evaluation,
+    Gates,
+    ModelInfo,
+    ReportHeader,
+    RuntimeInfo,
+    Status,
+    TargetResult,
+)
 from .sources import ModelSource, load_source
 from .targets import (
     CalibrationMethod,
@@ -49,21 +70,26 @@ from .targets import (
     load_target,
 )
 
-DEFAULT_LATENCY_RUNS = 50
-LATENCY_WARMUP = 5
-MAX_EVAL_SAMPLES = 256  # drift is measured on at most this many validation samples
-HOST_THREADS = 1  # latency is measured single-threaded: stable on a shared host, comparable
+# One failing target fails the run and nothing is written (the record of the failure is built
+# either way: with False the run goes on and the report marks the target `failed`; issue 13
+# turns that into the CLI's partial success).
+FAIL_FAST = True
 WORK_DIR = "_work"  # scratch inside the staging folder (float models, exports); not shipped
 
 Progress = Callable[[str], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvertReport:
-    """The result of ``convert``: the ``edgeopt.report/1`` document and where it was written."""
+    """The result of ``convert``: the record, its ``edgeopt.report/1`` document (``data``) and
+    where it was written."""
 
-    data: dict[str, Any]
+    result: ConvertResult
     out: Path
+    data: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", self.result.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return self.data
@@ -95,7 +121,7 @@ class _Plan:
 class _Context:
     source: ModelSource
     calib: CalibrationSource
-    evaluation: CalibrationSource
+    samples: EvalSamples
     method: CalibrationMethod | None
     keep_float: tuple[re.Pattern[str], ...]
     work: Path
@@ -193,11 +219,16 @@ def _convert_claimed(
         calib, list(source.inputs), num=num_calib, seed=seed,
         preprocessing=preprocessing, allow_synthetic=allow_synthetic,
     )
-    eval_src = calib_src
-    if val is not None:
-        eval_src = open_calibration(
-            val, list(source.inputs), num=MAX_EVAL_SAMPLES, seed=seed, preprocessing=preprocessing
-        )
+    # The evaluation samples follow the one selection rule (edgeopt.evaluate.EvalData), so
+    # `edgeopt compare --data` on the same data, --num and --seed measures the same samples.
+    data_path = val if val is not None else calib
+    eval_spec = EvalData(
+        None if data_path is None else str(data_path),
+        num=None if val is not None else num_calib, seed=seed, preprocessing=preprocessing,
+        allow_synthetic=val is None and allow_synthetic,
+        role="validation" if val is not None else "calibration",
+    )
+    samples = eval_spec.open(list(source.inputs), reuse=calib_src if val is None else None)
     for plan in plans:
         plan.shapes = _target_shapes(source, plan.profile, calib_src)
     started = time.perf_counter()
@@ -211,25 +242,30 @@ def _convert_claimed(
             say(message)
 
         ctx = _Context(
-            source, calib_src, eval_src, method, patterns, work, step, latency_runs, out
+            source, calib_src, samples, method, patterns, work, step, latency_runs, out
         )
-        results = [_convert_target(ctx, plan, stage.path(plan.profile.name)) for plan in plans]
-        report = _report(ctx, results, settings={
+        results = []
+        for plan in plans:
+            target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
+            results.append(target)
+            if error is not None and FAIL_FAST:
+                raise error
+        gates = Gates.from_dict(acc.accelerator_gates([t.to_dict() for t in results], strict))
+        record = _result(ctx, results, gates, started, settings={
             "formats": sorted(wanted) if wanted else "all", "calib_method": calib_method,
             "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
             "latency_runs": latency_runs, "host_threads": HOST_THREADS, "strict": strict,
+            "max_eval": DEFAULT_MAX_EVAL,
         })
-        report["gates"] = acc.accelerator_gates(results, strict)
-        report["wall_seconds"] = round(time.perf_counter() - started, 3)
+        report = ConvertReport(record, out)
         from .report import write_report
 
         step("writing report")
-        write_report(report, stage.path())
+        write_report(report.data, stage.path())
         stage.commit(drop=(WORK_DIR,))
-    result = ConvertReport(report, out)
-    if strict and not report["gates"]["passed"]:
-        raise StrictError(acc.strict_message(report["gates"]), result)
-    return result
+    if strict and not gates.passed:
+        raise StrictError(acc.strict_message(report.data["gates"]), report)
+    return report
 
 
 # ------------------------------------------------------------------------------ options / plan
@@ -360,12 +396,36 @@ def _target_shapes(
 # ------------------------------------------------------------------------------ per target
 
 
-def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
+def _attempt_target(
+    ctx: _Context, plan: _Plan, tdir: Path
+) -> tuple[TargetResult, EdgeOptError | None]:
+    """Convert one target; a user-caused failure becomes a ``failed`` record (its folder is
+    removed) and is returned beside it, so the caller decides whether the run goes on."""
+    started = time.perf_counter()
+    try:
+        return _convert_target(ctx, plan, tdir), None
+    except EdgeOptError as exc:
+        shutil.rmtree(tdir, ignore_errors=True)
+        profile = plan.profile
+        failed = TargetResult.failed(
+            profile.name, profile.description, _profile_path(profile), str(exc),
+            error_type=type(exc).__name__, skipped=plan.skipped,
+            wall_seconds=round(time.perf_counter() - started, 3),
+        )
+        return failed, exc
+
+
+def _profile_path(profile: TargetProfile) -> str | None:
+    return None if profile.path is None else str(profile.path)
+
+
+def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
     """Build, check and measure every artifact of one target; write its manifest."""
     profile = plan.profile
     tdir.mkdir()
     started = time.perf_counter()
-    artifacts, entries = [], []
+    artifacts: list[ArtifactResult] = []
+    entries: list[ModelEntry] = []
     for job in plan.jobs:
         name = f"model_{job.precision}{job.backend.extension}"
         ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
@@ -376,18 +436,18 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
             input_shapes=plan.shapes, workdir=ctx.work, out_path=tdir / name,
             calib=ctx.calib, calib_method=method, keep_float=ctx.keep_float,
         ))
-        seconds = time.perf_counter() - t0
+        seconds = round(time.perf_counter() - t0, 3)
         float_path = job.backend.build_float(ctx.source, plan.shapes, ctx.work)
         ctx.say(f"{profile.name}: measuring {name} against the float model")
-        art, entry, prediction = _evaluate(ctx, profile, built, float_path)
-        art["conversion_seconds"] = round(seconds, 3)
-        art["calibration_method"] = _used_method(job, method)
-        artifacts.append(art)
+        art, entry, prediction = _measure(ctx, profile, built, float_path,
+                                          seconds, _used_method(job, method))
         entries.append(entry)
         if acc.wants_edgetpu_compile(profile.runtime.tflite_delegate.value, built.format,
                                      built.precision):
             ctx.say(f"{profile.name}: compiling {name} with edgetpu_compiler (if installed)")
-            entries += _edgetpu_compile(art, entry, built.path, tdir, prediction)
+            art, compiled = _edgetpu_compile(art, entry, built.path, tdir, prediction)
+            entries += compiled
+        artifacts.append(art)
     write_target_manifest(
         tdir, profile, entries,
         source={"path": str(ctx.source.path), "format": ctx.source.format,
@@ -395,70 +455,61 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> dict[str, Any]:
         calibration={**ctx.calib.to_manifest(),
                      "method": (ctx.method or profile.quantization.calibration_method).value,
                      # what each calibrated model really used (TFLite: always min/max)
-                     "methods": {a["file"]: a["calibration_method"] for a in artifacts
-                                 if a["calibration_method"]}},
+                     "methods": {a.file: a.calibration_method for a in artifacts
+                                 if a.calibration_method}},
         preprocessing=ctx.calib.preprocessing,
         tools=_tools(),
     )
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
-    for art in artifacts:
-        _record_runtime(art, tdir, profile)
-    return {
-        "name": profile.name,
-        "status": "ok",  # a failing target fails the whole run (nothing half-written)
-        "error": None,
-        "description": profile.description,
-        "profile_path": profile.path,
-        "directory": profile.name,
-        "artifacts": artifacts,
-        "skipped": plan.skipped,
-        "input_shapes": {k: list(v) for k, v in plan.shapes.items()},
-        "wall_seconds": round(time.perf_counter() - started, 3),
-    }
+    return TargetResult(
+        name=profile.name, status=Status.OK, description=profile.description,
+        profile_path=_profile_path(profile), directory=profile.name,
+        artifacts=tuple(_with_runtime(a, tdir, profile) for a in artifacts),
+        skipped=tuple(plan.skipped), input_shapes={k: list(v) for k, v in plan.shapes.items()},
+        wall_seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def _edgetpu_compile(
-    art: dict[str, Any], entry: ModelEntry, model: Path, tdir: Path,
+    art: ArtifactResult, entry: ModelEntry, model: Path, tdir: Path,
     prediction: dict[str, Any] | None,
-) -> list[ModelEntry]:
+) -> tuple[ArtifactResult, list[ModelEntry]]:
     """Compile the int8 model for the Edge TPU when the compiler is installed.
 
     The compiled ``*_edgetpu.tflite`` is listed after the plain model, so the plain model stays
     the manifest's default; the runtime picks the compiled one only where libedgetpu is present.
 
     Returns:
-        The manifest entries to add (none when the compiler is missing or failed).
+        The artifact with the compiler's block (and notes), and the manifest entries to add
+        (none when the compiler is missing or failed).
     """
     if prediction is None:  # pre-flight failed: nothing to compare with, still compile
         prediction = {"ops": [], "summary": {"verdict": "no prediction"}}
     block, compiled = acc.compile_edgetpu(model, tdir, prediction, shown_dir=tdir.name)
-    art["edgetpu_compiler"] = block
+    found: ModelEntry | None = None
+    note: str | None = None
     if block["status"] == "not_available":
-        art["notes"].append(acc.COMPILER_MISSING)
-        return []
-    if compiled is None:
-        art["notes"].append(f"edgetpu_compiler failed: {block.get('error')}")
-        return []
-    found, why = acc.compiled_entry(compiled, entry)
-    if found is None:
-        art["notes"].append(str(why))
-        return []
-    return [found]
+        note = acc.COMPILER_MISSING
+    elif compiled is None:
+        note = f"edgetpu_compiler failed: {block.get('error')}"
+    else:
+        found, why = acc.compiled_entry(compiled, entry)
+        note = None if found is not None else str(why)
+    art = replace(art, post_build=block, post_build_key="edgetpu_compiler",
+                  notes=art.notes + ((note,) if note else ()))
+    return art, [found] if found is not None else []
 
 
-def _record_runtime(art: dict[str, Any], tdir: Path, profile: TargetProfile) -> None:
+def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> ArtifactResult:
     """Load the artifact as the runtime would on this host and keep what it says.
 
     The latency numbers were taken on this host's CPU; when the target's accelerator is not
     here (no GPU delegate, no libedgetpu) the runtime says so in ``Model.notes``.
     """
-    from .backends._frameworks import stdout_to_stderr
-
-    with stdout_to_stderr():
-        model = rt.load(tdir, threads=HOST_THREADS, format=art["format"],
-                        precision=art["precision"])
+    model = ModelRef(tdir, threads=HOST_THREADS, format=art.format,
+                     precision=art.precision).load()
     notes = list(model.notes)
-    wanted = profile.runtime.tflite_delegate.value if art["format"] == "tflite" else None
+    wanted = profile.runtime.tflite_delegate.value if art.format == "tflite" else None
     on_cpu = model.delegate in ("xnnpack", "none")
     if wanted == "edgetpu" and on_cpu and not notes:
         # the runtime says nothing when there is no compiled model to prefer
@@ -467,11 +518,16 @@ def _record_runtime(art: dict[str, Any], tdir: Path, profile: TargetProfile) -> 
     elif wanted == "gpu" and on_cpu and not notes:
         notes.append(f"no GPU delegate on this host: timings are host-CPU timings "
                      f"({model.delegate}), not mobile GPU")
-    art["runtime"] = {"target_delegate": wanted or (profile.runtime.onnx_providers or [None])[0],
-                      "host_delegate": model.delegate, "host_backend": model.backend,
-                      "loaded_file": model.path.name, "notes": notes}
-    art["latency"]["host_notes"] = notes
-    art["notes"] += [n for n in notes if n not in art["notes"]]
+    runtime = RuntimeInfo(
+        target_delegate=wanted or (profile.runtime.onnx_providers or [None])[0],
+        host_delegate=model.delegate, host_backend=model.backend,
+        loaded_file=model.path.name, notes=tuple(notes),
+    )
+    ev = art.evaluation
+    if ev.latency is not None:
+        ev = replace(ev, latency=replace(ev.latency, host_notes=tuple(notes)))
+    return replace(art, runtime=runtime, evaluation=ev,
+                   notes=art.notes + tuple(n for n in notes if n not in art.notes))
 
 
 def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
@@ -482,101 +538,45 @@ def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
 
 def _host_load(path: Path) -> rt.Model:
     """Load for measuring on this host: CPU (XNNPACK for TFLite), fixed thread count."""
-    from .backends._frameworks import stdout_to_stderr
-
     delegate = "xnnpack" if path.suffix == ".tflite" else None
-    with stdout_to_stderr():  # LiteRT prints "INFO: Created ... XNNPACK delegate" on stderr
-        return rt.load(path, threads=HOST_THREADS, delegate=delegate)
+    return ModelRef(path, threads=HOST_THREADS, delegate=delegate).load()
 
 
-def _evaluate(
-    ctx: _Context, profile: TargetProfile, built: Built, float_path: Path
-) -> tuple[dict[str, Any], ModelEntry, dict[str, Any] | None]:
-    """Report entry and manifest entry of one artifact: size, drift, latency, pre-flight.
+def _measure(
+    ctx: _Context, profile: TargetProfile, built: Built, float_path: Path, seconds: float,
+    calibration_method: str | None,
+) -> tuple[ArtifactResult, ModelEntry, dict[str, Any] | None]:
+    """Record and manifest entry of one artifact: size, drift, latency, pre-flight.
 
     Returns:
-        (report entry, manifest entry, the full pre-flight result or None when it failed).
+        (the artifact record without its runtime block, the manifest entry, the full
+        pre-flight result or None when it failed).
     """
-    from .drift import compare_outputs, task_metrics
-
     quant = _host_load(built.path)
     ref_model = _host_load(float_path)
     entry = model_entry(built.path, built.format, built.precision, quant)
-    names = [s.name for s in quant.outputs]
-    ref, cand = _run_outputs(ctx.evaluation, ref_model, quant, names)
-    drift = compare_outputs(ref, cand, names)
-    labels = ctx.evaluation.labels
-    task = task_metrics(ref, cand, labels) if labels is not None else None
-    feeds = next(iter(ctx.evaluation))
-    latency = _latency_pair(ref_model, quant, feeds, ctx.latency_runs)
-    size, float_size = entry.size_bytes, float_path.stat().st_size
-    notes = list(built.notes)
+    evaluation: Evaluation = evaluate(
+        ref_model, quant, ctx.samples, options=EvalOptions(latency_runs=ctx.latency_runs),
+        data_warnings=False,
+    )
+    notes = list(built.notes) + list(evaluation.notes)
     if built.details.get("keep_float_unmatched"):
         notes.append(f"--keep-float {built.details['keep_float_unmatched']} matched no "
                      f"{'tensor' if built.format == 'tflite' else 'node'} name in this model")
     shown = f"{profile.name}/{built.path.name}"
     prediction = _preflight(built.path, profile)
-    target_arg = _target_arg(profile)
-    art = {
-        "target": profile.name,
-        "file": built.path.name,
-        "path": shown,
-        "format": built.format,
-        "precision": built.precision,
-        "sha256": entry.sha256,
-        "size_bytes": size,
-        "float_size_bytes": float_size,
-        "float_sha256": sha256_file(float_path),
-        "size_ratio": round(size / float_size, 4),
-        "io": {"inputs": entry.inputs, "outputs": entry.outputs},
-        "latency": latency,
-        "drift": drift,
-        "details": built.details,
-        "preflight": acc.compact_preflight(prediction, str(ctx.out / shown), str(target_arg)),
-        "notes": notes,
-    }
-    if task is not None:
-        art["task"] = task
+    art = ArtifactResult(
+        target=profile.name, file=built.path.name, path=shown, format=built.format,
+        precision=built.precision, sha256=entry.sha256, size_bytes=entry.size_bytes,
+        float_size_bytes=float_path.stat().st_size, float_sha256=sha256_file(float_path),
+        io={"inputs": entry.inputs, "outputs": entry.outputs}, evaluation=evaluation,
+        details=built.details,
+        preflight=acc.compact_preflight(prediction, str(ctx.out / shown),
+                                        str(_target_arg(profile))),
+        calibration_method=calibration_method, conversion_seconds=seconds,
+        notes=tuple(notes),
+    )
     return art, entry, (prediction if "summary" in prediction else None)
-
-
-def _run_outputs(
-    data: CalibrationSource, ref_model: rt.Model, quant: rt.Model, names: list[str]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Outputs of the float and the quantized model on every sample, stacked per output."""
-    ref: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    cand: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in data:
-        r, c = ref_model.run(sample), quant.run(sample)
-        for i, n in enumerate(names):
-            ref[n].append(r[n] if n in r else r[i])  # same names by construction; else order
-            cand[n].append(c[n])
-    return ([np.concatenate(ref[n]) for n in names], [np.concatenate(cand[n]) for n in names])
-
-
-def _latency_pair(
-    ref_model: rt.Model, quant: rt.Model, feeds: dict[str, np.ndarray], runs: int
-) -> dict[str, Any]:
-    """p50 etc. of the float and the quantized model, timed interleaved (run f, run q, ...)
-    so that load from other processes hits both alike."""
-    for _ in range(LATENCY_WARMUP):
-        ref_model.run(feeds)
-        quant.run(feeds)
-    # Keys as in docs/report-schema.md: reference = the float model, candidate = the artifact.
-    samples: dict[str, list[int]] = {"reference": [], "candidate": []}
-    for _ in range(runs):
-        for key, model in (("reference", ref_model), ("candidate", quant)):
-            t0 = time.perf_counter_ns()
-            model.run(feeds)
-            samples[key].append(time.perf_counter_ns() - t0)
-    result: dict[str, Any] = {k: latency_stats(v) for k, v in samples.items()}
-    ref_p50, cand_p50 = result["reference"]["p50_ms"], result["candidate"]["p50_ms"]
-    result["speedup_p50"] = round(ref_p50 / cand_p50, 3)
-    result["threads"] = HOST_THREADS
-    result["backend"] = quant.backend
-    result["delegate"] = quant.delegate
-    result["where"] = "this host's CPU (not the target device)"
-    return result
 
 
 def _target_arg(profile: TargetProfile) -> str:
@@ -597,7 +597,7 @@ def _preflight(path: Path, profile: TargetProfile) -> dict[str, Any]:
 
 
 def _tools() -> dict[str, Any]:
-    from .report import tool_versions
+    from .results import tool_versions
 
     return tool_versions()
 
@@ -605,14 +605,12 @@ def _tools() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ report
 
 
-def _report(
-    ctx: _Context, targets: list[dict[str, Any]], settings: dict[str, Any]
-) -> dict[str, Any]:
-    from .report import new_report
-
-    report = new_report("convert")
-    src = ctx.source
-    calib, ev = ctx.calib, ctx.evaluation
+def _result(
+    ctx: _Context, targets: list[TargetResult], gates: Gates, started: float,
+    settings: dict[str, Any],
+) -> ConvertResult:
+    src, calib, samples = ctx.source, ctx.calib, ctx.samples
+    validation = samples.spec.role == "validation"
     notes = []
     if calib.synthetic:
         notes.append(
@@ -621,39 +619,33 @@ def _report(
             "below do not reflect real data. Do not ship these artifacts."
         )
     notes += [f"calibration: {w}" for w in calib.warnings]
-    if ev is not calib:
-        notes += [f"validation: {w}" for w in ev.warnings]
+    if validation:
+        notes += [f"validation: {w}" for w in samples.source.warnings]
     notes += list(src.notes)
     for t in targets:
-        notes += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
-        for a in t["artifacts"]:
-            notes += [f"{t['name']}/{a['file']}: {n}" for n in a["notes"]]
-            summary = (a.get("preflight") or {}).get("summary") or {}
+        notes += [f"{t.name}: skipped {s}" for s in t.skipped]
+        for a in t.artifacts:
+            notes += [f"{t.name}/{a.file}: {n}" for n in a.notes]
+            summary = a.preflight.get("summary") or {}
             if summary.get("fully_delegated") is False and summary.get("verdict"):
-                notes.append(f"{t['name']}/{a['file']}: pre-flight: {summary['verdict']}")
-    report.update({
-        "synthetic_calibration": calib.synthetic,
-        "models": {"source": {
-            "path": str(src.path), "format": src.format, "precision": "float32",
-            "size_bytes": _size_of(src.path), "sha256": src.sha256,
-        }},
-        "source": src.to_dict(),
-        "calibration": {**calib.to_manifest(), "warnings": list(calib.warnings),
-                        "ranges": {k: list(v) for k, v in calib.ranges.items()}},
-        "data": {
-            "role": "validation" if ev is not calib else "calibration",
-            "source": ev.source, "format": ev.format, "count": ev.count, "sha256": ev.sha256,
-            "synthetic": ev.synthetic, "num": settings["num_calib"] if ev is calib else
-            MAX_EVAL_SAMPLES, "seed": settings["seed"],
-            "labels": {"source": ev.source, "count": int(len(ev.labels))}
-            if ev.labels is not None else None,
-            "warnings": [],
-        },
-        "settings": settings,
-        "targets": targets,
-        "notes": notes,
-    })
-    return report
+                notes.append(f"{t.name}/{a.file}: pre-flight: {summary['verdict']}")
+    return ConvertResult(
+        header=ReportHeader.now("convert"),
+        source=src.to_dict(),
+        source_model=ModelInfo(path=str(src.path), format=src.format, precision="float32",
+                               size_bytes=_size_of(src.path), sha256=src.sha256,
+                               inputs=tuple(s.to_dict() for s in src.inputs),
+                               outputs=tuple(s.to_dict() for s in src.outputs)),
+        calibration={**calib.to_manifest(), "warnings": list(calib.warnings),
+                     "ranges": {k: list(v) for k, v in calib.ranges.items()}},
+        data=samples.info(warnings=False),
+        settings=settings,
+        targets=tuple(targets),
+        gates=gates,
+        notes=tuple(notes),
+        synthetic_calibration=calib.synthetic,
+        wall_seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def _size_of(path: Path) -> int:

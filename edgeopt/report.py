@@ -11,7 +11,6 @@ external fonts or images, so it opens offline and in mail / CI artifact viewers.
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import json
 import math
@@ -19,17 +18,13 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from edgeopt_runtime.errors import EdgeOptError
-from edgeopt_runtime.host import host_info  # one host description for reports and profiles
 
-SCHEMA = "edgeopt.report/1"
-KINDS = ("compare", "convert")
-_TOOLS = ("edgeopt", "edgeopt-runtime", "numpy", "onnxruntime", "ai-edge-litert", "onnx",
-          "tensorflow", "tf2onnx", "keras")
+from .results import SCHEMA, ReportHeader
+
 # Non-finite floats are not JSON: they are written as these strings and read back as floats.
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
@@ -41,32 +36,13 @@ class ReportError(EdgeOptError):
 # --------------------------------------------------------------------------- building / IO
 
 
-def tool_versions() -> dict[str, str | None]:
-    """Installed versions of the tools that shape the numbers (from package metadata only)."""
-    out: dict[str, str | None] = {}
-    for name in _TOOLS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def new_report(kind: str) -> dict[str, Any]:
     """A report skeleton: schema, kind, created, host and tool versions filled in.
 
     Raises:
         ValueError: ``kind`` is not ``compare`` or ``convert`` (a programming error).
     """
-    if kind not in KINDS:
-        raise ValueError(f"report kind must be one of {KINDS}, got {kind!r}")
-    return {
-        "schema": SCHEMA,
-        "kind": kind,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "host": host_info(),
-        "tools": tool_versions(),
-    }
+    return ReportHeader.now(kind).to_dict()
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -186,18 +162,12 @@ def evaluations(report: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-_REF_KEYS = ("reference", "float", "float32")
-_CAND_KEYS = ("candidate", "quantized", "int8")
-
-
 def latency_pair(section: Mapping[str, Any]) -> tuple[dict | None, dict | None]:
-    """(reference stats, candidate stats) of a section's ``latency``, either may be None."""
-    lat = section.get("latency") or {}
-    if not isinstance(lat, Mapping):
+    """(reference stats, candidate stats) of a section's ``latency`` (both None without one)."""
+    lat = section.get("latency")
+    if not lat:
         return None, None
-    ref = next((lat[k] for k in _REF_KEYS if isinstance(lat.get(k), Mapping)), None)
-    cand = next((lat[k] for k in _CAND_KEYS if isinstance(lat.get(k), Mapping)), None)
-    return ref, cand
+    return lat["reference"], lat["candidate"]
 
 
 def _size(section: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -458,7 +428,7 @@ def _gates_title(gates: Mapping[str, Any]) -> str:
     """Compare gates always decide the exit code; convert's accelerator checks only with
     ``--strict`` (``gates.strict``), so say which."""
     verdict = "PASSED" if gates.get("passed") else "FAILED"
-    if "strict" not in gates:
+    if gates.get("strict") is None:
         return f"Gates: {verdict}"
     if gates["strict"]:
         return f"Accelerator checks (--strict): {verdict}"
@@ -648,7 +618,8 @@ def _host_line(report: Mapping[str, Any]) -> str:
     host = report.get("host") or {}
     tools = report.get("tools") or {}
     versions = ", ".join(f"{k} {v}" for k, v in tools.items() if v)
-    return f"{host.get('platform', '')} ({host.get('cpu_count', '?')} CPUs) · {versions}"
+    where = host.get("cpu") or host.get("os", "")
+    return f"{where} ({host.get('cpu_count', '?')} CPUs) · {versions}"
 
 
 def _html_gates(gates: Mapping[str, Any] | None) -> str:
@@ -657,7 +628,8 @@ def _html_gates(gates: Mapping[str, Any] | None) -> str:
     ok = bool(gates.get("passed"))
     items = "".join(f"<li>{'✔' if r.get('passed') else '✘'} {_e(r.get('message', ''))}</li>"
                     for r in gates["results"])
-    title = _gates_title(gates) if "strict" in gates else f"Gates {'passed' if ok else 'FAILED'}"
+    title = (_gates_title(gates) if gates.get("strict") is not None
+             else f"Gates {'passed' if ok else 'FAILED'}")
     return f'<div class="gates {"pass" if ok else "fail"}">{_e(title)}<ul>{items}</ul></div>'
 
 

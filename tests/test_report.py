@@ -122,7 +122,7 @@ def test_renderers_tolerate_missing_sections_and_convert_reports() -> None:
                    {"name": "arm-cpu", "artifacts": [
                        {"file": "model_int8.tflite", "format": "tflite", "precision": "int8",
                         "size_bytes": 2048,
-                        "latency": {"float": {"p50_ms": 3.0}, "int8": {"p50_ms": 1.5}},
+                        "latency": {"reference": {"p50_ms": 3.0}, "candidate": {"p50_ms": 1.5}},
                         "drift": sec["drift"], "task": sec["task"]}]},
                    {"name": "edgetpu", "status": "failed", "error": "op XYZ not mapped"},
                    {"name": "mobile-gpu", "artifacts": [{"file": "m.tflite"}]}]}

@@ -115,10 +115,6 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-def backend_names() -> list[str]:
-    return sorted(set(_BACKENDS) | set(_MODULES))
-
-
 def matching(names: Iterable[str], patterns: tuple[re.Pattern[str], ...]) -> list[str]:
     """Names (tensor or node names) that any ``--keep-float`` pattern finds (``re.search``)."""
     return [n for n in names if any(p.search(n) for p in patterns)]

@@ -89,12 +89,14 @@ def _progress(enabled: bool) -> Any:
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     """One line per artifact: size ratio, p50 speedup, SQNR / cosine of the first output."""
     lines = []
-    if report.get("synthetic_calibration"):
+    if report["synthetic_calibration"]:
         lines.append("WARNING: calibrated on SYNTHETIC data (--allow-synthetic); do not ship")
     for t in report["targets"]:
+        if t["status"] == "failed":
+            lines.append(f"{t['name']}: FAILED ({t['error_type']}): {t['error']}")
         for a in t["artifacts"]:
             lat = a["latency"]
-            first = (a["drift"] or [{}])[0].get("metrics", {})
+            first = a["drift"][0]["metrics"] if a["drift"] else {}
             quant_ms, float_ms = lat["candidate"]["p50_ms"], lat["reference"]["p50_ms"]
             lines.append(
                 f"{a['path']}: {a['size_bytes']} bytes ({a['size_ratio']:.2f}x float), "
