@@ -32,8 +32,8 @@ import numpy as np
 from edgeopt_runtime.errors import EdgeOptError, TargetError
 from edgeopt_runtime.manifest import ModelEntry, sha256_file
 
-from . import accelerator as acc
-from .accelerator import StrictError
+from . import accelerators
+from .accelerators import Accelerator, StrictError
 from .artifact import model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
 from .calibration import CalibrationSource, Preprocessing, open_calibration
@@ -250,7 +250,9 @@ def _convert_claimed(
             results.append(target)
             if error is not None and FAIL_FAST:
                 raise error
-        gates = Gates.from_dict(acc.accelerator_gates([t.to_dict() for t in results], strict))
+        gates = accelerators.accelerator_gates(
+            [(a.to_dict(), accelerators.for_target(p.profile, a.format))
+             for p, t in zip(plans, results, strict=True) for a in t.artifacts], strict)
         record = _result(ctx, results, gates, started, settings={
             "formats": sorted(wanted) if wanted else "all", "calib_method": calib_method,
             "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
@@ -264,7 +266,7 @@ def _convert_claimed(
         write_report(report.data, stage.path())
         stage.commit(drop=(WORK_DIR,))
     if strict and not gates.passed:
-        raise StrictError(acc.strict_message(report.data["gates"]), report)
+        raise StrictError(accelerators.strict_message(gates), report)
     return report
 
 
@@ -439,14 +441,17 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
         seconds = round(time.perf_counter() - t0, 3)
         float_path = job.backend.build_float(ctx.source, plan.shapes, ctx.work)
         ctx.say(f"{profile.name}: measuring {name} against the float model")
-        art, entry, prediction = _measure(ctx, profile, built, float_path,
+        accel = accelerators.for_target(profile, built.format)
+        art, entry, prediction = _measure(ctx, profile, accel, built, float_path,
                                           seconds, _used_method(job, method))
         entries.append(entry)
-        if acc.wants_edgetpu_compile(profile.runtime.tflite_delegate.value, built.format,
-                                     built.precision):
-            ctx.say(f"{profile.name}: compiling {name} with edgetpu_compiler (if installed)")
-            art, compiled = _edgetpu_compile(art, entry, built.path, tdir, prediction)
-            entries += compiled
+        post = accel.post_build
+        if post is not None and post.applies(built.format, built.precision):
+            ctx.say(f"{profile.name}: {post.progress(built.path)}")
+            outcome = post.run(built.path, tdir, entry, prediction)
+            art = replace(art, post_build=outcome.block, post_build_key=post.key,
+                          notes=art.notes + ((outcome.note,) if outcome.note else ()))
+            entries += [outcome.entry] if outcome.entry is not None else []
         artifacts.append(art)
     write_target_manifest(
         tdir, profile, entries,
@@ -470,36 +475,6 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
     )
 
 
-def _edgetpu_compile(
-    art: ArtifactResult, entry: ModelEntry, model: Path, tdir: Path,
-    prediction: dict[str, Any] | None,
-) -> tuple[ArtifactResult, list[ModelEntry]]:
-    """Compile the int8 model for the Edge TPU when the compiler is installed.
-
-    The compiled ``*_edgetpu.tflite`` is listed after the plain model, so the plain model stays
-    the manifest's default; the runtime picks the compiled one only where libedgetpu is present.
-
-    Returns:
-        The artifact with the compiler's block (and notes), and the manifest entries to add
-        (none when the compiler is missing or failed).
-    """
-    if prediction is None:  # pre-flight failed: nothing to compare with, still compile
-        prediction = {"ops": [], "summary": {"verdict": "no prediction"}}
-    block, compiled = acc.compile_edgetpu(model, tdir, prediction, shown_dir=tdir.name)
-    found: ModelEntry | None = None
-    note: str | None = None
-    if block["status"] == "not_available":
-        note = acc.COMPILER_MISSING
-    elif compiled is None:
-        note = f"edgetpu_compiler failed: {block.get('error')}"
-    else:
-        found, why = acc.compiled_entry(compiled, entry)
-        note = None if found is not None else str(why)
-    art = replace(art, post_build=block, post_build_key="edgetpu_compiler",
-                  notes=art.notes + ((note,) if note else ()))
-    return art, [found] if found is not None else []
-
-
 def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> ArtifactResult:
     """Load the artifact as the runtime would on this host and keep what it says.
 
@@ -509,17 +484,13 @@ def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> Ar
     model = ModelRef(tdir, threads=HOST_THREADS, format=art.format,
                      precision=art.precision).load()
     notes = list(model.notes)
-    wanted = profile.runtime.tflite_delegate.value if art.format == "tflite" else None
-    on_cpu = model.delegate in ("xnnpack", "none")
-    if wanted == "edgetpu" and on_cpu and not notes:
-        # the runtime says nothing when there is no compiled model to prefer
-        notes.append(f"no compiled *_edgetpu.tflite in this artifact: timings are host-CPU "
-                     f"timings ({model.delegate}) of the uncompiled int8 model, not Edge TPU")
-    elif wanted == "gpu" and on_cpu and not notes:
-        notes.append(f"no GPU delegate on this host: timings are host-CPU timings "
-                     f"({model.delegate}), not mobile GPU")
+    accel = accelerators.for_target(profile, art.format)
+    if not notes and accelerators.runs_on_host_cpu(model.delegate):
+        # the runtime says nothing when, e.g., there is no compiled model to prefer
+        note = accel.host_note(model.delegate)
+        notes += [note] if note else []
     runtime = RuntimeInfo(
-        target_delegate=wanted or (profile.runtime.onnx_providers or [None])[0],
+        target_delegate=accel.name,
         host_delegate=model.delegate, host_backend=model.backend,
         loaded_file=model.path.name, notes=tuple(notes),
     )
@@ -536,15 +507,17 @@ def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
     return method.value if job.backend.name == "onnx" else "minmax"
 
 
-def _host_load(path: Path) -> rt.Model:
-    """Load for measuring on this host: CPU (XNNPACK for TFLite), fixed thread count."""
-    delegate = "xnnpack" if path.suffix == ".tflite" else None
-    return ModelRef(path, threads=HOST_THREADS, delegate=delegate).load()
+def _host_load(path: Path, fmt: str) -> rt.Model:
+    """Load for measuring on this host: its CPU (XNNPACK for TFLite), fixed thread count."""
+    cpu = accelerators.host_cpu(fmt)
+    if fmt == "onnx":
+        return ModelRef(path, threads=HOST_THREADS, providers=(cpu.name,)).load()
+    return ModelRef(path, threads=HOST_THREADS, delegate=cpu.runtime_delegate).load()
 
 
 def _measure(
-    ctx: _Context, profile: TargetProfile, built: Built, float_path: Path, seconds: float,
-    calibration_method: str | None,
+    ctx: _Context, profile: TargetProfile, accel: Accelerator, built: Built, float_path: Path,
+    seconds: float, calibration_method: str | None,
 ) -> tuple[ArtifactResult, ModelEntry, dict[str, Any] | None]:
     """Record and manifest entry of one artifact: size, drift, latency, pre-flight.
 
@@ -552,8 +525,8 @@ def _measure(
         (the artifact record without its runtime block, the manifest entry, the full
         pre-flight result or None when it failed).
     """
-    quant = _host_load(built.path)
-    ref_model = _host_load(float_path)
+    quant = _host_load(built.path, built.format)
+    ref_model = _host_load(float_path, built.format)
     entry = model_entry(built.path, built.format, built.precision, quant)
     evaluation: Evaluation = evaluate(
         ref_model, quant, ctx.samples, options=EvalOptions(latency_runs=ctx.latency_runs),
@@ -564,15 +537,15 @@ def _measure(
         notes.append(f"--keep-float {built.details['keep_float_unmatched']} matched no "
                      f"{'tensor' if built.format == 'tflite' else 'node'} name in this model")
     shown = f"{profile.name}/{built.path.name}"
-    prediction = _preflight(built.path, profile)
+    prediction = _preflight(built.path, profile, accel)
     art = ArtifactResult(
         target=profile.name, file=built.path.name, path=shown, format=built.format,
         precision=built.precision, sha256=entry.sha256, size_bytes=entry.size_bytes,
         float_size_bytes=float_path.stat().st_size, float_sha256=sha256_file(float_path),
         io={"inputs": entry.inputs, "outputs": entry.outputs}, evaluation=evaluation,
         details=built.details,
-        preflight=acc.compact_preflight(prediction, str(ctx.out / shown),
-                                        str(_target_arg(profile))),
+        preflight=accelerators.compact_preflight(prediction, str(ctx.out / shown),
+                                                 str(_target_arg(profile))),
         calibration_method=calibration_method, conversion_seconds=seconds,
         notes=tuple(notes),
     )
@@ -585,13 +558,13 @@ def _target_arg(profile: TargetProfile) -> str:
     return profile.name if builtin else str(profile.path)
 
 
-def _preflight(path: Path, profile: TargetProfile) -> dict[str, Any]:
+def _preflight(path: Path, profile: TargetProfile, accel: Accelerator) -> dict[str, Any]:
     """The full pre-flight result of the produced file (``edgeopt.inspect/1``), or
     ``{"error": ...}`` when the analysis refused the file."""
     from .inspect import preflight
 
     try:
-        return preflight(path, profile)
+        return preflight(path, profile, accel)
     except EdgeOptError as exc:
         return {"error": str(exc)}
 

@@ -420,8 +420,6 @@ def paired_outputs(
 
 # ------------------------------------------------------------------------------ latency
 
-_HOST_CPU = ("xnnpack", "none", "CPUExecutionProvider")
-
 
 def measure_latency(reference: rt.Model, candidate: rt.Model, feeds: Mapping[str, np.ndarray],
                     pairing: Pairing, *, runs: int = DEFAULT_LATENCY_RUNS,
@@ -432,6 +430,8 @@ def measure_latency(reference: rt.Model, candidate: rt.Model, feeds: Mapping[str
     own, so load from other processes hits both alike.
     """
     import time
+
+    from .accelerators import runs_on_host_cpu
 
     cand_feeds = pairing.candidate_feeds(feeds)
     for _ in range(warmup):
@@ -447,7 +447,7 @@ def measure_latency(reference: rt.Model, candidate: rt.Model, feeds: Mapping[str
         t2 = clock()
         ref_ns.append(t1 - t0)
         cand_ns.append(t2 - t1)
-    where = ("this host's CPU (not the target device)" if candidate.delegate in _HOST_CPU
+    where = ("this host's CPU (not the target device)" if runs_on_host_cpu(candidate.delegate)
              else f"this host, {candidate.delegate}")
     return LatencyPair(LatencyStats.from_ns(ref_ns), LatencyStats.from_ns(cand_ns),
                        threads=candidate.threads, backend=candidate.backend,

@@ -120,7 +120,7 @@ def test_float_and_int8_accuracy_side_by_side_gates_pass(models: dict[str, Path]
     assert any(e["layer"] for e in pl["layers"])  # names mapped back to Keras layers
     html = (out / "report.html").read_text()
     assert f"{100 * acc['float']:.2f}%" in html and f"{100 * acc['quantized']:.2f}%" in html
-    assert "Gates passed" in html
+    assert "Gates: PASSED" in html
     md = (out / "report.md").read_text()
     assert "| accuracy |" in md and "**Gates: PASSED**" in md
 
@@ -138,7 +138,7 @@ def test_gates_fail_on_broken_model_and_report_is_still_written(models: dict[str
     assert "edgeopt: gate failed: max-drop: accuracy drop" in r.stderr
     assert "edgeopt: gate failed: min-sqnr" in r.stderr
     assert not rep["gates"]["passed"]
-    assert "Gates FAILED" in (out / "report.html").read_text()
+    assert "Gates: FAILED" in (out / "report.html").read_text()
     # The same model passes a budget it fits: gates decide, not the model.
     r = _run("compare", models["float"], models["broken"], "--data", models["val"], "--out",
              tmp_path / "rep2", "--no-per-layer", "--max-drop", "100%")

@@ -18,34 +18,71 @@ from edgeopt.report import (
     ReportError,
     dumps,
     load_report,
-    new_report,
     nice_ticks,
     render_html,
     render_markdown,
     write_report,
 )
+from edgeopt.results import (
+    ArtifactResult,
+    CompareResult,
+    ConvertResult,
+    DataInfo,
+    Evaluation,
+    Gates,
+    LabelsInfo,
+    LatencyPair,
+    LatencyStats,
+    ModelInfo,
+    OutputDrift,
+    ReportHeader,
+    Status,
+    TargetResult,
+    TaskMetrics,
+)
 
 
-def _compare_report(noise: float = 0.1, seed: int = 0) -> dict:
+def _latency(ref_ms: list[float], cand_ms: list[float]) -> LatencyPair:
+    return LatencyPair(LatencyStats.from_ns([int(v * 1e6) for v in ref_ms]),
+                       LatencyStats.from_ns([int(v * 1e6) for v in cand_ms]), threads=1,
+                       backend="test", delegate="xnnpack", warmup=5, where="this host",
+                       method="interleaved")
+
+
+def _evaluation(noise: float = 0.1, seed: int = 0,
+                latency: LatencyPair | None = None) -> Evaluation:
     rng = np.random.default_rng(seed)
     ref = rng.normal(size=(60, 10))
     cand = ref + rng.normal(scale=noise, size=ref.shape)
     labels = np.argmax(ref + rng.normal(scale=0.5, size=ref.shape), axis=1)
-    rep = new_report("compare")
-    rep["models"] = {"reference": {"path": "f.tflite", "format": "tflite", "size_bytes": 4000},
-                     "candidate": {"path": "q.tflite", "format": "tflite", "size_bytes": 1500}}
-    rep["data"] = {"source": "val.npz", "count": 60, "labels": {"source": "val.npz", "count": 60}}
-    rep["drift"] = compare_outputs([ref, ref[:, 0]], [ref, cand[:, 0]], ["same", "vec"])
-    rep["task"] = task_metrics([cand], [ref], labels, n_boot=50)
-    rep["per_layer"] = {"available": True, "method": "test", "num_samples": 60,
-                        "layers": [{"rank": 1, "layer": "<script>x</script>", "tensor": "t1",
-                                    "op": "CONV_2D", "sqnr_db": 3.5},
-                                   {"rank": 2, "layer": "head", "tensor": "t2", "op": "FC",
-                                    "sqnr_db": math.inf}]}
-    rep["latency"] = {"reference": {"p50_ms": 2.0, "samples_ms": list(rng.normal(2, .1, 50))},
-                      "candidate": {"p50_ms": 1.0, "samples_ms": list(rng.normal(1, .1, 50))}}
-    rep["gates"] = evaluate_gates(rep["drift"], rep["task"], min_sqnr=25.0)
-    return rep
+    drift = compare_outputs([ref, ref[:, 0]], [ref, cand[:, 0]], ["same", "vec"])
+    task = task_metrics([cand], [ref], labels, n_boot=50)
+    data = DataInfo(source="val.npz", format="npz", count=60, sha256="0" * 64, synthetic=False,
+                    num=None, seed=0, max_samples=256, role="evaluation",
+                    labels=LabelsInfo("val.npz", 60))
+    if latency is None:
+        latency = _latency(list(rng.normal(2, .1, 50)), list(rng.normal(1, .1, 50)))
+    return Evaluation(data, tuple(OutputDrift.from_dict(d) for d in drift),
+                      TaskMetrics.from_dict(task), latency)
+
+
+def _model(path: str, precision: str, size: int) -> ModelInfo:
+    return ModelInfo(path=path, format="tflite", precision=precision, size_bytes=size,
+                     sha256="0" * 64, backend="test")
+
+
+def _compare_report(noise: float = 0.1, seed: int = 0) -> dict:
+    """A compare report as the records write it."""
+    ev = _evaluation(noise, seed)
+    per_layer = {"available": True, "method": "test", "num_samples": 60,
+                 "layers": [{"rank": 1, "layer": "<script>x</script>", "tensor": "t1",
+                             "op": "CONV_2D", "sqnr_db": 3.5},
+                            {"rank": 2, "layer": "head", "tensor": "t2", "op": "FC",
+                             "sqnr_db": math.inf}]}
+    gates = evaluate_gates([o.to_dict() for o in ev.drift], ev.task.to_dict(), min_sqnr=25.0)
+    return CompareResult(ReportHeader.now("compare"), _model("f.tflite", "float32", 4000),
+                         _model("q.tflite", "int8", 1500), ev, per_layer,
+                         Gates.from_dict(gates)).to_dict()
 
 
 def test_json_is_strict_and_round_trips_non_finite(tmp_path: Path) -> None:
@@ -109,34 +146,53 @@ def test_html_is_self_contained_with_plots() -> None:
     assert points[0] <= 400 and points[1] == 60  # the big output is subsampled
     assert _svg_count(page, "pt") == sum(points)  # one circle per scatter point
     assert _svg_count(page, "hist") > 2  # latency histogram bars
-    assert "Gates FAILED" in page
+    assert "Gates: FAILED" in page
 
 
-def test_renderers_tolerate_missing_sections_and_convert_reports() -> None:
-    minimal = {"schema": SCHEMA, "kind": "compare", "created": "now"}
-    assert "edgeopt compare report" in render_html(minimal)
-    assert "edgeopt compare report" in render_markdown(minimal)
-    sec = _compare_report()
-    convert = {"schema": SCHEMA, "kind": "convert", "created": "now",
-               "targets": [
-                   {"name": "arm-cpu", "artifacts": [
-                       {"file": "model_int8.tflite", "format": "tflite", "precision": "int8",
-                        "size_bytes": 2048,
-                        "latency": {"reference": {"p50_ms": 3.0}, "candidate": {"p50_ms": 1.5}},
-                        "drift": sec["drift"], "task": sec["task"]}]},
-                   {"name": "edgetpu", "status": "failed", "error": "op XYZ not mapped"},
-                   {"name": "mobile-gpu", "artifacts": [{"file": "m.tflite"}]}]}
+def _convert_report() -> dict:
+    """A convert report as the records write it: one artifact, one failed target."""
+    ev = _evaluation(latency=_latency([3.0] * 5, [1.5] * 5))
+    art = ArtifactResult(
+        target="arm-cpu", file="model_int8.tflite", path="arm-cpu/model_int8.tflite",
+        format="tflite", precision="int8", sha256="0" * 64, size_bytes=2048,
+        float_size_bytes=4096, float_sha256="1" * 64, io={"inputs": [], "outputs": []},
+        evaluation=ev, details={}, preflight={"error": "not analysed here"},
+        calibration_method="minmax", conversion_seconds=0.5, notes=("a note",))
+    ok = TargetResult("arm-cpu", Status.OK, "ARM", None, "arm-cpu", (art,))
+    failed = TargetResult.failed("edgetpu", "Coral", None, "op XYZ not mapped",
+                                 error_type="UnsupportedOpError")
+    return ConvertResult(
+        header=ReportHeader.now("convert"), source={"path": "m.keras"},
+        source_model=_model("m.keras", "float32", 9000), calibration={}, data=ev.data,
+        settings={}, targets=(ok, failed), gates=Gates(strict=False), notes=("run note",),
+        synthetic_calibration=False, wall_seconds=1.0).to_dict()
+
+
+def test_one_block_list_draws_convert_reports_with_a_failed_target() -> None:
+    convert = _convert_report()
     md = render_markdown(convert)
-    assert "| arm-cpu · model_int8.tflite | tflite | int8 | 2.00 KiB | 3 | 1.5 | 2.00x |" in md
-    assert "op XYZ not mapped" in md
+    assert ("| arm-cpu · model_int8.tflite | ok | tflite | int8 | 2.00 KiB | 3 | 1.5 | 2.00x |"
+            in md)
+    assert "| edgetpu | failed: UnsupportedOpError |" in md
+    assert "**failed (UnsupportedOpError)**" in md and "- ❌ op XYZ not mapped" in md
+    assert "## arm-cpu · model_int8.tflite" in md and "### Output drift" in md
+    assert "Pre-flight could not analyse the model: not analysed here" in md
     page = render_html(convert)
-    assert "arm-cpu · model_int8.tflite" in page and "op XYZ not mapped" in page
-    assert "mobile-gpu · m.tflite" in page
+    assert "<h2>arm-cpu · model_int8.tflite</h2>" in page and "<h3>Output drift</h3>" in page
+    assert '<div class="gates fail">failed (UnsupportedOpError)' in page
+    assert "op XYZ not mapped" in page and "run note" in page and "a note" in page
+    # the same blocks in both: every Markdown heading is an HTML heading
+    import re as _re
+
+    md_heads = _re.findall(r"^#+ (.+)$", md, flags=_re.M)
+    html_heads = [_re.sub("<[^>]+>", "", h)
+                  for h in _re.findall(r"<h\d>(.*?)</h\d>", page)]
+    assert md_heads == [h.replace("&amp;", "&") for h in html_heads]
 
 
 def test_per_layer_unavailable_is_said() -> None:
-    rep = {"schema": SCHEMA, "kind": "compare", "created": "now",
-           "per_layer": {"available": False, "reason": "pass --source MODEL"}}
+    rep = _compare_report()
+    rep["per_layer"] = {"available": False, "reason": "pass --source MODEL", "layers": []}
     assert "Not available: pass --source MODEL" in render_markdown(rep)
     assert "Not available: pass --source MODEL" in render_html(rep)
 
@@ -208,7 +264,7 @@ def test_diff_flags_regressions_beyond_tolerance() -> None:
 def test_diff_pairs_a_compare_with_a_one_artifact_convert_report() -> None:
     cmp = _compare_report(noise=0.01)
     conv = {"schema": SCHEMA, "kind": "convert", "created": "now",
-            "targets": [{"name": "arm-cpu", "artifacts": [
+            "targets": [{"name": "arm-cpu", "status": "ok", "artifacts": [
                 {"file": "m.tflite", "size_bytes": 1500, "drift": _compare_report(0.3)["drift"]}]}]}
     d = diff_reports(cmp, conv)
     assert [e["key"] for e in d["entries"]] == ["candidate -> arm-cpu · m.tflite"]

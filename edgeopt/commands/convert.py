@@ -86,52 +86,6 @@ def _progress(enabled: bool) -> Any:
     return say
 
 
-def _summary_lines(report: dict[str, Any]) -> list[str]:
-    """One line per artifact: size ratio, p50 speedup, SQNR / cosine of the first output."""
-    lines = []
-    if report["synthetic_calibration"]:
-        lines.append("WARNING: calibrated on SYNTHETIC data (--allow-synthetic); do not ship")
-    for t in report["targets"]:
-        if t["status"] == "failed":
-            lines.append(f"{t['name']}: FAILED ({t['error_type']}): {t['error']}")
-        for a in t["artifacts"]:
-            lat = a["latency"]
-            first = a["drift"][0]["metrics"] if a["drift"] else {}
-            quant_ms, float_ms = lat["candidate"]["p50_ms"], lat["reference"]["p50_ms"]
-            lines.append(
-                f"{a['path']}: {a['size_bytes']} bytes ({a['size_ratio']:.2f}x float), "
-                f"p50 {quant_ms:.3g} ms vs float {float_ms:.3g} ms ({lat['speedup_p50']:.2f}x), "
-                f"SQNR {first.get('sqnr_db', float('nan')):.1f} dB, "
-                f"cosine {first.get('cosine', float('nan')):.5f}"
-            )
-            lines += _accelerator_lines(a)
-        lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
-    return lines
-
-
-def _accelerator_lines(art: dict[str, Any]) -> list[str]:
-    """The pre-flight verdict, the Edge TPU compiler's result and host-CPU timing notes."""
-    indent = "    "
-    lines = []
-    verdict = ((art.get("preflight") or {}).get("summary") or {}).get("verdict")
-    if verdict:
-        lines.append(f"{indent}pre-flight: {verdict}")
-    comp = art.get("edgetpu_compiler") or {}
-    if comp.get("status") == "not_available":
-        lines.append(f"{indent}{comp['message']}")
-    elif comp.get("status") == "failed":
-        lines.append(f"{indent}edgetpu_compiler failed: {comp.get('error')}")
-    elif comp.get("status") == "compiled":
-        diffs = comp.get("differences") or []
-        lines.append(
-            f"{indent}edgetpu_compiler: {comp.get('ops_tpu')} ops on the Edge TPU, "
-            f"{comp.get('ops_cpu')} on the CPU -> {comp['model']['path']}"
-            + (f"; {len(diffs)} difference(s) from the prediction" if diffs else "")
-        )
-    lines += [f"{indent}{n}" for n in (art.get("runtime") or {}).get("notes") or []]
-    return lines
-
-
 @click.command("convert")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "targets", multiple=True, required=True, metavar="NAME_OR_TOML",
@@ -183,10 +137,10 @@ def command(
 
     Example: edgeopt convert model.keras --target arm-cpu --target edgetpu --calib calib.npz
     """
-    from edgeopt.accelerator import StrictError
+    from edgeopt.accelerators import StrictError
     from edgeopt.artifact import Interrupted
     from edgeopt.convert import convert
-    from edgeopt.report import dumps
+    from edgeopt.report import convert_summary_lines, dumps
 
     failed: StrictError | None = None
     try:
@@ -206,7 +160,7 @@ def command(
     if as_json:
         click.echo(dumps(report.data), nl=False)
     else:
-        for line in _summary_lines(report.data):
+        for line in convert_summary_lines(report.data):
             click.echo(line)
         click.echo(f"wrote {out}/ (report: {out / 'report.md'}, {out / 'report.html'})")
     if failed is not None:

@@ -60,14 +60,14 @@ def _sweep_entries(doc: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 def _entries(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """key -> {quantity: value} for every evaluation in a report (or artifact of a sweep)."""
-    from edgeopt.report import _size, evaluations, latency_pair
+    from edgeopt.report import evaluations, latency_pair, size_pair
 
     if str(report.get("schema", "")).startswith("edgeopt.sweep/"):
         return _sweep_entries(report)
 
     out: dict[str, dict[str, float]] = {}
     for title, sec in evaluations(report):
-        q: dict[str, Any] = {"size bytes": _size(sec)[1]}
+        q: dict[str, Any] = {"size bytes": size_pair(sec)[1]}
         ref, cand = latency_pair(sec)
         q["latency p50 float ms"] = (ref or {}).get("p50_ms")
         q["latency p50 quantized ms"] = (cand or {}).get("p50_ms")

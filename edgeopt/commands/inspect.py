@@ -1,7 +1,8 @@
 """``edgeopt inspect MODEL --target NAME_OR_TOML [--json]``: the pre-flight compatibility report.
 
 MODEL is a ``.tflite`` / ``.onnx`` file or an edgeopt artifact directory (every model its
-manifest lists is inspected, except a compiled ``*_edgetpu.tflite``). The default output is a
+manifest lists is inspected, except a model compiled for an accelerator, e.g.
+``*_edgetpu.tflite``). The default output is a
 readable table per model; ``--json`` prints one JSON document
 ``{"schema": "edgeopt.inspect/1", "target": ..., "reports": [...]}``.
 """
@@ -27,10 +28,12 @@ def _models(path: Path, isolate: bool) -> list[Path]:
     if path.is_dir():
         from edgeopt_runtime.manifest import read_manifest
 
+        from edgeopt.accelerators import is_compiled_model
+
         manifest = read_manifest(path)
-        # A compiled *_edgetpu.tflite is one custom op wrapping the TPU program: the pre-flight
-        # rules are about the model the compiler is given, so inspect that one instead.
-        entries = [e for e in manifest.models if not e.file.endswith("_edgetpu.tflite")]
+        # A compiled model (e.g. *_edgetpu.tflite: one custom op wrapping the TPU program): the
+        # pre-flight rules are about the model the compiler is given, so inspect that one.
+        entries = [e for e in manifest.models if not is_compiled_model(e.file)]
         for e in entries:
             vet_model_file(manifest.model_path(e), fmt=e.format, sha256=e.sha256, inside=path,
                            isolate=isolate)  # fmt: skip

@@ -3,7 +3,9 @@
 Entry points (stable; ``edgeopt convert`` and ``edgeopt inspect`` call them):
 
 ``preflight(model_path, target) -> dict``
-    Analyse one ``.tflite`` or ``.onnx`` file for a ``TargetProfile``. No TensorFlow import:
+    Analyse one ``.tflite`` or ``.onnx`` file for a ``TargetProfile``; the target's entry in
+    the accelerator registry (``edgeopt.accelerators``) says which analysis module of this
+    package runs (``edgetpu``, ``gpu``, ``xnnpack``, ``onnx_nodes``). No TensorFlow import:
     TFLite files are read with ``ai_edge_litert``'s flatbuffer schema, ONNX files with
     ``onnx`` / ``onnxruntime``. Raises ``ModelLoadError`` for a missing / corrupt file.
 
@@ -51,7 +53,7 @@ unsupported_param, after_unmapped_op, not_in_delegated_partition, unsupported_dt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeopt_runtime.errors import ModelLoadError
 
@@ -59,17 +61,24 @@ from edgeopt.targets import TargetProfile
 
 from . import report as R
 
+if TYPE_CHECKING:
+    from edgeopt.accelerators import Accelerator
+
 __all__ = ["preflight", "SCHEMA"]
 
 SCHEMA = R.SCHEMA
+_FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
 
 
-def preflight(model_path: str | Path, target: TargetProfile) -> dict[str, Any]:
+def preflight(model_path: str | Path, target: TargetProfile,
+              accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Analyse one model file for one target.
 
     Args:
         model_path: a ``.tflite`` or ``.onnx`` file.
-        target: the target profile (its delegate / providers decide which analysis runs).
+        target: the target profile.
+        accelerator: the registry entry whose analysis runs (default: the target's for the
+            file's format, ``edgeopt.accelerators.for_target``).
 
     Returns:
         The report dict described in this module's docstring.
@@ -77,22 +86,17 @@ def preflight(model_path: str | Path, target: TargetProfile) -> dict[str, Any]:
     Raises:
         ModelLoadError: missing, unreadable, corrupt, or neither .tflite nor .onnx.
     """
+    from edgeopt.accelerators import for_target
+
     path = Path(model_path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: file not found; expected a .tflite or .onnx model")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from .onnx_nodes import analyze as analyze_onnx
-
-        body = analyze_onnx(path, target)
-        fmt = "onnx"
-    elif suffix == ".tflite":
-        body = _tflite(path, target)
-        fmt = "tflite"
-    else:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
         raise ModelLoadError(
-            f"{path}: expected a .tflite or .onnx file, got '{suffix or path.name}'"
+            f"{path}: expected a .tflite or .onnx file, got '{path.suffix or path.name}'"
         )
+    body = (accelerator or for_target(target, fmt)).analyze(path, target)
     return {
         "schema": SCHEMA,
         "model": str(path),
@@ -101,26 +105,3 @@ def preflight(model_path: str | Path, target: TargetProfile) -> dict[str, Any]:
         **body,
         "notes": body.get("notes", []),
     }
-
-
-def _tflite(path: Path, target: TargetProfile) -> dict[str, Any]:
-    from .tflite_graph import read_tflite
-
-    graph = read_tflite(path)
-    delegate = target.runtime.tflite_delegate.value
-    if delegate == "edgetpu":
-        from .edgetpu import analyze
-    elif delegate == "gpu":
-        from .gpu import analyze
-    elif delegate == "xnnpack":
-        from .xnnpack import analyze
-    else:
-        return _cpu_only(graph)
-    return analyze(graph, target)
-
-
-def _cpu_only(graph: Any) -> dict[str, Any]:
-    entries = [R.op_entry(op, "cpu", False, [], None) for op in graph.ops]
-    result = {"delegate": "none", "ops": entries, "summary": R.summary(entries, "a delegate", None)}
-    result["notes"] = ["the target uses no delegate: every op runs on TFLite's CPU kernels"]
-    return result

@@ -19,7 +19,9 @@ from edgeopt_runtime.manifest import read_manifest, sha256_file
 from edgeopt_runtime.model import edgetpu_available, gpu_delegate_available
 
 import edgeopt
-from edgeopt import accelerator as acc
+from edgeopt import accelerators as acc
+from edgeopt.accelerators import edgetpu as tpu
+from edgeopt.accelerators import preflight as pfl
 from edgeopt.cli import main
 from edgeopt.convert import ConvertReport
 from edgeopt.inspect import preflight
@@ -96,7 +98,7 @@ def leaky_keras_file() -> Path:
 def _path_without_compiler() -> str:
     """This PATH minus any folder that holds a real edgetpu_compiler."""
     dirs = os.environ.get("PATH", "").split(os.pathsep)
-    return os.pathsep.join(d for d in dirs if not (Path(d) / acc.COMPILER_NAME).exists())
+    return os.pathsep.join(d for d in dirs if not (Path(d) / tpu.COMPILER_NAME).exists())
 
 
 @pytest.fixture
@@ -109,7 +111,7 @@ def fake_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN
     """Put a fake edgetpu_compiler first on PATH; ``use(log, rc)`` sets what it prints."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    exe = bindir / acc.COMPILER_NAME
+    exe = bindir / tpu.COMPILER_NAME
     exe.write_text(FAKE.format(python=sys.executable))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{_path_without_compiler()}")
@@ -180,6 +182,12 @@ def test_supported_model_is_fully_on_the_edge_tpu_with_static_batch_one() -> Non
     assert art["io"]["inputs"][0]["shape"] == [1, *M.HWC]
 
 
+def _md_section(md: str, title: str, sub: str) -> str:
+    """The ``### sub`` part of the ``## title`` section of a Markdown report."""
+    part = md.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return part.split(f"\n### {sub}\n", 1)[1].split("\n### ", 1)[0]
+
+
 def test_missing_compiler_is_said_plainly_and_the_prediction_shown() -> None:
     report = _supported_report()
     art = _artifact(report.data, "edgetpu")
@@ -190,7 +198,7 @@ def test_missing_compiler_is_said_plainly_and_the_prediction_shown() -> None:
     )
     assert [m.file for m in read_manifest(report.out / "edgetpu").models] == ["model_int8.tflite"]
     md = (report.out / "report.md").read_text()
-    section = md.split("## edgetpu · model_int8.tflite — Target compatibility", 1)[1]
+    section = _md_section(md, "edgetpu · model_int8.tflite", "Target compatibility")
     assert comp["message"] in section
     n = art["preflight"]["ops_total"]
     assert f"Edge TPU partition: {n} ops on the TPU, 0 on the CPU, 1 subgraph(s)" in section
@@ -210,8 +218,9 @@ def test_gpu_report_for_both_float16_and_int8_and_host_cpu_notes() -> None:
             assert art["runtime"]["host_delegate"] == "xnnpack"
             note = next(n for n in art["runtime"]["notes"] if "host-CPU timings" in n)
             assert note in art["notes"] and note in art["latency"]["host_notes"]
-            section = md.split(f"## mobile-gpu · model_{precision}.tflite — Target compat", 1)[1]
-            assert note in section.split("\n## ", 1)[0]
+            section = _md_section(md, f"mobile-gpu · model_{precision}.tflite",
+                                  "Target compatibility")
+            assert note in section
     gates = report.data["gates"]
     assert gates["strict"] is True and gates["passed"] is True
     assert sorted(g["artifact"] for g in gates["results"]) == [
@@ -319,15 +328,15 @@ def test_compiler_disagreement_fails_the_gate(tmp_path: Path, fake_compiler) -> 
     tdir.mkdir()
     model = Path(shutil.copy(src, tdir / src.name))
     prediction = preflight(model, load_target("edgetpu"))
-    block, compiled = acc.compile_edgetpu(model, tdir, prediction, shown_dir="edgetpu")
+    block, compiled = tpu.compile_edgetpu(model, tdir, prediction, shown_dir="edgetpu")
     assert compiled == tdir / "model_int8_edgetpu.tflite" and block["ops_cpu"] == 1
     assert len(block["differences"]) == 1 and block["differences"][0].startswith("SOFTMAX")
     art = {"target": "edgetpu", "path": "edgetpu/model_int8.tflite", "format": "tflite",
            "preflight": acc.compact_preflight(prediction, str(model), "edgetpu"),
            "edgetpu_compiler": block}
-    gate = acc.artifact_gate(art)
-    assert not gate["passed"] and gate["source"] == "edgetpu_compiler"
-    assert "left 1 op(s) on the CPU; first: SOFTMAX" in gate["message"]
+    gate = acc.artifact_gate(art, acc.get("tflite", "edgetpu"))
+    assert not gate.passed and gate.facts["source"] == "edgetpu_compiler"
+    assert "left 1 op(s) on the CPU; first: SOFTMAX" in gate.message
 
 
 # ------------------------------------------------------------------ report size
@@ -342,7 +351,7 @@ def test_big_models_keep_only_blocking_ops(monkeypatch: pytest.MonkeyPatch,
     full = preflight(model, load_target("edgetpu"))
     whole = acc.compact_preflight(full, "out/edgetpu/m.tflite", "edgetpu")
     assert whole["ops_listed"] == "all" and len(whole["ops"]) == len(full["ops"])
-    monkeypatch.setattr(acc, "OPS_IN_REPORT", len(full["ops"]) - 1)
+    monkeypatch.setattr(pfl, "OPS_IN_REPORT", len(full["ops"]) - 1)
     trimmed = acc.compact_preflight(full, "out/edgetpu/m.tflite", "edgetpu")
     assert trimmed["ops_listed"] == "blocking" and trimmed["ops_total"] == len(full["ops"])
     assert [o["op"] for o in trimmed["ops"]] == ["LEAKY_RELU"]  # followers are not listed

@@ -1,0 +1,351 @@
+"""A report document -> its block list (the one description both renderers draw).
+
+Input is the ``edgeopt.report/1`` JSON as ``edgeopt.results`` writes it (every section present;
+``task``, ``latency`` and the post-build blocks may be null / absent where the schema says so).
+Deep payloads owned by other modules (per-layer rows, pre-flight ops, task metric entries) are
+read with ``.get`` where their own schema makes a key optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .blocks import Block, Bullets, Heading, Para, Plots, Verdict, table
+from .format import fmt, fmt_bytes, pct, pts, speedup
+from .svg import svg_bar_chart, svg_histogram, svg_scatter
+
+Row = Callable[[Any], str]
+
+DRIFT_COLUMNS: list[tuple[str, Row]] = [
+    ("output", lambda o: o["name"]),
+    ("shape", lambda o: "x".join(str(d) for d in o["shape"])),
+    ("SQNR dB", lambda o: fmt(o["metrics"].get("sqnr_db"))),
+    ("cosine", lambda o: fmt(o["metrics"].get("cosine"), 6)),
+    ("max abs err", lambda o: fmt(o["metrics"].get("max_abs_error"))),
+    ("mean abs err", lambda o: fmt(o["metrics"].get("mean_abs_error"))),
+    ("RMSE", lambda o: fmt(o["metrics"].get("rmse"))),
+    ("rel err", lambda o: fmt(o["metrics"].get("relative_error"))),
+    ("top-1 agree", lambda o: pct(o["metrics"].get("top1_agreement"))),
+    ("top-5 agree", lambda o: pct(o["metrics"].get("top5_agreement"))),
+    ("KL", lambda o: fmt(o["metrics"].get("kl_divergence_mean"))),
+    ("flipped", lambda o: fmt((o["classifier"] or {}).get("num_flipped"))),
+]
+TASK_COLUMNS: list[tuple[str, Row]] = [
+    ("metric", lambda m: m[0]),
+    ("float", lambda m: pct(m[1]["float"])),
+    ("quantized", lambda m: pct(m[1]["quantized"])),
+    ("drop", lambda m: pts(m[1]["drop"])),
+    ("95% CI of drop", lambda m: (f"[{pts(m[1]['ci_low'])}, {pts(m[1]['ci_high'])}]"
+                                  if "ci_low" in m[1] else "—")),
+    ("real loss?", lambda m: ("yes" if m[1].get("significant") and m[1]["drop"] > 0
+                              else "no" if "significant" in m[1] else "—")),
+]
+LAYER_COLUMNS: list[tuple[str, Row]] = [
+    ("rank", lambda e: fmt(e.get("rank"))),
+    ("layer", lambda e: e.get("layer") or "—"),
+    ("tensor", lambda e: e.get("tensor")),
+    ("op", lambda e: e.get("op")),
+    ("SQNR dB", lambda e: fmt(e.get("sqnr_db"))),
+    ("cumulative dB", lambda e: fmt(e.get("sqnr_db_cumulative"))),
+    ("max abs err", lambda e: fmt(e.get("max_abs_error"))),
+]
+LATENCY_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "runs")
+TARGET_COLUMNS = ["artifact", "status", "format", "precision", "size", "p50 float ms",
+                  "p50 quant ms", "speedup", "SQNR dB", "accuracy drop"]
+TOP_LAYERS = 25
+COMPAT_OPS = 25
+SCATTER_PLOTS = 4  # outputs whose float-vs-quantized scatter is drawn
+
+
+def _rows(columns: list[tuple[str, Row]], items: Sequence[Any]) -> Any:
+    return table([c[0] for c in columns], ([f(x) for _, f in columns] for x in items))
+
+
+# ------------------------------------------------------------------------------ navigation
+
+
+def evaluations(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(title, section) pairs: a compare report is one evaluation (the report itself); a
+    convert report has one per artifact of each target, and a failed target is its own
+    section (``status`` failed, ``error``)."""
+    if report["kind"] != "convert":
+        return [("candidate", report)]
+    out: list[tuple[str, Mapping[str, Any]]] = []
+    for t in report["targets"]:
+        if t["status"] == "failed":
+            out.append((t["name"], t))
+        out += [(f"{t['name']} · {a['file']}", a) for a in t["artifacts"]]
+    return out
+
+
+def latency_pair(section: Mapping[str, Any]) -> tuple[Mapping | None, Mapping | None]:
+    """(reference stats, candidate stats) of a section's ``latency`` (both None without)."""
+    lat = section.get("latency")
+    return (lat["reference"], lat["candidate"]) if lat else (None, None)
+
+
+def size_pair(section: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(reference bytes, candidate bytes) of a compare report or a convert artifact."""
+    if "size_bytes" in section:
+        return section.get("float_size_bytes"), section["size_bytes"]
+    models = section.get("models") or {}
+    return ((models.get("reference") or {}).get("size_bytes"),
+            (models.get("candidate") or {}).get("size_bytes"))
+
+
+# ------------------------------------------------------------------------------ the document
+
+
+def report_blocks(report: Mapping[str, Any]) -> list[Block]:
+    """Every block of a report, in page order."""
+    kind = report["kind"]
+    blocks: list[Block] = [Heading(f"edgeopt {kind} report", 1),
+                           Para(f"Created {report['created']} · schema {report['schema']} · "
+                                f"{_host_line(report)}", note=True)]
+    if kind == "convert" and report["synthetic_calibration"]:
+        blocks.append(Verdict("SYNTHETIC CALIBRATION — do not ship these artifacts", False, ()))
+    blocks += _gates(report["gates"])
+    blocks += _models(report)
+    if kind == "convert":
+        blocks += _targets(report)
+    level = 3 if kind == "convert" else 2
+    for title, sec in evaluations(report):
+        if kind == "convert":
+            blocks.append(Heading(title, 2))
+        blocks += section_blocks(sec, level)
+    notes = [*report["notes"], *report["data"]["warnings"]]
+    if notes:
+        blocks += [Heading("Notes", 2), Bullets(tuple(notes))]
+    return blocks
+
+
+def _host_line(report: Mapping[str, Any]) -> str:
+    host, tools = report["host"], report["tools"]
+    versions = ", ".join(f"{k} {v}" for k, v in tools.items() if v)
+    return f"{host.get('cpu') or host.get('os')} ({host.get('cpu_count')} CPUs) · {versions}"
+
+
+def gates_title(gates: Mapping[str, Any]) -> str:
+    """Compare gates always decide the exit code; convert's accelerator checks only with
+    ``--strict`` (``gates.strict``), so say which."""
+    verdict = "PASSED" if gates["passed"] else "FAILED"
+    if gates["strict"] is None:
+        return f"Gates: {verdict}"
+    if gates["strict"]:
+        return f"Accelerator checks (--strict): {verdict}"
+    return f"Accelerator checks: {verdict} (informational; --strict makes a failure fail)"
+
+
+def _gates(gates: Mapping[str, Any]) -> list[Block]:
+    if not gates["results"]:
+        return []
+    items = tuple((bool(r["passed"]), str(r["message"])) for r in gates["results"])
+    return [Verdict(gates_title(gates), bool(gates["passed"]), items)]
+
+
+def _models(report: Mapping[str, Any]) -> list[Block]:
+    models = report["models"]
+    rows = [[role, m["path"], m["format"], m["precision"], fmt_bytes(m["size_bytes"]),
+             m.get("backend") or "—"]
+            for role in ("reference", "candidate", "source") if (m := models.get(role))]
+    data = report["data"]
+    labels = data["labels"]
+    line = (f"Data: {data['source']} ({data['role']}), {fmt(data['count'])} samples"
+            + (f", labels from {labels['source']}" if labels else ", no labels"))
+    return [Heading("Models", 2),
+            table(["role", "path", "format", "precision", "size", "backend"], rows),
+            Para(line, note=True)]
+
+
+def _targets(report: Mapping[str, Any]) -> list[Block]:
+    rows = []
+    for title, sec in evaluations(report):
+        if sec.get("status") == "failed":
+            rows.append([title, f"failed: {sec['error_type']}"] + ["—"] * 8)
+            continue
+        ref, cand = latency_pair(sec)
+        first = sec["drift"][0]["metrics"] if sec["drift"] else {}
+        acc = ((sec["task"] or {}).get("metrics") or {}).get("accuracy") or {}
+        rows.append([title, "ok", sec["format"], sec["precision"], fmt_bytes(sec["size_bytes"]),
+                     fmt((ref or {}).get("p50_ms")), fmt((cand or {}).get("p50_ms")),
+                     speedup((sec["latency"] or {}).get("speedup_p50")),
+                     fmt(first.get("sqnr_db")), pts(acc.get("drop"))])
+    return [Heading("Targets", 2), table(TARGET_COLUMNS, rows)] if rows else []
+
+
+# ------------------------------------------------------------------------------ one evaluation
+
+
+def section_blocks(sec: Mapping[str, Any], level: int) -> list[Block]:
+    """One evaluation (a compare report, a convert artifact) or a failed target."""
+    if sec.get("status") == "failed":
+        return [Verdict(f"failed ({sec['error_type']})", False, ((False, sec["error"]),))]
+    out = _task(sec["task"], level) + _drift(sec["drift"], level)
+    if "per_layer" in sec:  # compare reports; convert artifacts have none yet
+        out += _layers(sec["per_layer"], level)
+    out += _latency(sec, level)
+    if "preflight" in sec:  # convert artifacts
+        compat = compat_blocks(sec)
+        if compat:
+            out += [Heading("Target compatibility", level), *compat]
+    return out
+
+
+def _task(task: Mapping[str, Any] | None, level: int) -> list[Block]:
+    if task is None:
+        return []
+    if "metrics" not in task:
+        return [Heading("Task metrics", level),
+                Para(f"Not computed: {task['skipped'].get('all', '')}", note=True)]
+    ch, boot = task["changed"], task["bootstrap"]
+    return [Heading(f"Task metrics — float vs quantized (n={task['num_samples']})", level),
+            _rows(TASK_COLUMNS, list(task["metrics"].items())),
+            Para(f"{ch['broken']} samples became wrong, {ch['fixed']} became right. Intervals: "
+                 f"{boot['method']} bootstrap, {boot['resamples']} resamples, seed "
+                 f"{boot['seed']}; \"real loss\" = the interval excludes 0.", note=True)]
+
+
+def _drift(drift: Sequence[Mapping[str, Any]], level: int) -> list[Block]:
+    if not drift:
+        return []
+    out: list[Block] = [Heading("Output drift", level), _rows(DRIFT_COLUMNS, drift)]
+    notes = _skipped_notes(drift) + _flipped_notes(drift)
+    if notes:
+        out.append(Bullets(tuple(notes)))
+    plots = tuple(svg_scatter(o["scatter"]["reference"], o["scatter"]["candidate"],
+                              title=f"{o['name']}: quantized vs float",
+                              xlabel="float (reference)", ylabel="quantized (candidate)")
+                  for o in drift[:SCATTER_PLOTS] if o["scatter"])
+    if plots:
+        out.append(Plots(plots))
+    return out
+
+
+def _skipped_notes(drift: Sequence[Mapping[str, Any]]) -> list[str]:
+    notes = []
+    for o in drift:
+        notes += [f"{o['name']}: {metric} skipped — {why}" for metric, why in o["skipped"].items()]
+        cls = o["classifier"] or {}
+        if cls.get("kl_input"):
+            notes.append(f"{o['name']}: KL divergence computed on {cls['kl_input']}")
+    return notes
+
+
+def _flipped_notes(drift: Sequence[Mapping[str, Any]], limit: int = 20) -> list[str]:
+    notes = []
+    for o in drift:
+        flipped = (o["classifier"] or {}).get("flipped_top1") or []
+        if flipped:
+            shown = ", ".join(map(str, flipped[:limit]))
+            more = f" … (+{len(flipped) - limit} more)" if len(flipped) > limit else ""
+            notes.append(f"{o['name']}: top-1 flipped on samples {shown}{more}")
+    return notes
+
+
+def _layers(pl: Mapping[str, Any], level: int) -> list[Block]:
+    if not pl["available"]:
+        return [Heading("Per-layer error", level),
+                Para(f"Not available: {pl['reason']}", note=True)]
+    layers = pl["layers"]
+    top = layers[:TOP_LAYERS]
+    out: list[Block] = [Heading(f"Per-layer error, worst first ({pl['method']}, "
+                                f"{fmt(pl['num_samples'])} samples)", level)]
+    if pl.get("scope"):
+        out.append(Para(pl["scope"], note=True))
+    if pl.get("calibration"):
+        out.append(Para(f"Re-quantized with {pl['calibration']}.", note=True))
+    out.append(Plots((svg_bar_chart([f"{e.get('layer') or e.get('tensor')} ({e.get('op')})"
+                                     for e in top], [e.get("sqnr_db") for e in top],
+                                    title="Per-layer SQNR (dB), worst first",
+                                    tooltips=[str(e.get("tensor")) for e in top]),)))
+    out.append(_rows(LAYER_COLUMNS, top))
+    if len(layers) > TOP_LAYERS:
+        out.append(Para(f"({len(layers) - TOP_LAYERS} more in report.json)", note=True))
+    return out
+
+
+def _latency(sec: Mapping[str, Any], level: int) -> list[Block]:
+    lat = sec["latency"]
+    if not lat:
+        return []
+    pairs = (("float", lat["reference"]), ("quantized", lat["candidate"]))
+    out: list[Block] = [Heading(f"Latency (ms; speedup at p50 {speedup(lat['speedup_p50'])})",
+                                level)]
+    if any(len(s["samples_ms"]) > 1 for _, s in pairs):
+        out.append(Plots((svg_histogram([(n, s["samples_ms"]) for n, s in pairs],
+                                        title="Latency per run (ms)", xlabel="ms"),)))
+    out.append(table(["model", *LATENCY_COLUMNS],
+                     ([name] + [fmt(s[k]) for k in LATENCY_COLUMNS] for name, s in pairs)))
+    out.append(Para(f"{lat['method']}; {lat['threads']} thread(s), {lat['delegate']}, "
+                    f"{lat['where']}.", note=True))
+    return out
+
+
+# ------------------------------------------------------------------------------ compatibility
+# A convert artifact carries ``preflight`` (edgeopt.inspect/1, trimmed by
+# edgeopt.accelerators.preflight), its accelerator's post-build block (``edgetpu_compiler``) and
+# ``notes`` (incl. the runtime's host-CPU notes).
+
+
+def compat_blocks(sec: Mapping[str, Any]) -> list[Block]:
+    """The target-compatibility blocks of one convert artifact."""
+    from edgeopt.accelerators import post_build_steps
+
+    pf = sec["preflight"]
+    summary = pf.get("summary")
+    blocks: list[Block] = []
+    if summary is None:
+        blocks.append(Para(f"Pre-flight could not analyse the model: {pf['error']}"))
+    else:
+        blocks.append(Para(f"Pre-flight ({pf['delegate']}): {summary['verdict']}"))
+    blocks += _partition(pf.get("partition"))
+    blocks += _analyses(pf)
+    off = [o for o in pf.get("ops") or [] if not o["delegated"]]
+    if off:
+        rows = [[fmt(o["index"]), o["op"], o["runs_on"],
+                 "; ".join(r["message"] for r in o["reasons"]) or "—", o["suggestion"] or "—"]
+                for o in off[:COMPAT_OPS]]
+        blocks.append(table(["#", "op", "runs on", "why not", "suggestion"], rows))
+        if len(off) > COMPAT_OPS:
+            blocks.append(Para(f"({len(off) - COMPAT_OPS} more in report.json)", note=True))
+    if pf.get("ops_note"):
+        blocks.append(Para(pf["ops_note"]))
+    for step in post_build_steps():
+        if step.key in sec:
+            blocks += step.blocks(sec[step.key])
+    shown = {b.text for b in blocks if isinstance(b, Para)}
+    notes = [n for n in dict.fromkeys([*pf.get("notes", []), *sec["notes"]]) if n not in shown]
+    if notes:
+        blocks.append(Bullets(tuple(notes)))
+    return blocks
+
+
+def _partition(part: Mapping[str, Any] | None) -> list[Block]:
+    if part is None:
+        return []
+    first = part["first_unmapped_op"]
+    text = (f"Edge TPU partition: {part['tpu_op_count']} ops on the TPU, "
+            f"{part['cpu_op_count']} on the CPU, {part['subgraphs']} subgraph(s)")
+    if first:
+        why = "; ".join(r["message"] for r in first["reasons"])
+        text += f"; the graph breaks at #{first['index']} {first['op']} ({why})"
+    return [Para(text), Para(f"Parameters: {part['parameter_estimate']}")]
+
+
+def _analyses(pf: Mapping[str, Any]) -> list[Block]:
+    """The target-specific analysis blocks: GPU analyzer, XNNPACK measurement, ORT kernels."""
+    out: list[Block] = []
+    ana, meas, ort = pf.get("analyzer"), pf.get("measurement"), pf.get("runtime")
+    if ana:
+        said = ("reports the model GPU-compatible" if ana.get("compatible") else
+                "reports GPU incompatibilities") if ana["available"] else (
+                f"not available ({ana.get('error')})")
+        out.append(Para(f"LiteRT GPU analyzer: {said}"))
+    if meas:
+        out.append(Para(f"XNNPACK placement: {meas.get('source')}"))
+    if ort:
+        kernels = ", ".join(ort.get("int8_kernels") or []) or "none"
+        out.append(Para(f"ONNX Runtime providers {', '.join(ort.get('providers') or [])}; "
+                        f"int8 kernels used: {kernels}"))
+    return out

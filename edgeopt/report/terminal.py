@@ -1,0 +1,73 @@
+"""The few lines a command prints on the terminal about its report (the files hold the rest)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .format import fmt, pct, pts
+from .sections import evaluations
+
+_INDENT = "    "
+
+
+def print_summary(report: Mapping[str, Any], file: Any = sys.stdout) -> None:
+    """Compare: task metrics, every output's drift, the worst layer."""
+    for title, sec in evaluations(report):
+        acc = ((sec["task"] or {}).get("metrics") or {}).get("accuracy")
+        if acc:
+            ci = (f" (95% CI of drop [{pts(acc['ci_low'])}, {pts(acc['ci_high'])}])"
+                  if "ci_low" in acc else "")
+            print(f"{title}: accuracy float {pct(acc['float'])}, quantized "
+                  f"{pct(acc['quantized'])}, drop {pts(acc['drop'])}{ci}", file=file)
+        for o in sec["drift"]:
+            m = o["metrics"]
+            print(f"{title}: output {o['name']}: SQNR {fmt(m.get('sqnr_db'))} dB, cosine "
+                  f"{fmt(m.get('cosine'), 6)}, top-1 agreement {pct(m.get('top1_agreement'))}",
+                  file=file)
+        pl = sec["per_layer"]
+        if pl["available"] and pl["layers"]:
+            w = pl["layers"][0]
+            print(f"{title}: worst layer {w.get('layer') or w.get('tensor')} ({w.get('op')}): "
+                  f"SQNR {fmt(w.get('sqnr_db'))} dB", file=file)
+        else:
+            print(f"{title}: per-layer: not available ({pl['reason']})", file=file)
+
+
+def convert_summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """Convert: one line per artifact (size ratio, p50 speedup, SQNR / cosine of the first
+    output) with its accelerator lines, one per failed target."""
+    lines = []
+    if report["synthetic_calibration"]:
+        lines.append("WARNING: calibrated on SYNTHETIC data (--allow-synthetic); do not ship")
+    for t in report["targets"]:
+        if t["status"] == "failed":
+            lines.append(f"{t['name']}: FAILED ({t['error_type']}): {t['error']}")
+        for a in t["artifacts"]:
+            lat = a["latency"]
+            first = a["drift"][0]["metrics"] if a["drift"] else {}
+            quant_ms, float_ms = lat["candidate"]["p50_ms"], lat["reference"]["p50_ms"]
+            lines.append(
+                f"{a['path']}: {a['size_bytes']} bytes ({a['size_ratio']:.2f}x float), "
+                f"p50 {quant_ms:.3g} ms vs float {float_ms:.3g} ms ({lat['speedup_p50']:.2f}x), "
+                f"SQNR {first.get('sqnr_db', float('nan')):.1f} dB, "
+                f"cosine {first.get('cosine', float('nan')):.5f}"
+            )
+            lines += [_INDENT + line for line in accelerator_lines(a)]
+        lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
+    return lines
+
+
+def accelerator_lines(art: Mapping[str, Any]) -> list[str]:
+    """The pre-flight verdict, the post-build step's result and host-CPU timing notes."""
+    from edgeopt.accelerators import post_build_steps
+
+    lines = []
+    verdict = (art["preflight"].get("summary") or {}).get("verdict")
+    if verdict:
+        lines.append(f"pre-flight: {verdict}")
+    for step in post_build_steps():
+        if step.key in art:
+            lines += step.summary_lines(art[step.key])
+    return lines + list(art["runtime"]["notes"])
