@@ -5,9 +5,10 @@ source model, the plan (which formats and precisions each target gets), the cali
 (shapes, dtypes and values checked by ``open_calibration``) — all before the first conversion.
 Then, inside a staging folder next to ``OUT``, per target: build each artifact, load it through
 ``edgeopt_runtime`` (the IO spec with scale / zero point in the manifest comes from the produced
-file), measure drift and latency against the float model converted to the same format and run
-through the same runtime path, run the target's pre-flight analysis on it (and, for the Edge
-TPU, ``edgetpu_compiler`` when installed: see ``edgeopt.accelerator``), write
+file), measure drift and latency against the float model converted to the same format with the
+one evaluator (``edgeopt.evaluate``), run the target accelerator's pre-flight analysis and its
+post-build step (the Edge TPU: ``edgetpu_compiler`` when installed; see
+``edgeopt.accelerators``), write
 ``manifest.json``; finally ``report.json`` / ``.md`` / ``.html`` and one rename into place.
 With ``strict=True`` a target not fully on its accelerator raises ``StrictError`` afterwards.
 

@@ -25,7 +25,7 @@ _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-s
 _FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
           "--disable-background-networking", "--disable-component-update", "--disable-sync",
           "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND"]
-_BAR_GREEN = (0x3C, 0x9A, 0x5F)  # per-layer bars >= 20 dB (edgeopt.report._bar)
+_BAR_GREEN = (0x3C, 0x9A, 0x5F)  # per-layer bars >= 20 dB (edgeopt.report.svg._bar)
 _BAR_RED = (0xD6, 0x45, 0x45)  # per-layer bars < 10 dB
 
 

@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 from edgeopt_runtime.errors import ModelLoadError
 
-from edgeopt import sources
-from edgeopt.sources import load_source, scan_keras_config
+from edgeopt.sources import archive, hdf5_probe, load_source, scan_keras_config
 from tests.stress import fuzz_sources as fs
 
 from . import _models as M
@@ -236,7 +235,7 @@ def test_unsafe_keras_archives_are_refused(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ModelLoadError, match="damaged"):
         load_source(tmp_path / "crc.keras")
     # Zip bomb: far more unpacked than packed bytes.
-    monkeypatch.setattr(sources, "ARCHIVE_SLACK_BYTES", 0)
+    monkeypatch.setattr(archive, "ARCHIVE_SLACK_BYTES", 0)
     with zipfile.ZipFile(tmp_path / "bomb.keras", "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("config.json", b"{}")
         z.writestr("zeros.bin", bytes(8 << 20))
@@ -465,7 +464,7 @@ def test_hdf5_probe_without_h5py_names_the_package(
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('no h5py here')\n")
     monkeypatch.setenv("PYTHONPATH", str(fake.parent))
-    monkeypatch.setattr(sources, "_PROBED", {})
+    monkeypatch.setattr(hdf5_probe, "_PROBED", {})
     with pytest.raises(MissingDependencyError, match="pip install h5py"):
         load_source(M.h5_file())
 
