@@ -80,6 +80,7 @@ def run_compare(
     max_eval: int | None = DEFAULT_MAX_EVAL, latency_runs: int = DEFAULT_LATENCY_RUNS,
     per_layer: bool = True, source: Path | None = None, calib: Path | None = None,
     layer_samples: int = DEFAULT_LAYER_SAMPLES, gates: GateOptions = GateOptions(),
+    isolate: bool = True,
 ) -> CompareResult:
     """Compare two models on the same data.
 
@@ -91,6 +92,8 @@ def run_compare(
         latency_runs: timed runs per model (0: no latency).
         per_layer / source / calib / layer_samples: the per-layer analysis.
         gates: budgets.
+        isolate: probe each model file in a child process first (a corrupt one is refused,
+            not a crash of this process).
 
     Returns:
         The result record (``to_dict()`` is the ``edgeopt.report/1`` document).
@@ -101,8 +104,8 @@ def run_compare(
     """
     from .drift import evaluate_gates
 
-    ref = ModelRef(reference, threads=threads).load()
-    cand = ModelRef(candidate, threads=threads).load()
+    ref = ModelRef(reference, threads=threads, isolate=isolate).load()
+    cand = ModelRef(candidate, threads=threads, isolate=isolate).load()
     spec = EvalData(str(data), num=num, seed=seed, max_samples=max_eval,
                     labels=str(labels_path) if labels_path else None)
     samples = spec.open(ref.inputs)

@@ -65,7 +65,8 @@ class ModelRef:
 
     ``path`` is a ``.tflite`` / ``.onnx`` file or an artifact directory (``format`` /
     ``precision`` choose among its models). ``delegate`` None is the runtime's default (the
-    manifest's for an artifact directory, XNNPACK for a ``.tflite`` file).
+    manifest's for an artifact directory, XNNPACK for a ``.tflite`` file). ``isolate`` probes an
+    untrusted file in a child process before this process loads it.
     """
 
     path: Path
@@ -74,6 +75,7 @@ class ModelRef:
     providers: tuple[str, ...] | None = None
     format: str | None = None
     precision: str | None = None
+    isolate: bool = False  # probe the file in a child process first (untrusted files)
 
     def load(self) -> rt.Model:
         """Load the model (LiteRT's delegate chatter goes to stderr, never stdout).
@@ -88,7 +90,8 @@ class ModelRef:
         with stdout_to_stderr():
             return rt.load(self.path, threads=self.threads, delegate=self.delegate,
                            providers=list(self.providers) if self.providers else None,
-                           format=self.format, precision=self.precision)
+                           format=self.format, precision=self.precision,
+                           isolate=self.isolate)
 
 
 def _dims_compatible(a: TensorSpec, b: TensorSpec) -> bool:

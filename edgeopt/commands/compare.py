@@ -52,13 +52,15 @@ from edgeopt.evaluate import DEFAULT_LATENCY_RUNS, HOST_THREADS
                    "re-quantizes --source with it; default: --data).")
 @click.option("--layer-samples", type=click.IntRange(min=1), default=DEFAULT_LAYER_SAMPLES,
               show_default=True, help="Samples used by the per-layer analysis.")
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="Probe both models in a child process first (skip only for trusted files).")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress on stderr.")
 def command(reference: Path, candidate: Path, data: Path, labels_path: Path | None,
             num: int | None, seed: int, threads: int, latency_runs: int, out_dir: Path,
             as_json: bool,
             max_drop: str | None, drop_metric: str, min_sqnr: float | None,
             min_cosine: float | None, per_layer: bool, source: Path | None, calib: Path | None,
-            layer_samples: int, verbose: bool) -> None:
+            layer_samples: int, isolate: bool, verbose: bool) -> None:
     """Compare a quantized CANDIDATE's outputs with its float REFERENCE on the same data.
 
     Writes report.json / report.md / report.html to --out. Exit code 1 when a gate
@@ -72,7 +74,7 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
     result = run_compare(
         reference, candidate, data, labels_path=labels_path, num=num, seed=seed,
         threads=threads, latency_runs=latency_runs, per_layer=per_layer, source=source,
-        calib=calib, layer_samples=layer_samples,
+        calib=calib, layer_samples=layer_samples, isolate=isolate,
         gates=GateOptions(max_drop=max_drop, drop_metric=drop_metric, min_sqnr=min_sqnr,
                           min_cosine=min_cosine))
     report = result.to_dict()
