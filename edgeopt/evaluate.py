@@ -17,8 +17,8 @@
 For executors (serial, process pool, Ray) an evaluation is a value: :class:`EvaluationJob`
 holds only paths and options (:class:`ModelRef`, :class:`EvalData`, :class:`EvalOptions`) and,
 for the tuning loop, the reference's outputs computed once (:class:`ReferenceOutputs`, from
-:func:`run_reference`); calling the job loads the models in the worker and returns the
-:class:`edgeopt.results.Evaluation` record.
+:func:`run_reference`); :func:`run_job` (module level, so executors pickle it by reference)
+loads the models in the worker and returns the :class:`edgeopt.results.Evaluation` record.
 """
 
 from __future__ import annotations
@@ -547,3 +547,9 @@ class EvaluationJob:
         inputs = reference.inputs if reference is not None else self.cached.inputs  # type: ignore[union-attr]
         samples = self.data.open(inputs)
         return evaluate(reference, candidate, samples, options=self.options, cached=self.cached)
+
+
+def run_job(job: EvaluationJob) -> Evaluation:
+    """Run one job: the module-level function executors pickle by reference
+    (``edgeopt.executors.Task(run_job, (job,), key=...)``)."""
+    return job()

@@ -27,6 +27,7 @@ from edgeopt.evaluate import (
     ModelRef,
     OutputStack,
     evaluate,
+    run_job,
     run_reference,
 )
 
@@ -160,7 +161,7 @@ def test_jobs_are_values_that_run_in_another_process(files: dict[str, Path]) -> 
                           cached) for k in ("cand", "renamed")]
     assert pickle.loads(pickle.dumps(jobs[0])) == jobs[0]
     with ProcessPoolExecutor(max_workers=1) as pool:
-        remote = [f.result() for f in [pool.submit(job) for job in jobs]]
+        remote = [f.result() for f in [pool.submit(run_job, job) for job in jobs]]
     local = [job() for job in jobs]
     for r, loc in zip(remote, local, strict=True):
         assert _metrics(r) == _metrics(loc) and r.data == loc.data
