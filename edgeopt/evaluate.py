@@ -222,17 +222,8 @@ class EvalData:
 
 
 def data_selection(src: CalibrationSource) -> tuple[np.ndarray, int]:
-    """(selected row indices, rows the data holds) of an open calibration source.
-
-    The one place that asks a ``CalibrationSource`` which rows it selected: the source exposes
-    its selection publicly as ``indices`` / ``available`` once the calibration package does
-    (harden-conv, issue 10); until then it is read from the fields ``open_calibration`` set.
-    """
-    if hasattr(src, "indices") and hasattr(src, "available"):
-        return np.asarray(src.indices), int(src.available)
-    # TODO(issue 11): drop with the calibration package's public selection (see docstring).
-    indices = np.asarray(src._indices)  # noqa: SLF001
-    return indices, int(src._reader.count)  # noqa: SLF001
+    """(selected row indices, rows the data holds) of an open calibration source."""
+    return src.indices, src.available
 
 
 def read_labels(path: Path) -> np.ndarray:

@@ -68,6 +68,7 @@ class CalibrationSource:
         source: the path as given, or "synthetic".
         format: the reader's name (npz, npy, image-dir, array-dir, synthetic).
         labels: labels aligned with the yielded samples, or None.
+        indices / available: the selected rows, and how many rows the data holds.
         ranges: per input (min, max) over all yielded values.
         warnings: things worth telling the user (degenerate ranges, ignored arrays, ...).
     """
@@ -147,6 +148,16 @@ class CalibrationSource:
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The selected rows of the data, sorted (all of them without a subset)."""
+        return self._indices.copy()
+
+    @property
+    def available(self) -> int:
+        """How many samples the data holds (the subset is chosen among these)."""
+        return self._reader.count
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield one ``{input name: array}`` dict per sample (batch dim 1, the input's dtype).
