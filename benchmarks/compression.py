@@ -205,7 +205,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
 
 def _host() -> dict[str, Any]:
     from edgeopt.compress.sparsity import host_sparse_path
-    from edgeopt.report import host_info, tool_versions
+    from edgeopt.results import host_info, tool_versions
 
     return {**host_info(), "tools": tool_versions(), "xnnpack_sparse": host_sparse_path()}
 

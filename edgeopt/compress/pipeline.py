@@ -338,7 +338,7 @@ def _document(source: Any, train: Dataset, held: Dataset | None, opts: CompressO
               patterns: tuple[re.Pattern[str], ...], targets: Sequence[str], formats: str,
               body: dict[str, Any], model_path: Path, out: Path, started: float
               ) -> dict[str, Any]:
-    from ..report import host_info, tool_versions
+    from ..results import host_info, tool_versions
 
     notes = list(body.pop("notes", []))
     notes += train.notes + (held.notes if held else [])
