@@ -508,14 +508,6 @@ def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
     return method.value if job.backend.name == "onnx" else "minmax"
 
 
-def _host_load(path: Path, fmt: str) -> rt.Model:
-    """Load for measuring on this host: its CPU (XNNPACK for TFLite), fixed thread count."""
-    cpu = accelerators.host_cpu(fmt)
-    if fmt == "onnx":
-        return ModelRef(path, threads=HOST_THREADS, providers=(cpu.name,)).load()
-    return ModelRef(path, threads=HOST_THREADS, delegate=cpu.runtime_delegate).load()
-
-
 def _measure(
     ctx: _Context, profile: TargetProfile, accel: Accelerator, built: Built, float_path: Path,
     seconds: float, calibration_method: str | None,
@@ -526,8 +518,8 @@ def _measure(
         (the artifact record without its runtime block, the manifest entry, the full
         pre-flight result or None when it failed).
     """
-    quant = _host_load(built.path, built.format)
-    ref_model = _host_load(float_path, built.format)
+    quant = ModelRef.host_cpu(built.path).load()
+    ref_model = ModelRef.host_cpu(float_path).load()
     entry = model_entry(built.path, built.format, built.precision, quant)
     evaluation: Evaluation = evaluate(
         ref_model, quant, ctx.samples, options=EvalOptions(latency_runs=ctx.latency_runs),

@@ -23,7 +23,7 @@ loads the models in the worker and returns the :class:`edgeopt.results.Evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,18 @@ class ModelRef:
     format: str | None = None
     precision: str | None = None
     isolate: bool = False  # probe the file in a child process first (untrusted files)
+
+    @classmethod
+    def host_cpu(cls, path: Path, threads: int | None = HOST_THREADS) -> ModelRef:
+        """How every measurement on this host loads a model file: its CPU (XNNPACK for
+        TFLite, the CPU execution provider for ONNX), ``threads`` threads."""
+        from .accelerators import host_cpu
+
+        fmt = "onnx" if Path(path).suffix.lower() == ".onnx" else "tflite"
+        cpu = host_cpu(fmt)
+        if fmt == "onnx":
+            return cls(Path(path), threads=threads, providers=(cpu.name,))
+        return cls(Path(path), threads=threads, delegate=cpu.runtime_delegate)
 
     def load(self) -> rt.Model:
         """Load the model (LiteRT's delegate chatter goes to stderr, never stdout).
@@ -232,16 +244,19 @@ def read_labels(path: Path) -> np.ndarray:
     Raises:
         CalibrationError: missing or unreadable file, no labels array in an ``.npz``.
     """
+    from edgeopt_runtime.npz import read_npy, read_npz_arrays
+
     try:
+        # The runtime's readers check declared sizes before reading (no decompression bomb).
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                key = next((k for k in ("labels", "y") if k in z.files), None)
-                if key is None:
-                    raise CalibrationError(f"{path}: no 'labels' or 'y' array (has "
-                                           f"{', '.join(z.files) or 'nothing'})")
-                return np.asarray(z[key])
+            arrays = read_npz_arrays(path, error=CalibrationError)
+            key = next((k for k in ("labels", "y") if k in arrays), None)
+            if key is None:
+                raise CalibrationError(f"{path}: no 'labels' or 'y' array (has "
+                                       f"{', '.join(arrays) or 'nothing'})")
+            return np.asarray(arrays[key])
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return read_npy(path, error=CalibrationError)
         return np.loadtxt(path, dtype=np.int64, ndmin=1)
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such labels file") from None
@@ -368,6 +383,22 @@ class ReferenceOutputs:
     outputs: OutputStack = field(compare=False, repr=False)  # identified by the two hashes
 
 
+def run_pair(reference: rt.Model, candidate: rt.Model,
+             samples: Iterable[Mapping[str, np.ndarray]]) -> EvaluatedOutputs:
+    """Both models' per-sample outputs on ``samples`` (paired as :func:`evaluate` pairs them),
+    for callers that compute metrics themselves (e.g. sweep validation shards).
+
+    Raises:
+        InputError: the signatures cannot be matched. CalibrationError: a sample does not fit.
+    """
+    pairing = Pairing.of(reference.inputs, reference.outputs, candidate.inputs, candidate.outputs)
+    ref, cand = OutputStack(pairing.names), OutputStack(pairing.names)
+    for _, r, c in paired_outputs(reference, candidate, samples, pairing):
+        ref.append(r)
+        cand.append(c)
+    return EvaluatedOutputs(ref, cand)
+
+
 def run_reference(reference: rt.Model, samples: EvalSamples) -> ReferenceOutputs:
     """Run the reference on every sample once.
 
@@ -391,10 +422,14 @@ def _run(model: rt.Model, feeds: Mapping[str, np.ndarray], i: int) -> Mapping[st
 
 
 def paired_outputs(
-    reference: rt.Model | None, candidate: rt.Model, samples: EvalSamples, pairing: Pairing,
+    reference: rt.Model | None, candidate: rt.Model,
+    samples: Iterable[Mapping[str, np.ndarray]], pairing: Pairing,
     cached: ReferenceOutputs | None = None,
 ) -> Iterator[tuple[int, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]]:
     """Stream ``(index, reference outputs, candidate outputs)`` sample by sample.
+
+    ``samples`` is any stream of feed dicts in reference input names (:class:`EvalSamples`, a
+    ``CalibrationSource``, a shard of one).
 
     Outputs are in reference order (the candidate's reordered by ``pairing``). With ``cached``
     the reference is not run: its stored outputs for the same samples are used.

@@ -63,7 +63,7 @@ def tool_versions() -> dict[str, str | None]:
 def host_info() -> dict[str, Any]:
     """Facts about the machine the numbers were measured on (the runtime's own description,
     so a convert report and an on-device profile describe hosts the same way)."""
-    from edgeopt_runtime.profile import host_info as runtime_host_info
+    from edgeopt_runtime.host import host_info as runtime_host_info
 
     return runtime_host_info()
 

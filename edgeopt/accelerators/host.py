@@ -1,9 +1,8 @@
 """Whether this host can run an accelerator: the one place the converter asks the runtime.
 
-TFLite delegates: ``edgeopt_runtime``'s own answer (today ``edgetpu_available()`` and
-``gpu_delegate_available()``; when the runtime's delegate table ``edgeopt_runtime.delegates``
-lands, ``delegates.get(name).available()`` replaces both here and nowhere else). ONNX execution
-providers: ONNX Runtime's ``get_available_providers()``.
+TFLite delegates: the runtime's delegate registry (``edgeopt_runtime.delegates``: registered
+names, their system libraries, found without loading them). ONNX execution providers: ONNX
+Runtime's ``get_available_providers()``.
 """
 
 from __future__ import annotations
@@ -25,8 +24,14 @@ def available(acc: Accelerator) -> bool:
 
 def delegate_available(name: str) -> bool:
     """A TFLite delegate's library is present (built-in delegates always are)."""
-    from edgeopt_runtime import model
+    from edgeopt_runtime import delegates
 
-    checks = {"edgetpu": model.edgetpu_available, "gpu": model.gpu_delegate_available}
-    check = checks.get(name)
-    return True if check is None else check()
+    return delegates.get(name).available()
+
+
+def off_host_device(name: str) -> bool:
+    """The runtime's word on a TFLite delegate: it runs on a device other than the host CPU
+    (so host timings are not the device's, and ``--strict`` checks placement on it)."""
+    from edgeopt_runtime import delegates
+
+    return delegates.get(name).accelerator

@@ -5,7 +5,8 @@ ask the entry instead of comparing delegate names:
 
 * ``analyze(path, profile)`` — the pre-flight analysis (``edgeopt.inspect.<module>``);
 * ``post_build`` — an optional step after the model is built (the Edge TPU compiler);
-* ``gated`` / ``device`` — whether ``--strict`` checks placement, and what messages call it;
+* ``gated`` / ``device`` — whether ``--strict`` checks placement (for delegates: the runtime's
+  table says it runs on another device than the host CPU), and what messages call it;
 * ``runtime_delegate`` / ``available()`` — how ``edgeopt_runtime`` is asked to run it, and
   whether this host can (``edgeopt.accelerators.host``);
 * ``compiled_suffix`` — artifact choice: models compiled for it (``*_edgetpu.tflite``) that the
@@ -186,24 +187,24 @@ def _edgetpu_compiler() -> PostBuild:
     return EdgeTpuCompiler()
 
 
-register(Accelerator(
-    name="xnnpack", format="tflite", device="the CPU (XNNPACK)", gated=False,
-    analysis=_tflite_analysis("xnnpack"), runtime_delegate="xnnpack",
-))
-register(Accelerator(
-    name="none", format="tflite", device="the CPU (TFLite kernels)", gated=False,
-    analysis=_cpu_only, runtime_delegate="none",
-))
-register(Accelerator(
-    name="edgetpu", format="tflite", device="the Edge TPU", gated=True,
-    analysis=_tflite_analysis("edgetpu"), runtime_delegate="edgetpu",
-    post_build=_edgetpu_compiler(), compiled_suffix="_edgetpu.tflite",
+def _delegate(name: str, device: str, analysis: Analysis, **extra: Any) -> Accelerator:
+    """A TFLite delegate's entry; whether it is gated comes from the runtime's delegate table
+    (a delegate that runs on another device than the host CPU)."""
+    return Accelerator(name=name, format="tflite", device=device,
+                       gated=host.off_host_device(name), analysis=analysis,
+                       runtime_delegate=name, **extra)
+
+
+register(_delegate("xnnpack", "the CPU (XNNPACK)", _tflite_analysis("xnnpack")))
+register(_delegate("none", "the CPU (TFLite kernels)", _cpu_only))
+register(_delegate(
+    "edgetpu", "the Edge TPU", _tflite_analysis("edgetpu"), post_build=_edgetpu_compiler(),
+    compiled_suffix="_edgetpu.tflite",
     missing_note="no compiled *_edgetpu.tflite in this artifact: timings are host-CPU "
                  "timings ({host}) of the uncompiled int8 model, not Edge TPU",
 ))
-register(Accelerator(
-    name="gpu", format="tflite", device="the mobile GPU", gated=True,
-    analysis=_tflite_analysis("gpu"), runtime_delegate="gpu",
+register(_delegate(
+    "gpu", "the mobile GPU", _tflite_analysis("gpu"),
     missing_note="no GPU delegate on this host: timings are host-CPU timings ({host}), "
                  "not mobile GPU",
 ))

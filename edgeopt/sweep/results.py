@@ -32,14 +32,14 @@ CSV_COLUMNS = [
 
 def build_results(spec: Any, rows: list[dict[str, Any]], executor: str,
                   interrupted: bool) -> dict[str, Any]:
-    from ..report import host_info, new_report
+    from ..results import ReportHeader
 
-    base = new_report("convert")  # for created / tools / host, the same as every report
+    base = ReportHeader.now("convert").to_dict()  # created / tools / host, as every report
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "pending")}
     counts["cached"] = sum(bool(r.get("cached")) for r in rows)
     return {
-        "schema": SCHEMA, "created": base.get("created"), "tools": base.get("tools"),
-        "host": base.get("host") or host_info(), "sweep": str(spec.path),
+        "schema": SCHEMA, "created": base["created"], "tools": base["tools"],
+        "host": base["host"], "sweep": str(spec.path),
         "executor": executor, "interrupted": interrupted,
         "matrix": {"models": [m.name for m in spec.models],
                    "targets": sorted({r["target"] for r in rows}),

@@ -98,7 +98,7 @@ def validate_shard(files: Mapping[str, bytes], pairs: Sequence[tuple[str, str]],
         ``{"start", "stop", "labels", "artifacts": [{"names", "reference", "candidate"}],
         "worker", "seconds"}`` with arrays stacked along the sample axis.
     """
-    import edgeopt_runtime as rt
+    from ..evaluate import ModelRef
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeopt-shard-") as tmp:
@@ -106,8 +106,8 @@ def validate_shard(files: Mapping[str, bytes], pairs: Sequence[tuple[str, str]],
             dest = Path(tmp) / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-        models = [(_host_load(rt, Path(tmp) / cand), _host_load(rt, Path(tmp) / ref))
-                  for cand, ref in pairs]
+        models = [(ModelRef.host_cpu(Path(tmp) / cand).load(),
+                   ModelRef.host_cpu(Path(tmp) / ref).load()) for cand, ref in pairs]
         source = open_range(val, list(models[0][1].inputs), start, stop, options)
         outs = [_run_all(source, quant, ref) for quant, ref in models]
     return {"start": start, "stop": stop, "labels": source.labels, "artifacts": outs,
@@ -115,19 +115,14 @@ def validate_shard(files: Mapping[str, bytes], pairs: Sequence[tuple[str, str]],
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _host_load(rt: Any, path: Path) -> Any:
-    """As convert measures: this host's CPU, one thread."""
-    return rt.load(path, threads=1, delegate="xnnpack" if path.suffix == ".tflite" else None)
-
-
 def _run_all(source: Any, quant: Any, ref: Any) -> dict[str, Any]:
-    # convert's own loop (the one the shared evaluator will replace), so a shard's per-sample
-    # outputs are produced exactly as convert's drift numbers are
-    from ..convert import _run_outputs
+    # the one evaluator's loop, so a shard's per-sample outputs are produced exactly as
+    # convert's and compare's drift numbers are
+    from ..evaluate import run_pair
 
-    names = [s.name for s in quant.outputs]
-    r_out, c_out = _run_outputs(source, ref, quant, names)
-    return {"names": names, "reference": r_out, "candidate": c_out}
+    out = run_pair(ref, quant, source)
+    return {"names": list(out.reference.names), "reference": out.reference.stacked(),
+            "candidate": out.candidate.stacked()}
 
 
 def merge_shards(shards: Sequence[Mapping[str, Any]], artifact_paths: Sequence[str],
