@@ -28,20 +28,35 @@ def tolerance_options(steps: float | None, atol: float | None, rtol: float | Non
     return {_TOLERANCE_KEYS[k]: float(v) for k, v in given.items() if v is not None}
 
 
-def golden_options(fn):  # noqa: ANN001, ANN201 - click decorator
+def golden_options(fn):
     """Options shared by ``bundle`` and ``deploy`` (the golden data and its tolerance)."""
     for opt in reversed(
         [
-            click.option("--data", type=click.Path(path_type=Path),
-                         help="Golden inputs (.npz/.npy/image folder, as --val); default: "
-                         "seeded random inputs."),
-            click.option("--samples", type=click.IntRange(1, 1000), default=8, show_default=True,
-                         help="Number of golden samples."),
-            click.option("--seed", type=int, default=0, show_default=True,
-                         help="Seed of the sample choice / random inputs."),
-            click.option("--tolerance-steps", type=float,
-                         help="Allowed difference of quantized outputs, in quantization steps "
-                         "(default 2)."),
+            click.option(
+                "--data",
+                type=click.Path(path_type=Path),
+                help="Golden inputs (.npz/.npy/image folder, as --val); default: "
+                "seeded random inputs.",
+            ),
+            click.option(
+                "--samples",
+                type=click.IntRange(1, 1000),
+                default=8,
+                show_default=True,
+                help="Number of golden samples.",
+            ),
+            click.option(
+                "--seed",
+                type=int,
+                default=0,
+                show_default=True,
+                help="Seed of the sample choice / random inputs.",
+            ),
+            click.option(
+                "--tolerance-steps",
+                type=float,
+                help="Allowed difference of quantized outputs, in quantization steps (default 2).",
+            ),
             click.option("--tolerance-atol", type=float, help="Float outputs: absolute tolerance."),
             click.option("--tolerance-rtol", type=float, help="Float outputs: relative tolerance."),
         ]
@@ -52,8 +67,11 @@ def golden_options(fn):  # noqa: ANN001, ANN201 - click decorator
 
 @click.command("bundle")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Bundle folder (default: <OUT>/bundles/<model>-<target>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Bundle folder (default: <OUT>/bundles/<model>-<target>).",
+)
 @click.option("--name", help="Bundle name, also its folder name on devices.")
 @click.option("--target", help="Target profile to snapshot when the artifact's is not found.")
 @golden_options
@@ -75,13 +93,28 @@ def command(
     from edgeopt.deploy.bundle import build_bundle
 
     bundle = build_bundle(
-        artifact, out, data=data, samples=samples, seed=seed, target=target, name=name,
+        artifact,
+        out,
+        data=data,
+        samples=samples,
+        seed=seed,
+        target=target,
+        name=name,
         tolerance=tolerance_options(tolerance_steps, tolerance_atol, tolerance_rtol),
         log=lambda line: click.echo(f"edgeopt: {line}", err=True),
     )
     if as_json:
-        sys.stdout.write(json.dumps({**bundle.index.data, "path": str(bundle.directory),
-                                     "index_sha256": bundle.index_sha256}, indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    **bundle.index.data,
+                    "path": str(bundle.directory),
+                    "index_sha256": bundle.index_sha256,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return
     click.echo(f"{bundle.directory}: {len(bundle.expected())} files, {bundle.total_bytes} bytes")
     click.echo(f"on the device: python3 -m edgeopt_runtime check {bundle.directory.name}")

@@ -58,8 +58,9 @@ class _Progress:
             "verified": lambda: f"sha256 of {info['files']} files verified on the device",
             "swapped": lambda: f"bundle in place: {info['path']}",
             "pushed": lambda: "already up to date" if info["push"]["up_to_date"] else None,
-            "checked": lambda: f"golden check: {info['check']['status']}: "
-            f"{info['check']['summary']}",
+            "checked": lambda: (
+                f"golden check: {info['check']['status']}: {info['check']['summary']}"
+            ),
             "profile": lambda: f"profiling ({info['runs']} runs)",
             "error": lambda: f"error: {info['error']}",
             "done": lambda: f"{info['status']} in {info['seconds']:.1f} s",
@@ -122,38 +123,92 @@ def _devices(
 
 @click.command("deploy")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--to", "to", multiple=True, metavar="ssh://USER@HOST[:PORT]",
-              help="A device by address (repeatable).")
-@click.option("--device", "names", multiple=True, metavar="NAME",
-              help="A device from the inventory (repeatable).")
+@click.option(
+    "--to",
+    "to",
+    multiple=True,
+    metavar="ssh://USER@HOST[:PORT]",
+    help="A device by address (repeatable).",
+)
+@click.option(
+    "--device",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="A device from the inventory (repeatable).",
+)
 @click.option("--all-devices", is_flag=True, help="Every device of the inventory.")
-@click.option("--devices", "inventory", type=click.Path(path_type=Path),
-              help="Inventory TOML (default ./devices.toml).")
-@click.option("--identity", type=click.Path(path_type=Path),
-              help="Private key to offer (only this one); default: ssh-agent / ~/.ssh keys.")
-@click.option("--known-hosts", type=click.Path(path_type=Path),
-              help="known_hosts file (default ~/.ssh/known_hosts).")
-@click.option("--trust-new-host", is_flag=True,
-              help="Accept and record the host key of a device not yet in known_hosts "
-              "(trust on first use); a changed key is still refused.")
+@click.option(
+    "--devices",
+    "inventory",
+    type=click.Path(path_type=Path),
+    help="Inventory TOML (default ./devices.toml).",
+)
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    help="Private key to offer (only this one); default: ssh-agent / ~/.ssh keys.",
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(path_type=Path),
+    help="known_hosts file (default ~/.ssh/known_hosts).",
+)
+@click.option(
+    "--trust-new-host",
+    is_flag=True,
+    help="Accept and record the host key of a device not yet in known_hosts "
+    "(trust on first use); a changed key is still refused.",
+)
 @click.option("--remote-dir", help="Folder for bundles on the device (default 'edgeopt' in $HOME).")
 @click.option("--python", help="Python on the device that has edgeopt-runtime (default python3).")
-@click.option("--runs", type=click.IntRange(1, 100_000), default=100, show_default=True,
-              help="Timed profile runs on the device.")
-@click.option("--warmup", type=click.IntRange(0, 100_000), default=10, show_default=True,
-              help="Warm-up runs before timing.")
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Timed profile runs on the device.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(0, 100_000),
+    default=10,
+    show_default=True,
+    help="Warm-up runs before timing.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    help="Interpreter threads on the device (default: the manifest's).",
+)
 @click.option("--no-profile", is_flag=True, help="Push and check only.")
-@click.option("--require-accelerator", is_flag=True,
-              help="Fail when the device lacks the target's delegate (Edge TPU / GPU library).")
-@click.option("--connect-timeout", type=click.FloatRange(0.1, 600), default=15.0,
-              show_default=True, help="Seconds to connect and log in.")
-@click.option("--command-timeout", type=click.FloatRange(1, 86_400), default=300.0,
-              show_default=True, help="Seconds for each remote command.")
+@click.option(
+    "--require-accelerator",
+    is_flag=True,
+    help="Fail when the device lacks the target's delegate (Edge TPU / GPU library).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1, 600),
+    default=15.0,
+    show_default=True,
+    help="Seconds to connect and log in.",
+)
+@click.option(
+    "--command-timeout",
+    type=click.FloatRange(1, 86_400),
+    default=300.0,
+    show_default=True,
+    help="Seconds for each remote command.",
+)
 @golden_options
-@click.option("--report", "report_out", type=click.Path(path_type=Path),
-              help="Also write the deploy document to this JSON file.")
-@click.option("--no-merge", is_flag=True,
-              help="Do not add the device results to OUT/report.json.")
+@click.option(
+    "--report",
+    "report_out",
+    type=click.Path(path_type=Path),
+    help="Also write the deploy document to this JSON file.",
+)
+@click.option("--no-merge", is_flag=True, help="Do not add the device results to OUT/report.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def command(
     path: Path,
@@ -168,6 +223,7 @@ def command(
     python: str | None,
     runs: int,
     warmup: int,
+    threads: int | None,
     no_profile: bool,
     require_accelerator: bool,
     connect_timeout: float,
@@ -189,16 +245,30 @@ def command(
 
     t0 = time.perf_counter()
     progress = _Progress(sys.stderr)
-    overrides = {"identity": identity, "known_hosts": known_hosts, "remote_dir": remote_dir,
-                 "python": python}
+    overrides = {
+        "identity": identity,
+        "known_hosts": known_hosts,
+        "remote_dir": remote_dir,
+        "python": python,
+    }
     devices = _devices(to, names, all_devices, inventory, overrides)
-    golden = {"data": data, "samples": samples, "seed": seed,
-              "tolerance": tolerance_options(tolerance_steps, tolerance_atol, tolerance_rtol)}
-    plan = plan_jobs(path, devices, golden=golden,
-                     log=lambda line: progress.line(f"edgeopt: {line}"))
+    golden = {
+        "data": data,
+        "samples": samples,
+        "seed": seed,
+        "tolerance": tolerance_options(tolerance_steps, tolerance_atol, tolerance_rtol),
+    }
+    plan = plan_jobs(
+        path, devices, golden=golden, log=lambda line: progress.line(f"edgeopt: {line}")
+    )
     options = DeployOptions(
-        runs=runs, warmup=warmup, profile=not no_profile, connect_timeout=connect_timeout,
-        command_timeout=command_timeout, trust_new_host=trust_new_host,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        profile=not no_profile,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        trust_new_host=trust_new_host,
         require_accelerator=require_accelerator,
     )
     results = asyncio.run(deploy_many(plan.jobs, options, progress))
@@ -207,8 +277,7 @@ def command(
         merged = merge_into_report(plan.report, doc, plan.bundles)
         if merged:
             doc["merged_into"] = str(plan.report)
-            progress.line(f"edgeopt: device results added to {plan.report} "
-                          f"({', '.join(merged)})")
+            progress.line(f"edgeopt: device results added to {plan.report} ({', '.join(merged)})")
     if report_out is not None:
         report_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if as_json:

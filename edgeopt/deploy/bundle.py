@@ -230,8 +230,12 @@ def _commit(staging: Path, dest: Path) -> None:
 
 def _entry(directory: Path, name: str, role: str) -> dict[str, Any]:
     path = directory / name
-    return {"name": name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-            "role": role}
+    return {
+        "name": name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+        "role": role,
+    }
 
 
 def _copy_artifact(art: Path, manifest: Any, staging: Path) -> list[tuple[str, str]]:
@@ -258,9 +262,9 @@ def _copy_artifact(art: Path, manifest: Any, staging: Path) -> list[tuple[str, s
 
 def _snapshot_target(art: Path, manifest: Any, staging: Path, target: str | None) -> tuple:
     """Copy the target profile's TOML (comments and all) as ``target.toml``."""
-    from edgeopt.targets import load_target
-
     from edgeopt_runtime.errors import TargetError
+
+    from edgeopt.targets import load_target
 
     candidates = [target] if target else []
     report = _read_report(art.parent)
@@ -304,24 +308,27 @@ def host_reference(art: Path, target: str | None) -> dict[str, Any] | None:
         return None
     models = []
     for a in entry.get("artifacts") or []:
-        lat = ((a.get("latency") or {}).get("candidate")) or {}
+        block = a.get("latency") or {}
+        lat = block.get("candidate") or {}
         models.append(
             {
                 "file": a.get("file"),
                 "format": a.get("format"),
                 "precision": a.get("precision"),
                 "latency": {k: v for k, v in lat.items() if k != "samples_ms"},
+                "threads": block.get("threads"),
                 "runtime": a.get("runtime"),
             }
         )
     host = report.get("host") or {}
     return {
-        "measured_on": f"build machine {host.get('processor') or host.get('machine') or ''}"
-        .strip(),
+        "measured_on": "build machine "
+        + str(host.get("processor") or host.get("machine") or host.get("platform") or "?"),
         "host": host,
         "report": str((art.parent / "report.json").resolve()),
         "report_created": report.get("created"),
-        "how": "edgeopt convert: Model.run on the validation data, after warm-up, same process",
+        "how": "edgeopt convert's latency run: Model.run wall time per call after warm-up, "
+        "interleaved with the float model",
         "models": models,
     }
 
@@ -372,16 +379,23 @@ def _golden(
         fname = f"golden_outputs_{k}.npz"
         _write_npz(staging / fname, {f"o{j}": np.stack(v) for j, v in enumerate(outs)})
         files.append((fname, "golden"))
-        tol = {**DEFAULT_TOLERANCE, **(FLOAT16_TOLERANCE if prec == "float16" else {}),
-               **(tolerance or {})}
+        tol = {
+            **DEFAULT_TOLERANCE,
+            **(FLOAT16_TOLERANCE if prec == "float16" else {}),
+            **(tolerance or {}),
+        }
         entries.append(
             {
                 "format": fmt,
                 "precision": prec,
                 "outputs": fname,
                 "names": [s.name for s in model.outputs],
-                "host": {"file": model.path.name, "backend": model.backend,
-                         "delegate": model.delegate, "notes": list(model.notes)},
+                "host": {
+                    "file": model.path.name,
+                    "backend": model.backend,
+                    "delegate": model.delegate,
+                    "notes": list(model.notes),
+                },
                 "tolerance": tol,
             }
         )
@@ -392,8 +406,13 @@ def _golden(
         )
     source = f"{data} ({samples} samples, seed {seed})" if data else f"random (seed {seed})"
     golden = {
-        "inputs": {"file": GOLDEN_INPUTS, "names": names, "samples": samples, "source": source,
-                   "dtypes": [a.dtype.name for a in feeds]},
+        "inputs": {
+            "file": GOLDEN_INPUTS,
+            "names": names,
+            "samples": samples,
+            "source": source,
+            "dtypes": [a.dtype.name for a in feeds],
+        },
         "models": entries,
     }
     return golden, files
@@ -446,8 +465,9 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]),
-                                          allow_pickle=False)
+                np.lib.format.write_array(
+                    member, np.ascontiguousarray(arrays[key]), allow_pickle=False
+                )
 
 
 def _write_readme(staging: Path, index: dict[str, Any], files: list[tuple[str, str]]) -> tuple:
@@ -456,7 +476,7 @@ def _write_readme(staging: Path, index: dict[str, Any], files: list[tuple[str, s
         f"| `{n}` | {role} | `{hashlib.sha256((staging / n).read_bytes()).hexdigest()}` |"
         for n, role in files
     )
-    text = f"""# edgeopt bundle `{index['name']}` (target `{index['target']}`)
+    text = f"""# edgeopt bundle `{index["name"]}` (target `{index["target"]}`)
 
 Runs on a device with only **edgeopt-runtime >= {need}** installed (numpy, ai-edge-litert,
 onnxruntime; no TensorFlow):
@@ -468,14 +488,14 @@ python3 -m pip install 'edgeopt-runtime>={need}'
 From this folder:
 
 ```sh
-python3 -m edgeopt_runtime check .               # sha256 of every file + outputs vs the build machine
+python3 -m edgeopt_runtime check .               # sha256 of each file; outputs vs build machine
 python3 -m edgeopt_runtime profile . --runs 100  # latency, memory, per-op time (add --json)
-python3 -m edgeopt_runtime device                # what this device is and which delegates it has
+python3 -m edgeopt_runtime device                # this device's facts and delegates
 ```
 
 `check` exits 0 when every file matches `bundle.json` and every model's outputs on the golden
 inputs agree with the build machine's (quantized outputs within
-{index['golden']['models'][0]['tolerance']['quantized_steps']:g} quantization steps); 1 otherwise.
+{index["golden"]["models"][0]["tolerance"]["quantized_steps"]:g} quantization steps); 1 otherwise.
 `edgeopt deploy` runs both over SSH and merges the results into its report.
 
 | file | role | sha256 |

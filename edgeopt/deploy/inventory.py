@@ -38,8 +38,17 @@ from .ssh import DEFAULT_PORT, SSHTarget
 
 DEFAULT_PYTHON = "python3"
 DEFAULT_REMOTE_DIR = "edgeopt"
-_KEYS = ("name", "host", "port", "user", "identity", "python", "remote_dir", "target",
-         "known_hosts")
+_KEYS = (
+    "name",
+    "host",
+    "port",
+    "user",
+    "identity",
+    "python",
+    "remote_dir",
+    "target",
+    "known_hosts",
+)
 
 
 class InventoryError(EdgeOptError):
@@ -61,8 +70,9 @@ class Device:
     known_hosts: Path | None = None
 
     def ssh_target(self, *, trust_new_host: bool = False) -> SSHTarget:
-        return SSHTarget(self.host, self.port, self.user, self.identity, self.known_hosts,
-                         trust_new_host)
+        return SSHTarget(
+            self.host, self.port, self.user, self.identity, self.known_hosts, trust_new_host
+        )
 
     @property
     def url(self) -> str:
@@ -143,8 +153,9 @@ def device_from_dict(d: dict[str, Any], where: str, base: Path) -> Device:
         user=_printable(d["user"], f"{where}: user") if d.get("user") is not None else None,
         identity=_path(d["identity"], f"{where}: identity", base) if d.get("identity") else None,
         python=_printable(d.get("python", DEFAULT_PYTHON), f"{where}: python"),
-        remote_dir=check_remote_dir(d.get("remote_dir", DEFAULT_REMOTE_DIR),
-                                    f"{where}: remote_dir"),
+        remote_dir=check_remote_dir(
+            d.get("remote_dir", DEFAULT_REMOTE_DIR), f"{where}: remote_dir"
+        ),
         target=target,
         known_hosts=_path(d["known_hosts"], f"{where}: known_hosts", base)
         if d.get("known_hosts")

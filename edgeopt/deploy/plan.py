@@ -70,7 +70,7 @@ def plan_jobs(
             if not d.target:
                 raise InventoryError(
                     f"device {d.name!r} has no target: {p} holds several targets; set "
-                    "target = \"...\" for it in the inventory, or pass OUT/<target>"
+                    'target = "..." for it in the inventory, or pass OUT/<target>'
                 )
             if d.target not in cache:
                 art = p / d.target

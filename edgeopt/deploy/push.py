@@ -228,8 +228,7 @@ async def _clear_the_way(
 
 
 def _matches(files: dict[str, dict[str, Any]], expected: dict[str, tuple[str, int]]) -> bool:
-    return set(files) == set(expected) and all(_same(files[n], s) for n, (s, _) in
-                                               expected.items())
+    return set(files) == set(expected) and all(_same(files[n], s) for n, (s, _) in expected.items())
 
 
 async def _stage(
@@ -257,8 +256,16 @@ async def _stage(
         ):
             res.linked.append(name)
             continue
-        await _upload(t, bundle.directory / name, layout.part(name), size,
-                      staged.get(part_name(name)), name, res, emit)
+        await _upload(
+            t,
+            bundle.directory / name,
+            layout.part(name),
+            size,
+            staged.get(part_name(name)),
+            name,
+            res,
+            emit,
+        )
         uploads.append(name)
     return uploads
 
@@ -288,9 +295,12 @@ async def _upload(
     emit("upload", {"file": name, "offset": offset, "size": size, "sent": offset})
     if offset < size or size == 0:
         sent = await t.write_file(
-            local, remote, offset=offset,
-            progress=lambda done: emit("upload", {"file": name, "offset": offset, "size": size,
-                                                  "sent": done}),
+            local,
+            remote,
+            offset=offset,
+            progress=lambda done: emit(
+                "upload", {"file": name, "offset": offset, "size": size, "sent": done}
+            ),
         )
         res.bytes_sent += sent
     res.uploaded.append(name)

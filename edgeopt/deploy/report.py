@@ -50,8 +50,9 @@ def compact_facts(facts: dict[str, Any] | None) -> dict[str, Any] | None:
         "python": (facts.get("python") or {}).get("version"),
         "edgeopt_runtime": facts.get("edgeopt_runtime"),
         "packages": facts.get("packages"),
-        "delegates_available": [k for k in ("xnnpack", "edgetpu", "gpu")
-                                if (delegates.get(k) or {}).get("available")],
+        "delegates_available": [
+            k for k in ("xnnpack", "edgetpu", "gpu") if (delegates.get(k) or {}).get("available")
+        ],
         "onnx_providers": (delegates.get("onnxruntime") or {}).get("providers"),
     }
 
@@ -75,12 +76,14 @@ def vs_host(r: DeviceResult, bundle: LocalBundle) -> dict[str, Any] | None:
         "measured_on_host": ref.get("measured_on"),
         "device_p50_ms": dev.get("p50_ms"),
         "host_p50_ms": hl.get("p50_ms"),
+        "device_threads": (r.profile.get("runtime") or {}).get("threads_effective"),
+        "host_threads": host.get("threads"),
         "device_mean_ms": dev.get("mean_ms"),
         "host_mean_ms": hl.get("mean_ms"),
         "device_over_host_p50": round(ratio, 4) if ratio else None,
         "how": "both Model.run wall time per call after warm-up; device: seeded random inputs "
-        "(edgeopt_runtime profile), host: the validation data (edgeopt convert); different "
-        "runs, so compare ratios, not microseconds",
+        "with the manifest's threads unless --threads (edgeopt_runtime profile); host: edgeopt "
+        "convert's latency run; different runs, so read the ratio, not the microseconds",
     }
 
 
@@ -139,8 +142,19 @@ def device_run(entry: dict[str, Any]) -> dict[str, Any]:
             "status": check.get("status"),
             "summary": check.get("summary"),
             "models": [
-                {k: m.get(k) for k in ("file", "format", "precision", "backend", "delegate",
-                                       "status", "outputs", "notes")}
+                {
+                    k: m.get(k)
+                    for k in (
+                        "file",
+                        "format",
+                        "precision",
+                        "backend",
+                        "delegate",
+                        "status",
+                        "outputs",
+                        "notes",
+                    )
+                }
                 for m in check.get("models", [])
             ],
         }
@@ -167,8 +181,9 @@ def merge_into_report(
         target = by_target.get(bundle.target if bundle else None)
         if target is None:
             continue
-        rows = [r for r in target.get("device_runs", []) if r.get("device") != entry["device"]
-                ["name"]]
+        rows = [
+            r for r in target.get("device_runs", []) if r.get("device") != entry["device"]["name"]
+        ]
         rows.append(device_run(entry))
         target["device_runs"] = rows
         merged.append(entry["device"]["name"])
@@ -205,23 +220,34 @@ def format_text(doc: dict[str, Any]) -> str:
             )
         p = d.get("push")
         if p:
-            what = "already up to date" if p["up_to_date"] else (
-                f"{len(p['uploaded'])} uploaded ({p['bytes_sent']} bytes), "
-                f"{len(p['linked']) + len(p['kept'])} unchanged"
-                + (f", {len(p['resumed'])} resumed" if p["resumed"] else "")
+            what = (
+                "already up to date"
+                if p["up_to_date"]
+                else (
+                    f"{len(p['uploaded'])} uploaded ({p['bytes_sent']} bytes), "
+                    f"{len(p['linked']) + len(p['kept'])} unchanged"
+                    + (f", {len(p['resumed'])} resumed" if p["resumed"] else "")
+                )
             )
-            lines.append(f"  push: {what}; sha256 of {p['verified_files']} files verified on the "
-                         f"device -> {p['remote_dir']}")
+            lines.append(
+                f"  push: {what}; sha256 of {p['verified_files']} files verified on the "
+                f"device -> {p['remote_dir']}"
+            )
             if p["damaged_on_device"]:
-                lines.append(f"  replaced files changed on the device since the last push: "
-                             f"{', '.join(p['damaged_on_device'])}")
+                lines.append(
+                    f"  replaced files changed on the device since the last push: "
+                    f"{', '.join(p['damaged_on_device'])}"
+                )
         c = d.get("check")
         if c:
             lines.append(f"  check: {c['status']}: {c['summary']}")
             for m in c["models"]:
                 for o in m.get("outputs", []):
-                    err = (f"max {o.get('max_steps')} steps" if o.get("quantized")
-                           else f"max abs error {o.get('max_abs_error')}")
+                    err = (
+                        f"max {o.get('max_steps')} steps"
+                        if o.get("quantized")
+                        else f"max abs error {o.get('max_abs_error')}"
+                    )
                     lines.append(f"    {m['file']} [{m.get('delegate')}] {o['name']}: {err}")
         prof = d.get("profile")
         if prof:
@@ -233,8 +259,12 @@ def format_text(doc: dict[str, Any]) -> str:
             )
         vh = d.get("vs_host")
         if vh and vh.get("device_over_host_p50"):
-            lines.append(f"  vs {vh['measured_on_host']}: p50 {_ms(vh['host_p50_ms'])} -> "
-                         f"{vh['device_over_host_p50']:.2f}x on the device")
+            lines.append(
+                f"  vs {vh['measured_on_host']} (threads {vh['host_threads']}): p50 "
+                f"{_ms(vh['host_p50_ms'])}; device/host p50 "
+                f"{vh['device_over_host_p50']:.2f}x (device threads "
+                f"{vh['device_threads']})"
+            )
         lines += [f"  note: {n}" for n in d["notes"]]
     s = doc["summary"]
     lines.append(", ".join(f"{v} {k}" for k, v in s.items() if v) + f" in {doc['wall_seconds']} s")

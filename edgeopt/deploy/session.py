@@ -46,6 +46,7 @@ class DeployOptions:
 
     runs: int = 100
     warmup: int = 10
+    threads: int | None = None  # None: the manifest's (what a device app gets)
     profile: bool = True
     connect_timeout: float = 15.0
     command_timeout: float = 300.0
@@ -129,7 +130,7 @@ def diagnose_probe(result: CommandResult, python: str, need: str) -> DeviceError
     err = result.stderr.decode("utf-8", "replace")
     if result.exit_status == 127 or ("not found" in err and python in err):
         return DeviceError(
-            f"Python {python!r} not found on the device: set python = \"/path/to/python\" for "
+            f'Python {python!r} not found on the device: set python = "/path/to/python" for '
             "this device (inventory) or pass --python"
         )
     if "No module named edgeopt_runtime" in err or "No module named 'edgeopt_runtime'" in err:
@@ -205,8 +206,8 @@ class _Session:
                 f"{need}): run `{self.device.python} -m pip install -U 'edgeopt-runtime>={need}'`"
             )
         delegates = facts.get("delegates") or {}
-        wanted = (self.bundle.index.data.get("source") or {}).get("runtime", {}).get(
-            "tflite_delegate"
+        wanted = (
+            (self.bundle.index.data.get("source") or {}).get("runtime", {}).get("tflite_delegate")
         )
         info = delegates.get(wanted) if wanted in ("edgetpu", "gpu") else None
         if info is not None and not info.get("available"):
@@ -235,13 +236,18 @@ class _Session:
         self.say("device", facts=res.facts)
         t2 = clock()
         res.push = await push_bundle(
-            t, self.bundle, layout, listings, self.listings,
+            t,
+            self.bundle,
+            layout,
+            listings,
+            self.listings,
             events=lambda kind, info: self.say(kind, **info),
         )
         res.timing["push_s"] = clock() - t2
         self.say("pushed", push=res.push.to_dict())
         t3 = clock()
-        result = await self.runtime(["check", layout.live, "--json"])
+        threads = ["--threads", str(opts.threads)] if opts.threads else []
+        result = await self.runtime(["check", layout.live, "--json", *threads])
         res.check = parse_json(result, "edgeopt.check/1", "`edgeopt_runtime check`")
         res.timing["check_s"] = clock() - t3
         self.say("checked", check=res.check)
@@ -254,20 +260,30 @@ class _Session:
         if opts.profile and res.status in ("ok", "mismatch"):
             t4 = clock()
             self.say("profile", runs=opts.runs)
-            args = ["profile", layout.live, "--runs", str(opts.runs), "--warmup",
-                    str(opts.warmup), "--json"]
+            args = [
+                "profile",
+                layout.live,
+                "--runs",
+                str(opts.runs),
+                "--warmup",
+                str(opts.warmup),
+                "--json",
+                *threads,
+            ]
             result = await self.runtime(args)
             res.profile = parse_json(result, "edgeopt.profile/1", "`edgeopt_runtime profile`")
             res.timing["profile_s"] = clock() - t4
             self._accelerator_note(res.profile)
 
     def _accelerator_note(self, profile: dict[str, Any]) -> None:
-        wanted = (self.bundle.index.data.get("source") or {}).get("runtime", {}).get(
-            "tflite_delegate"
+        wanted = (
+            (self.bundle.index.data.get("source") or {}).get("runtime", {}).get("tflite_delegate")
         )
         used = (profile.get("runtime") or {}).get("delegate")
-        if wanted in ("edgetpu", "gpu") and used != wanted and not any(
-            wanted in n for n in self.res.notes
+        if (
+            wanted in ("edgetpu", "gpu")
+            and used != wanted
+            and not any(wanted in n for n in self.res.notes)
         ):
             self.res.notes.append(
                 f"the target asks for the {wanted} delegate; the device ran "

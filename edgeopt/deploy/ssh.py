@@ -148,7 +148,7 @@ class SSHTransport(Transport):
                 f"{t.user or 'default'}; add the public key to ~/.ssh/authorized_keys on the "
                 "device (e.g. `ssh-copy-id -i KEY.pub`); password logins are not used"
             ) from None
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             await self.close()
             raise ConnectError(
                 f"{self.url}: no SSH answer within {self.connect_timeout:g} s "
@@ -222,8 +222,10 @@ class SSHTransport(Transport):
             key = await asyncio.wait_for(
                 asyncssh.get_server_host_key(t.host, t.port, config=None), self.connect_timeout
             )
-        except (asyncio.TimeoutError, TimeoutError):
-            raise ConnectError(f"{self.url}: no SSH answer within {self.connect_timeout:g} s")
+        except TimeoutError:
+            raise ConnectError(
+                f"{self.url}: no SSH answer within {self.connect_timeout:g} s"
+            ) from None
         except (OSError, asyncssh.Error) as exc:
             raise ConnectError(f"{self.url}: cannot connect: {_first_line(exc)}") from None
         if key is None:
@@ -260,23 +262,32 @@ class SSHTransport(Transport):
                 timeout,
             )
             await asyncio.wait_for(proc.wait_closed(), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             self._kill(proc)
             raise RemoteTimeout(
                 f"{self.url}: `{_short(command)}` did not finish within {timeout:g} s "
                 "(--command-timeout raises it)"
             ) from None
-        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
-                ConnectionError) as exc:
+        except (
+            asyncssh.ConnectionLost,
+            asyncssh.DisconnectError,
+            BrokenPipeError,
+            ConnectionError,
+        ) as exc:
             raise ConnectionDropped(
-                f"{self.url}: connection lost while running `{_short(command)}`: "
-                f"{_first_line(exc)}"
+                f"{self.url}: connection lost while running `{_short(command)}`: {_first_line(exc)}"
             ) from None
         except asyncssh.ChannelOpenError as exc:
-            raise TransportError(f"{self.url}: cannot start a command: {_first_line(exc)}") from None
+            raise TransportError(
+                f"{self.url}: cannot start a command: {_first_line(exc)}"
+            ) from None
         return CommandResult(
-            tuple(argv), proc.exit_status if proc.exit_signal is None else None, out, err,
-            proc.exit_signal[0] if proc.exit_signal else None, time.perf_counter() - t0,
+            tuple(argv),
+            proc.exit_status if proc.exit_signal is None else None,
+            out,
+            err,
+            proc.exit_signal[0] if proc.exit_signal else None,
+            time.perf_counter() - t0,
         )
 
     @staticmethod
@@ -301,12 +312,18 @@ class SSHTransport(Transport):
         self._require()
         try:
             return await asyncio.wait_for(coro, self.io_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise RemoteTimeout(
                 f"{self.url}: {what} {path!r}: no answer within {self.io_timeout:g} s"
             ) from None
-        except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection, asyncssh.ConnectionLost,
-                asyncssh.DisconnectError, BrokenPipeError, ConnectionError) as exc:
+        except (
+            asyncssh.SFTPConnectionLost,
+            asyncssh.SFTPNoConnection,
+            asyncssh.ConnectionLost,
+            asyncssh.DisconnectError,
+            BrokenPipeError,
+            ConnectionError,
+        ) as exc:
             raise ConnectionDropped(
                 f"{self.url}: connection lost during {what} {path!r}: {_first_line(exc)}"
             ) from None

@@ -96,14 +96,16 @@ def check_bundle(
     }
     if problems:
         names = ", ".join(p["file"] for p in problems)
-        return _finish(doc, "corrupt", f"{len(problems)} file(s) do not match bundle.json: {names}",
-                       t0)
+        return _finish(
+            doc, "corrupt", f"{len(problems)} file(s) do not match bundle.json: {names}", t0
+        )
     golden = _golden_spec(index)
     inputs = _golden_inputs(index, golden["inputs"], max_golden_bytes)
     for group in golden["models"]:
         doc["models"].append(
-            _check_group(index, group, inputs, threads, delegate, providers, isolate,
-                         max_golden_bytes)
+            _check_group(
+                index, group, inputs, threads, delegate, providers, isolate, max_golden_bytes
+            )
         )
     statuses = {m["status"] for m in doc["models"]}
     status = "error" if "error" in statuses else "mismatch" if "mismatch" in statuses else "passed"
@@ -192,10 +194,16 @@ def _check_group(
     }
     try:
         path = index.directory / group["outputs"]
-        expected = _ordered(read_npz_bounded(path, max_bytes=limit), "o", len(group["names"]),
-                            path)
-        model = load(index.directory, format=fmt, precision=precision, threads=threads,
-                     delegate=delegate, providers=providers, isolate=isolate and fmt == "tflite")
+        expected = _ordered(read_npz_bounded(path, max_bytes=limit), "o", len(group["names"]), path)
+        model = load(
+            index.directory,
+            format=fmt,
+            precision=precision,
+            threads=threads,
+            delegate=delegate,
+            providers=providers,
+            isolate=isolate and fmt == "tflite",
+        )
         out.update(file=model.path.name, backend=model.backend, delegate=model.delegate)
         out["notes"] = list(model.notes)
         got = _run_samples(model, inputs)
@@ -203,13 +211,22 @@ def _check_group(
         out.update(status="error", error=str(exc))
         return out
     if [s.name for s in model.outputs] != list(group["names"]):
-        out.update(status="error", error=f"model outputs {[s.name for s in model.outputs]} do "
-                   f"not match the golden outputs {group['names']}")
+        out.update(
+            status="error",
+            error=f"model outputs {[s.name for s in model.outputs]} do "
+            f"not match the golden outputs {group['names']}",
+        )
         return out
     tol = out["tolerance"]
     out["outputs"] = [
-        compare_output(spec.name, e, g, spec.quantization.scale if spec.is_quantized else None,
-                       spec.quantization.axis if spec.is_quantized else None, tol)
+        compare_output(
+            spec.name,
+            e,
+            g,
+            spec.quantization.scale if spec.is_quantized else None,
+            spec.quantization.axis if spec.is_quantized else None,
+            tol,
+        )
         for spec, e, g in zip(model.outputs, expected, got, strict=True)
     ]
     out["status"] = "passed" if all(o["passed"] for o in out["outputs"]) else "mismatch"
@@ -220,8 +237,9 @@ def _run_samples(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run sample by sample (as the build machine did) and stack each output."""
     n = inputs[0].shape[0]
     if len(inputs) != len(model.inputs):
-        raise BundleError(f"golden inputs hold {len(inputs)} arrays, the model takes "
-                          f"{len(model.inputs)}")
+        raise BundleError(
+            f"golden inputs hold {len(inputs)} arrays, the model takes {len(model.inputs)}"
+        )
     results: list[list[np.ndarray]] = [[] for _ in model.outputs]
     for i in range(n):
         outs = model.run([a[i] for a in inputs])
@@ -254,14 +272,17 @@ def compare_output(
     """
     res: dict[str, Any] = {"name": name, "shape": list(got.shape), "quantized": scale is not None}
     if expected.shape != got.shape:
-        return {**res, "passed": False,
-                "reason": f"shape {list(got.shape)} differs from golden {list(expected.shape)}"}
+        return {
+            **res,
+            "passed": False,
+            "reason": f"shape {list(got.shape)} differs from golden {list(expected.shape)}",
+        }
     e, g = expected.astype(np.float64), got.astype(np.float64)
     both_nan = np.isnan(e) & np.isnan(g)
     diff = np.where(both_nan, 0.0, np.abs(g - e))
     diff = np.where(np.isnan(diff), np.inf, diff)
     if scale is not None:
-        steps = diff / _scale_array(scale, axis, g.ndim)
+        steps = diff / _scale_array(scale, axis, g.shape)
         over = steps > float(tolerance["quantized_steps"]) + _STEP_SLACK
         res["max_steps"] = _f(np.round(steps.max(), 3)) if steps.size else 0.0
     else:
@@ -280,13 +301,18 @@ def compare_output(
     return res
 
 
-def _scale_array(scale: tuple[float, ...], axis: int | None, ndim: int) -> np.ndarray:
+def _scale_array(scale: tuple[float, ...], axis: int | None, shape: tuple) -> np.ndarray:
+    """Scales shaped to divide a stacked ``[samples, *shape]`` output (per-axis or not)."""
     s = np.asarray(scale, dtype=np.float64)
-    if s.size == 1 or axis is None:
-        return s.reshape(()) if s.size == 1 else s
-    shape = [1] * ndim
-    shape[axis + 1 if axis >= 0 else axis] = s.size  # +1: the stacked samples axis comes first
-    return s.reshape(shape)
+    if s.size == 1:
+        return s.reshape(())
+    ndim = len(shape)
+    where = None if axis is None else axis + 1 if axis >= 0 else ndim + axis
+    if where is None or not 1 <= where < ndim or shape[where] != s.size:
+        return s.min()  # axis unknown: the finest scale, so no difference is undercounted
+    dims = [1] * ndim
+    dims[where] = s.size  # +1 above: the stacked samples axis comes first
+    return s.reshape(dims)
 
 
 def _f(x: Any) -> float | str:
@@ -321,7 +347,9 @@ def _positive_mib(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (MiB), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer (MiB), got {text!r}"
+        ) from None
     if not 1 <= value <= 4096:
         raise argparse.ArgumentTypeError(f"expected MiB in [1, 4096], got {text!r}")
     return value
@@ -379,8 +407,11 @@ def format_check(doc: dict[str, Any]) -> str:
             continue
         lines.append(f"{head}  {m['backend']} [{m['delegate']}]: {m['status']}")
         for o in m["outputs"]:
-            err = (f"max {o['max_steps']} steps (tolerance {m['tolerance']['quantized_steps']})"
-                   if o["quantized"] else f"max abs error {o.get('max_abs_error')}")
+            err = (
+                f"max {o['max_steps']} steps (tolerance {m['tolerance']['quantized_steps']})"
+                if o["quantized"]
+                else f"max abs error {o.get('max_abs_error')}"
+            )
             extra = f", top-1 agreement {o['top1_agreement']:.1%}" if "top1_agreement" in o else ""
             lines.append(f"  {o['name']}: {o.get('reason') or err}{extra}")
         lines += [f"  note: {n}" for n in m["notes"]]
@@ -388,5 +419,11 @@ def format_check(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CHECK_SCHEMA", "DEFAULT_TOLERANCE", "add_parser", "check_bundle", "compare_output",
-           "format_check"]
+__all__ = [
+    "CHECK_SCHEMA",
+    "DEFAULT_TOLERANCE",
+    "add_parser",
+    "check_bundle",
+    "compare_output",
+    "format_check",
+]

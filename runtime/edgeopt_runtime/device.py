@@ -185,8 +185,7 @@ def format_facts(doc: dict[str, Any]) -> str:
     interp = doc["tflite_interpreter"]
     return "\n".join(
         [
-            f"{doc['hostname']}: {doc['os']}, kernel {doc['kernel']['release']} "
-            f"{doc['machine']}",
+            f"{doc['hostname']}: {doc['os']}, kernel {doc['kernel']['release']} {doc['machine']}",
             f"cpu      {doc['cpu']['model']} x{doc['cpu']['cores']}, {mem_s}",
             f"python   {doc['python']['version']}  edgeopt-runtime {doc['edgeopt_runtime']}",
             f"tflite   {interp['package'] or 'not installed'} {interp['version'] or ''}".rstrip(),

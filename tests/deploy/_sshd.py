@@ -106,13 +106,16 @@ class SSHServer:
         for _ in range(3):  # a free port can be taken between choosing and binding it
             self.port = free_port()
             cfg = self._config()
-            check = subprocess.run([self.sshd, "-t", "-f", str(cfg)], capture_output=True,
-                                   text=True, timeout=30)
+            check = subprocess.run(
+                [self.sshd, "-t", "-f", str(cfg)], capture_output=True, text=True, timeout=30
+            )
             if check.returncode != 0:
                 raise RuntimeError(f"sshd -t refused the test config: {check.stderr.strip()}")
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [self.sshd, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log,
+                    [self.sshd, "-D", "-e", "-f", str(cfg)],
+                    stdout=log,
+                    stderr=log,
                     stdin=subprocess.DEVNULL,
                 )
             if self._wait_banner():
@@ -196,8 +199,12 @@ def _runtime_deps() -> list[str]:
 
 
 def _pip(python: str, *args: str, timeout: float = 900) -> None:
-    proc = subprocess.run([python, "-m", "pip", "-q", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [python, "-m", "pip", "-q", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"pip {' '.join(args[:3])} failed: {tail}")
@@ -228,8 +235,9 @@ def device_python(workdir: Path) -> Path:
     """A fresh venv whose only packages are edgeopt-runtime (this checkout) and its deps."""
     deps = dependency_venv()
     venv = workdir / "device-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     site = _site_packages(venv)
     (site / "edgeopt-runtime-deps.pth").write_text(str(_site_packages(deps)) + "\n")
     src = workdir / "runtime-src"

@@ -41,21 +41,21 @@ def _server(tmp_path_factory: pytest.TempPathFactory, name: str, key: Path) -> _
 
 
 @pytest.fixture(scope="session")
-def sshd_a(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]):  # noqa: ANN201
+def sshd_a(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]):
     server = _server(tmp_path_factory, "sshd-a", keys["user"])
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def sshd_b(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]):  # noqa: ANN201
+def sshd_b(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]):
     server = _server(tmp_path_factory, "sshd-b", keys["user"])
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def known_hosts(tmp_path_factory: pytest.TempPathFactory, sshd_a, sshd_b) -> Path:  # noqa: ANN001
+def known_hosts(tmp_path_factory: pytest.TempPathFactory, sshd_a, sshd_b) -> Path:
     path = tmp_path_factory.mktemp("kh") / "known_hosts"
     path.write_text(f"{sshd_a.known_hosts_line()}\n{sshd_b.known_hosts_line()}\n")
     return path

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from edgeopt_runtime.manifest import sha256_file
 
 from edgeopt.deploy.bundle import build_bundle, open_bundle
-from edgeopt_runtime.manifest import sha256_file
 from edgeopt.deploy.inventory import Device
 from edgeopt.deploy.session import DeployOptions, deploy_many, deploy_one
 from edgeopt.deploy.ssh import SSHTarget, SSHTransport
@@ -29,7 +29,7 @@ OPTS = DeployOptions(runs=20, warmup=2, connect_timeout=30, command_timeout=300)
 QUICK = DeployOptions(profile=False, connect_timeout=30, command_timeout=300)
 
 
-def _device(server, python: Path, root: Path, keys, known_hosts: Path, **kw) -> Device:  # noqa: ANN001
+def _device(server, python: Path, root: Path, keys, known_hosts: Path, **kw) -> Device:
     values = {
         "name": f"dev-{server.port}",
         "host": "127.0.0.1",
@@ -44,7 +44,7 @@ def _device(server, python: Path, root: Path, keys, known_hosts: Path, **kw) -> 
     return Device(**values)
 
 
-def _deploy(dev: Device, bundle, options: DeployOptions = QUICK, progress=None):  # noqa: ANN001
+def _deploy(dev: Device, bundle, options: DeployOptions = QUICK, progress=None):
     return asyncio.run(deploy_one(dev, bundle, options, progress))
 
 
@@ -56,41 +56,72 @@ async def _remote(dev: Device, argv: list[str]) -> tuple[int | None, str, str]:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edgeopt.cli", *args], capture_output=True, text=True, cwd=cwd,
-        timeout=600, env={**os.environ, "PYTHONPATH": str(_sshd.REPO)},
+        [sys.executable, "-m", "edgeopt.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(_sshd.REPO)},
     )
 
 
 @pytest.fixture(scope="module")
-def bundle(converted: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    return build_bundle(converted / "arm-cpu", tmp_path_factory.mktemp("b") / "digits",
-                        data=VAL, samples=8)
+def bundle(converted: Path, tmp_path_factory: pytest.TempPathFactory):
+    return build_bundle(
+        converted / "arm-cpu", tmp_path_factory.mktemp("b") / "digits", data=VAL, samples=8
+    )
 
 
-def test_device_venv_has_only_the_runtime(sshd_a, device_python, keys, known_hosts, tmp_path):  # noqa: ANN001
+def test_device_venv_has_only_the_runtime(sshd_a, device_python, keys, known_hosts, tmp_path):
     dev = _device(sshd_a, device_python, tmp_path, keys, known_hosts)
-    probe = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None "
-             "for m in ['tensorflow', 'keras', 'onnx', 'torch', 'tf2onnx', 'edgeopt', "
-             "'edgeopt_runtime', 'onnxruntime', 'ai_edge_litert']}))")
+    probe = (
+        "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None "
+        "for m in ['tensorflow', 'keras', 'onnx', 'torch', 'tf2onnx', 'edgeopt', "
+        "'edgeopt_runtime', 'onnxruntime', 'ai_edge_litert']}))"
+    )
     status, out, err = asyncio.run(_remote(dev, [str(device_python), "-c", probe]))
     assert status == 0, err
     found = json.loads(out)
-    assert found == {"tensorflow": False, "keras": False, "onnx": False, "torch": False,
-                     "tf2onnx": False, "edgeopt": False, "edgeopt_runtime": True,
-                     "onnxruntime": True, "ai_edge_litert": True}
+    assert found == {
+        "tensorflow": False,
+        "keras": False,
+        "onnx": False,
+        "torch": False,
+        "tf2onnx": False,
+        "edgeopt": False,
+        "edgeopt_runtime": True,
+        "onnxruntime": True,
+        "ai_edge_litert": True,
+    }
 
 
 def test_happy_path_cli_profile_merged_into_report(
-    sshd_a, device_python, keys, known_hosts, out_copy, tmp_path  # noqa: ANN001
+    sshd_a, device_python, keys, known_hosts, out_copy, tmp_path
 ) -> None:
     root = tmp_path / "device root"
     common = [
-        "--to", f"ssh://{sshd_a.user}@127.0.0.1:{sshd_a.port}", "--identity", str(keys["user"]),
-        "--known-hosts", str(known_hosts), "--python", str(device_python),
-        "--remote-dir", str(root),
+        "--to",
+        f"ssh://{sshd_a.user}@127.0.0.1:{sshd_a.port}",
+        "--identity",
+        str(keys["user"]),
+        "--known-hosts",
+        str(known_hosts),
+        "--python",
+        str(device_python),
+        "--remote-dir",
+        str(root),
     ]
-    proc = _cli("deploy", str(out_copy / "arm-cpu"), *common, "--runs", "20", "--data",
-                str(VAL), "--json", cwd=tmp_path)
+    proc = _cli(
+        "deploy",
+        str(out_copy / "arm-cpu"),
+        *common,
+        "--runs",
+        "20",
+        "--data",
+        str(VAL),
+        "--json",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "edgeopt.deploy/1" and doc["summary"]["ok"] == 1
@@ -106,8 +137,9 @@ def test_happy_path_cli_profile_merged_into_report(
     assert d["profile"]["latency"]["runs"] == 20 and d["profile"]["latency"]["p50_ms"] > 0
     assert d["profile"]["runtime"]["delegate"] == "xnnpack"
     assert d["vs_host"]["host_p50_ms"] > 0 and d["vs_host"]["device_p50_ms"] > 0
-    assert sorted(d["push"]["uploaded"]) == sorted(open_bundle(
-        out_copy / "bundles" / "digits_cnn-arm-cpu").expected())
+    assert sorted(d["push"]["uploaded"]) == sorted(
+        open_bundle(out_copy / "bundles" / "digits_cnn-arm-cpu").expected()
+    )
     assert "uploading model_int8.tflite" in proc.stderr and "golden check: passed" in proc.stderr
     # the device results are in the convert report, as measured on that device
     report = json.loads((out_copy / "report.json").read_text())
@@ -118,19 +150,32 @@ def test_happy_path_cli_profile_merged_into_report(
     # on the device: the bundle's own README command works with only edgeopt-runtime
     live = root / "digits_cnn-arm-cpu"
     assert sorted(p.name for p in root.iterdir()) == ["digits_cnn-arm-cpu"]
-    check = subprocess.run([str(device_python), "-m", "edgeopt_runtime", "check", "."],
-                           cwd=live, capture_output=True, text=True, timeout=300)
+    check = subprocess.run(
+        [str(device_python), "-m", "edgeopt_runtime", "check", "."],
+        cwd=live,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert check.returncode == 0 and "passed" in check.stdout, check.stderr
     # a re-run has nothing to upload
-    again = _cli("deploy", str(out_copy / "arm-cpu"), *common, "--no-profile", "--data",
-                 str(VAL), "--json", cwd=tmp_path)
+    again = _cli(
+        "deploy",
+        str(out_copy / "arm-cpu"),
+        *common,
+        "--no-profile",
+        "--data",
+        str(VAL),
+        "--json",
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr
     push = json.loads(again.stdout)["devices"][0]["push"]
     assert push["up_to_date"] and push["bytes_sent"] == 0 and "already up to date" in again.stderr
 
 
 def test_tampered_file_on_the_device_is_detected_and_replaced(
-    sshd_a, device_python, keys, known_hosts, bundle, tmp_path  # noqa: ANN001
+    sshd_a, device_python, keys, known_hosts, bundle, tmp_path
 ) -> None:
     dev = _device(sshd_a, device_python, tmp_path, keys, known_hosts)
     assert _deploy(dev, bundle).status == "ok"
@@ -139,8 +184,19 @@ def test_tampered_file_on_the_device_is_detected_and_replaced(
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     # the device-side check refuses it before loading anything
-    status, out, _ = asyncio.run(_remote(dev, [str(device_python), "-m", "edgeopt_runtime",
-                                               "check", str(tmp_path / bundle.name), "--json"]))
+    status, out, _ = asyncio.run(
+        _remote(
+            dev,
+            [
+                str(device_python),
+                "-m",
+                "edgeopt_runtime",
+                "check",
+                str(tmp_path / bundle.name),
+                "--json",
+            ],
+        )
+    )
     doc = json.loads(out)
     assert status == 1 and doc["status"] == "corrupt" and doc["models"] == []
     assert [p["file"] for p in doc["files"]["problems"]] == ["model_int8.tflite"]
@@ -154,7 +210,7 @@ def test_tampered_file_on_the_device_is_detected_and_replaced(
 
 
 def test_unknown_host_key_refused_and_trust_on_first_use(
-    sshd_a, sshd_b, device_python, keys, bundle, tmp_path  # noqa: ANN001
+    sshd_a, sshd_b, device_python, keys, bundle, tmp_path
 ) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -178,9 +234,10 @@ def test_unknown_host_key_refused_and_trust_on_first_use(
     assert "does NOT match" in res.error and "ssh-keygen -R" in res.error
 
 
-def test_wrong_key_refused(sshd_a, device_python, keys, known_hosts, bundle, tmp_path) -> None:  # noqa: ANN001
-    dev = _device(sshd_a, device_python, tmp_path / "root", keys, known_hosts,
-                  identity=keys["stranger"])
+def test_wrong_key_refused(sshd_a, device_python, keys, known_hosts, bundle, tmp_path) -> None:
+    dev = _device(
+        sshd_a, device_python, tmp_path / "root", keys, known_hosts, identity=keys["stranger"]
+    )
     res = _deploy(dev, bundle)
     assert res.status == "error" and res.error_kind == "AuthError"
     assert "refused the key" in res.error and str(keys["stranger"]) in res.error
@@ -188,7 +245,7 @@ def test_wrong_key_refused(sshd_a, device_python, keys, known_hosts, bundle, tmp
 
 
 def test_connection_killed_mid_upload_leaves_nothing_half_written_and_rerun_resumes(
-    sshd_a, device_python, keys, known_hosts, converted, bundle, tmp_path  # noqa: ANN001
+    sshd_a, device_python, keys, known_hosts, converted, bundle, tmp_path
 ) -> None:
     dev = _device(sshd_a, device_python, tmp_path, keys, known_hosts)
     assert _deploy(dev, bundle).status == "ok"
@@ -201,7 +258,7 @@ def test_connection_killed_mid_upload_leaves_nothing_half_written_and_rerun_resu
     assert size > 4 * chunk
     killed = []
 
-    def cut(name: str, event: str, info: dict) -> None:  # noqa: ARG001
+    def cut(name: str, event: str, info: dict) -> None:
         if event == "upload" and info["file"] == "golden_inputs.npz" and not killed:
             if info["sent"] >= 2 * chunk:
                 killed.append(sshd_a.kill_sessions())
@@ -230,7 +287,7 @@ def test_connection_killed_mid_upload_leaves_nothing_half_written_and_rerun_resu
 
 
 def test_two_devices_in_parallel_from_an_inventory(
-    sshd_a, sshd_b, device_python, keys, known_hosts, out_copy, tmp_path  # noqa: ANN001
+    sshd_a, sshd_b, device_python, keys, known_hosts, out_copy, tmp_path
 ) -> None:
     inventory = tmp_path / "devices.toml"
     lines = [
@@ -242,11 +299,25 @@ def test_two_devices_in_parallel_from_an_inventory(
         'target = "arm-cpu"',
     ]
     for name, server in (("board-a", sshd_a), ("board-b", sshd_b)):
-        lines += ["[[device]]", f'name = "{name}"', 'host = "127.0.0.1"', f"port = {server.port}",
-                  f'remote_dir = "{tmp_path / name}"']
+        lines += [
+            "[[device]]",
+            f'name = "{name}"',
+            'host = "127.0.0.1"',
+            f"port = {server.port}",
+            f'remote_dir = "{tmp_path / name}"',
+        ]
     inventory.write_text("\n".join(lines) + "\n")
-    proc = _cli("deploy", str(out_copy), "--devices", str(inventory), "--all-devices",
-                "--runs", "10", "--json", cwd=tmp_path)
+    proc = _cli(
+        "deploy",
+        str(out_copy),
+        "--devices",
+        str(inventory),
+        "--all-devices",
+        "--runs",
+        "10",
+        "--json",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     a, b = doc["devices"]
@@ -264,7 +335,7 @@ def test_two_devices_in_parallel_from_an_inventory(
 
 
 def test_hostile_file_device_and_folder_names_reach_no_shell(
-    sshd_a, device_python, keys, known_hosts, converted, tmp_path  # noqa: ANN001
+    sshd_a, device_python, keys, known_hosts, converted, tmp_path
 ) -> None:
     evil = "m';touch PWNED1;'$(touch PWNED2)`touch PWNED3` & x"
     art = tmp_path / "out" / "arm-cpu"
@@ -277,8 +348,9 @@ def test_hostile_file_device_and_folder_names_reach_no_shell(
     (art / "manifest.json").write_text(json.dumps(manifest))
     b = build_bundle(art, tmp_path / "bundle", name="b;touch PWNED4 $(touch PWNED5)", data=VAL)
     root = tmp_path / "r $(touch PWNED6)" / "x'y;touch PWNED7"
-    dev = _device(sshd_a, device_python, root, keys, known_hosts,
-                  name="dev; touch PWNED8 $(touch PWNED9)")
+    dev = _device(
+        sshd_a, device_python, root, keys, known_hosts, name="dev; touch PWNED8 $(touch PWNED9)"
+    )
     res = _deploy(dev, b, OPTS)
     assert res.status == "ok", res.error
     assert {m["file"] for m in res.check["models"]} == {f"{evil}.tflite", f"{evil}.onnx"}
@@ -290,11 +362,12 @@ def test_hostile_file_device_and_folder_names_reach_no_shell(
 
 
 def test_missing_python_or_runtime_says_how_to_fix(
-    sshd_a, keys, known_hosts, bundle, tmp_path  # noqa: ANN001
+    sshd_a, keys, known_hosts, bundle, tmp_path
 ) -> None:
     bare = tmp_path / "bare"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True,
-                   timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120
+    )
     dev = _device(sshd_a, bare / "bin" / "python", tmp_path / "root", keys, known_hosts)
     res = _deploy(dev, bundle)
     assert res.status == "error" and res.error_kind == "DeviceError"
@@ -305,17 +378,24 @@ def test_missing_python_or_runtime_says_how_to_fix(
 
 
 def test_parallel_api_keeps_going_when_one_device_fails(
-    sshd_a, sshd_b, device_python, keys, known_hosts, bundle, tmp_path  # noqa: ANN001
+    sshd_a, sshd_b, device_python, keys, known_hosts, bundle, tmp_path
 ) -> None:
     good = _device(sshd_a, device_python, tmp_path / "a", keys, known_hosts, name="good")
-    bad = _device(sshd_b, device_python, tmp_path / "b", keys, known_hosts, name="bad",
-                  identity=keys["stranger"])
+    bad = _device(
+        sshd_b,
+        device_python,
+        tmp_path / "b",
+        keys,
+        known_hosts,
+        name="bad",
+        identity=keys["stranger"],
+    )
     results = asyncio.run(deploy_many([(good, bundle), (bad, bundle)], QUICK))
     assert [r.status for r in results] == ["ok", "error"]
     assert results[1].error_kind == "AuthError"
 
 
-def test_command_timeout_is_enforced(sshd_a, device_python, keys, known_hosts, tmp_path) -> None:  # noqa: ANN001
+def test_command_timeout_is_enforced(sshd_a, device_python, keys, known_hosts, tmp_path) -> None:
     from edgeopt.deploy.transport import RemoteTimeout
 
     target = SSHTarget("127.0.0.1", sshd_a.port, sshd_a.user, keys["user"], known_hosts)
