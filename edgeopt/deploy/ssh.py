@@ -268,12 +268,7 @@ class SSHTransport(Transport):
                 f"{self.url}: `{_short(command)}` did not finish within {timeout:g} s "
                 "(--command-timeout raises it)"
             ) from None
-        except (
-            asyncssh.ConnectionLost,
-            asyncssh.DisconnectError,
-            BrokenPipeError,
-            ConnectionError,
-        ) as exc:
+        except _lost_errors() as exc:
             raise ConnectionDropped(
                 f"{self.url}: connection lost while running `{_short(command)}`: {_first_line(exc)}"
             ) from None
@@ -316,14 +311,7 @@ class SSHTransport(Transport):
             raise RemoteTimeout(
                 f"{self.url}: {what} {path!r}: no answer within {self.io_timeout:g} s"
             ) from None
-        except (
-            asyncssh.SFTPConnectionLost,
-            asyncssh.SFTPNoConnection,
-            asyncssh.ConnectionLost,
-            asyncssh.DisconnectError,
-            BrokenPipeError,
-            ConnectionError,
-        ) as exc:
+        except _lost_errors() as exc:
             raise ConnectionDropped(
                 f"{self.url}: connection lost during {what} {path!r}: {_first_line(exc)}"
             ) from None
@@ -402,6 +390,20 @@ class SSHTransport(Transport):
                 return False
             raise
         return True
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    """Every way asyncssh and the OS say the link went away (asyncssh is imported lazily)."""
+    import asyncssh
+
+    return (
+        asyncssh.ConnectionLost,
+        asyncssh.DisconnectError,
+        asyncssh.SFTPConnectionLost,
+        asyncssh.SFTPNoConnection,
+        BrokenPipeError,
+        ConnectionError,
+    )
 
 
 async def _read_bounded(stream: Any, limit: int, what: str) -> bytes:
