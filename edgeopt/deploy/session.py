@@ -183,15 +183,18 @@ class _Session:
         argv = [self.device.python, "-m", "edgeopt_runtime", *args]
         return await self.t.run(argv, timeout=timeout or self.options.command_timeout)
 
-    async def listings(self, paths: list[str]) -> dict[str, dict[str, Any]]:
-        args = ["device", "--json"]
+    async def listings(self, paths: list[str], facts: bool = False) -> dict[str, dict[str, Any]]:
+        """sha256 etc. of what is in ``paths`` on the device (and the device facts with
+        ``facts``: they cost an ONNX Runtime import there, so only the first probe asks)."""
+        args = ["device", "--json", *([] if facts else ["--only-list"])]
         for p in paths:
             args += ["--list", p]
         result = await self.runtime(args)
         if not result.ok:
             raise diagnose_probe(result, self.device.python, self._need())
         doc = parse_json(result, "edgeopt.device/1", "`edgeopt_runtime device`")
-        self.res.facts = {k: v for k, v in doc.items() if k != "listings"}
+        if facts:
+            self.res.facts = {k: v for k, v in doc.items() if k != "listings"}
         return doc.get("listings") or {}
 
     def _need(self) -> str:
@@ -230,7 +233,7 @@ class _Session:
         await t.makedirs(root)
         layout = RemoteLayout(await t.realpath(root), self.bundle.name)
         t1 = clock()
-        listings = await self.listings([layout.live, layout.incoming, layout.old])
+        listings = await self.listings([layout.live, layout.incoming, layout.old], facts=True)
         self.check_versions()
         res.timing["probe_s"] = clock() - t1
         self.say("device", facts=res.facts)

@@ -156,17 +156,22 @@ def add_parser(sub: Any) -> None:
         default=[],
         help="also list DIR's entries with size and sha256 (repeatable; symlinks not followed)",
     )
+    p.add_argument(
+        "--only-list", action="store_true", help="with --list: the listings alone (no facts)"
+    )
     p.set_defaults(handler=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    doc = device_facts()
+    only = args.only_list and args.list
+    doc = {"schema": FACTS_SCHEMA} if only else device_facts()
     if args.list:
         doc["listings"] = {d: list_dir(d) for d in args.list}
     if args.json:
         print(json.dumps(doc))
         return 0
-    print(format_facts(doc))
+    if not only:
+        print(format_facts(doc))
     for d, listing in doc.get("listings", {}).items():
         print(f"\n{d}: {listing['kind']}")
         for name, state in listing.get("entries", {}).items():
