@@ -15,6 +15,8 @@ from edgeopt import signals
 
 # name -> (module, one-line help shown by `edgeopt --help` without importing the module)
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "bundle": ("edgeopt.commands.bundle", "Make a self-checking deploy bundle of an artifact."),
+    "deploy": ("edgeopt.commands.deploy", "Push to devices over SSH, check outputs, profile."),
     "convert": (
         "edgeopt.commands.convert",
         "Calibrate and quantize a model for one or more targets.",

@@ -2,6 +2,8 @@
 
 ``profile MODEL``: latency, memory and per-op time (a table, or ``--json``).
 ``run MODEL --input in.npz --output out.npz``: one inference for scripted use.
+``check BUNDLE``: golden-output check of a deploy bundle (``check.py``).
+``device``: facts about this device (``device.py``).
 
 Both probe the model in a child process first (``--no-isolate`` skips it): a file handed to the
 device may be corrupt, and a crash of the child is a one-line refusal instead of a dead process.
@@ -118,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--raw", action="store_true", help="integer IO passed through (no (de)quantization)"
     )
+    from . import check, device  # commands of their own modules (deploy: golden check, facts)
+
+    check.add_parser(sub)
+    device.add_parser(sub)
     return parser
 
 
@@ -125,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "handler", None) is not None:
+            return args.handler(args)
         if args.command == "profile":
             return _profile(args)
         return _run(args)
