@@ -444,7 +444,7 @@ def _golden_feeds(
 
 def _random_row(specs: list[TensorSpec], seed: int) -> dict[str, np.ndarray]:
     """Seeded random inputs; a quantized input gets floats spanning its whole integer range."""
-    from edgeopt_runtime.profile import random_feeds
+    from edgeopt_runtime.feeds import random_feeds
 
     plain = random_feeds([s for s in specs if not s.is_quantized], seed)
     rng = np.random.default_rng(seed)

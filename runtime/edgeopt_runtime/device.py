@@ -94,33 +94,31 @@ def _onnx_providers() -> dict[str, Any]:
 
 def delegates() -> dict[str, Any]:
     """Delegates and execution providers this device can use (libraries found, not loaded)."""
-    from .backends.tflite import _DELEGATE_HINTS, DELEGATE_LIBRARIES
-    from .model import edgetpu_available, gpu_delegate_available
+    from . import delegates as registry
 
     tflite = _tflite_interpreter()
-    return {
+    found: dict[str, Any] = {
         "xnnpack": {
             "available": tflite["package"] is not None,
             "detail": "built into the TFLite interpreter package",
         },
-        "edgetpu": {
-            "available": edgetpu_available(),
-            "library": DELEGATE_LIBRARIES["edgetpu"],
-            "fix": _DELEGATE_HINTS["edgetpu"],
-        },
-        "gpu": {
-            "available": gpu_delegate_available(),
-            "library": DELEGATE_LIBRARIES["gpu"],
-            "fix": _DELEGATE_HINTS["gpu"],
-        },
-        "onnxruntime": _onnx_providers(),
     }
+    for delegate in registry.DELEGATES.values():
+        if not delegate.external:
+            continue
+        found[delegate.name] = {
+            "available": delegate.available(),
+            "library": delegate.library() or delegate.libraries[0],
+            "fix": delegate.install_hint,
+        }
+    found["onnxruntime"] = _onnx_providers()
+    return found
 
 
 def device_facts() -> dict[str, Any]:
     """The ``edgeopt.device/1`` document for this machine."""
     from . import __version__
-    from .profile import cpu_model
+    from .host import cpu_model
 
     uname = platform.uname()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
