@@ -58,8 +58,12 @@ class _Main(LazyGroup):
     exit 130 / 143 (never click's "Aborted!" with exit 1; see ``edgeopt.signals``)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        with signals.handle():
-            return super().main(*args, **kwargs)
+        try:
+            with signals.handle():
+                return super().main(*args, **kwargs)
+        finally:
+            if not args and kwargs.get("args") is None:  # the real CLI (sys.argv), not a test
+                signals.ignore_from_now()
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:

@@ -511,6 +511,8 @@ class Staging:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
         signals.note(signum)
+        if signals.in_finalizer(frame):  # recorded: check() / commit() raise it
+            return
         raise Interrupted(signum)
 
     def check(self) -> None:

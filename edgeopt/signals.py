@@ -49,9 +49,34 @@ def note(signum: int | None) -> None:
     _received = signum
 
 
+def in_finalizer(frame: FrameType | None) -> bool:
+    """True when ``frame`` runs inside a ``__del__`` (garbage collection of a framework object).
+
+    An exception raised there never reaches the caller: Python prints "Exception ignored in ...
+    Traceback" and carries on, so the signal would be lost and the user would see a traceback.
+    """
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
     note(signum)
+    if in_finalizer(frame):  # recorded: the next check (every progress step, commit) raises
+        return
     raise Interrupted(signum)
+
+
+def ignore_from_now() -> None:
+    """The process's work is over: SIGINT / SIGTERM during interpreter shutdown (TensorFlow's
+    teardown takes tens of ms, with Python's handlers already reset to the default action) no
+    longer kill it with a signal status. Only for the real CLI process, never in-process
+    callers (tests, embedding apps)."""
+    for sig in SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(sig, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -216,8 +216,9 @@ def test_killed_runs_leave_out_as_before_or_complete(data: dict[str, Any]) -> No
             continue
         # 130: interrupted (also before staging began: never click's "Aborted!" / exit 1);
         # 0: the signal came after the final rename (then OUT must be the complete new run).
-        assert rc == 130 or (rc == 0 and outcomes[what] == "complete"), (what, rc, run.lines)
-        assert not any("Traceback" in line for line in run.lines), (what, run.lines)
+        tail = "\n".join(run.lines[-40:])  # the whole story when it fails (pytest truncates)
+        assert rc == 130 or (rc == 0 and outcomes[what] == "complete"), f"{what}: rc {rc}\n{tail}"
+        assert not any("Traceback" in line for line in run.lines), f"{what}:\n{tail}"
         assert sorted(p.name for p in parent.iterdir()) == ["out", "tmp"], what
         left = {p.name for p in (parent / "tmp").iterdir()} - data["tmp_kept"]
         assert not left, (what, left)
