@@ -47,11 +47,10 @@ class TFLiteBackend:
     extension = ".tflite"
 
     def refuses(self, source: ModelSource) -> str | None:
-        if source.format == "onnx":
-            return (
-                "ONNX sources cannot be converted to TFLite by edgeopt (no ONNX-to-TF converter "
-                "is bundled); convert the original Keras/SavedModel model, or use onnx2tf first"
-            )
+        if source.format == "onnx":  # through onnx2tf (edgeopt.backends.onnx2tf)
+            from .onnx2tf import missing_helpers
+
+            return missing_helpers()
         return None
 
     def precisions(self, profile: TargetProfile) -> list[str]:
@@ -59,7 +58,14 @@ class TFLiteBackend:
         return list(dict.fromkeys(s.value for s in order))
 
     def build_float(self, source: ModelSource, input_shapes: Shapes, workdir: Path) -> Path:
-        out = workdir / f"float32_{_shape_tag(input_shapes)}.tflite"
+        if source.format == "onnx":
+            from .onnx2tf import convert_onnx
+
+            conv = convert_onnx(source, input_shapes, workdir)
+            return self.build_float(conv.source, conv.shapes, workdir)
+        # a SavedModel made in workdir (onnx2tf) gets its own float model per folder
+        made = f"_{source.path.parent.name}" if workdir in source.path.parents else ""
+        out = workdir / f"float32_{_shape_tag(input_shapes)}{made}.tflite"
         if not out.is_file():
             converter = _converter(source, input_shapes, workdir)
             out.write_bytes(_convert(converter, source, "float32"))
@@ -69,6 +75,10 @@ class TFLiteBackend:
         """Build ``req``'s recipe (``int8`` / ``int16x8`` / ``float16`` / ``dynamic`` /
         ``float32``); int8 calibrates once, keeps float what the recipe names and every tensor
         whose calibrated range is unquantizable, then quantizes the calibrated model."""
+        if req.source.format == "onnx":
+            from .onnx2tf import build_via_onnx2tf
+
+            return build_via_onnx2tf(self, req)
         tf = import_tf()
         recipe = req.resolved(self.name)
         converter = _converter(req.source, req.input_shapes, req.workdir)
