@@ -180,6 +180,14 @@ def _write_sample(source: ModelSource, shapes: Shapes, folder: Path,
     return "sample_nhwc.npy"
 
 
+def _check_data(folder: Path, job: dict[str, Any]) -> str:
+    """What onnx2tf's own output check ran on (never its downloaded sample)."""
+    if job.get("sample"):
+        n = len(np.load(folder / job["sample"], mmap_mode="r", allow_pickle=False))
+        return f"{n} calibration samples"
+    return "seeded random images or ones (no downloaded sample)"
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0", CUDA_VISIBLE_DEVICES="-1",
@@ -259,6 +267,7 @@ def _converted(source: ModelSource, shapes: Shapes, folder: Path,
         "rewrites": job.get("rewrites") or {},
         "network_blocked": result.get("network_blocked") or [],
         "static_shapes": {k: list(v) for k, v in shapes.items()},
+        "output_check_data": _check_data(folder, job),
     }
     return Converted(tf_source, {s.name: tuple(s.shape) for s in tf_source.inputs}, layouts,
                      folder / "reference.onnx", details)
