@@ -92,7 +92,8 @@ def _simplify(path: Path, result: dict[str, Any]) -> None:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # noqa: BLE001 - onnxsim raises RuntimeError / its own types
-        result["simplifier"] = f"failed: {str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        text = str(exc).strip().splitlines()
+        result["simplifier"] = f"failed: {text[0][:200] if text else type(exc).__name__}"
         return
     if not ok:
         result["simplifier"] = "check failed: kept the unsimplified graph"

@@ -408,10 +408,12 @@ def _diagnose(source: ModelSource, conv: Converted) -> dict[str, Any] | None:
 
 def _failure_message(source: ModelSource, check: dict[str, Any]) -> str:
     worst = next(o for o in check["outputs"] if not o["passed"])
+    def num(key: str, spec: str) -> str:
+        return "n/a" if worst.get(key) is None else format(worst[key], spec)
+
     what = (f"{worst['nonfinite']} non-finite values" if worst.get("nonfinite") else
-            f"max abs error {worst['max_abs_error']:.3g}, relative error "
-            f"{worst['relative_error'] if worst['relative_error'] is None else format(worst['relative_error'], '.3g')}"
-            f", cosine {worst['cosine'] if worst['cosine'] is None else format(worst['cosine'], '.6f')}")
+            f"max abs error {num('max_abs_error', '.3g')}, relative error "
+            f"{num('relative_error', '.3g')}, cosine {num('cosine', '.6f')}")
     first = check.get("first_diverging_tensor") or {}
     where = (f"; first diverging tensor (onnx2tf's per-tensor check): {first['tensor']!r} "
              f"(max abs error {first['max_abs_error']:.3g})" if first.get("tensor") else
