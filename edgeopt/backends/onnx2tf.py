@@ -151,7 +151,8 @@ def _stage(source: ModelSource, shapes: Shapes, folder: Path, rewrites: tuple[st
     options: dict[str, Any] = {}
     pseudo = edgetpu_rewrites(model) if "edgetpu" in rewrites else {}
     if pseudo:
-        options["replace_to_pseudo_operators"] = sorted(pseudo)
+        # onnx2tf's API compares lower-case names (only its CLI lower-cases them)
+        options["replace_to_pseudo_operators"] = sorted(op.lower() for op in pseudo)
     job = {
         "onnx": "model.onnx", "out": "savedmodel_onnx2tf", "named": "savedmodel",
         "inputs": [s.name for s in source.inputs], "outputs": [s.name for s in source.outputs],

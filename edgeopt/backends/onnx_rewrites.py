@@ -9,10 +9,13 @@ after conversion proves it on real data), so it can never trade accuracy for con
 * ``explicit_maxpool_padding``: onnx2tf turns a ``MaxPool`` with explicit pads (PyTorch's
   ``padding=1``, which TF's ``SAME`` does not reproduce) into ``PADV2`` filled with ``-FLT_MAX``.
   That constant then becomes the calibration minimum (ResNet-18: "requantization scale
-  7.7e-42") and PADV2 is not an Edge TPU op. Padding with 0 is exact when the input is never
-  negative (after ReLU / Clip(min >= 0) / Sigmoid, as in every torchvision CNN); otherwise
-  edge padding is exact (a window that holds a padded cell also holds the border cell it
-  copies, because pads < kernel).
+  7.7e-42") and PADV2 is not an Edge TPU op. Padding with a constant is exact when no input
+  value can be below it (every window holds a real value): 0 after ReLU / ReLU6 (every
+  torchvision CNN), -0.375 after HardSwish, the Clip minimum, ...; otherwise edge padding is
+  exact (a window that holds a padded cell also holds the border cell it copies, because
+  pads < kernel), but it becomes MIRROR_PAD, which the Edge TPU lacks. A negative bound b is
+  not padded as b (that is PADV2, which the Edge TPU lacks) but as
+  ``MaxPool(Pad0(x - b)) + b`` — exact in real arithmetic, within float rounding of |b|.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-# Ops whose output is never negative (for any input): a MaxPool after them can pad with 0.
-_NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid"}
-# Ops that keep "never negative" when their data input has it.
-_KEEPS_SIGN = {"MaxPool", "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
-               "Concat", "Pad"}
+# Lower bounds of op outputs for any input (a MaxPool after them can pad with the bound).
+_LOWER_BOUND = {"Relu": 0.0, "Sigmoid": 0.0, "Softmax": 0.0, "Abs": 0.0, "Exp": 0.0,
+                "Softplus": 0.0, "HardSigmoid": 0.0, "HardSwish": -0.375, "Tanh": -1.0}
+# Ops that keep the lower bound of their data input(s).
+_KEEPS_BOUND = {"MaxPool", "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                "Concat", "Pad"}
 
 
 def static_inputs(model: Any, shapes: Mapping[str, Sequence[int | None]]) -> int:
@@ -62,24 +66,28 @@ def _constants(model: Any) -> dict[str, np.ndarray]:
     return values
 
 
-def _non_negative(name: str, producers: dict[str, Any], consts: dict[str, np.ndarray],
-                  depth: int = 0) -> bool:
-    """True when tensor ``name`` can never hold a negative value (conservative)."""
+def _lower_bound(name: str, producers: dict[str, Any], consts: dict[str, np.ndarray],
+                 depth: int = 0) -> float | None:
+    """A value tensor ``name`` can never go below, for any model input (None: unknown)."""
     node = producers.get(name)
     if node is None or depth > 32:
-        return False
+        return None
     op = node.op_type
-    if op in _NON_NEGATIVE:
-        return True
+    if op in _LOWER_BOUND:
+        return _LOWER_BOUND[op]
     if op == "Clip":
-        low = _clip_min(node, consts)
-        return low is not None and low >= 0
-    if op in _KEEPS_SIGN:
-        data = node.input[:1] if op != "Concat" else node.input
-        if op == "Pad" and _pad_value(node, consts) < 0:
-            return False
-        return bool(data) and all(_non_negative(i, producers, consts, depth + 1) for i in data)
-    return False
+        return _clip_min(node, consts)
+    if op == "Elu":
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+        return -float(alpha)
+    if op in _KEEPS_BOUND:
+        data = node.input if op == "Concat" else node.input[:1]
+        bounds = [_lower_bound(i, producers, consts, depth + 1) for i in data]
+        if not data or any(b is None for b in bounds):
+            return None
+        low = min(b for b in bounds if b is not None)
+        return min(low, _pad_value(node, consts)) if op == "Pad" else low
+    return None
 
 
 def _clip_min(node: Any, consts: dict[str, np.ndarray]) -> float | None:
@@ -95,8 +103,9 @@ def _clip_min(node: Any, consts: dict[str, np.ndarray]) -> float | None:
 def _pad_value(node: Any, consts: dict[str, np.ndarray]) -> float:
     if len(node.input) > 2 and node.input[2]:
         value = consts.get(node.input[2])
-        return float(value.reshape(-1)[0]) if value is not None and value.size else -1.0
-    return 0.0
+        return float(value.reshape(-1)[0]) if value is not None and value.size else -np.inf
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+    return 0.0 if mode in (b"constant", "constant") else np.inf  # edge/reflect keep bounds
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -109,14 +118,16 @@ def explicit_maxpool_padding(model: Any) -> dict[str, int]:
     """Move explicit MaxPool pads into a ``Pad`` node (see the module docstring).
 
     Returns:
-        ``{"zero": n, "edge": m}``: pools rewritten with a zero pad / an edge pad.
+        ``{"constant": n, "shifted": k, "edge": m}``: pools rewritten with a zero pad, with a
+        zero pad between ``+ |bound|`` and ``- |bound|`` (a negative lower bound), or with an
+        edge pad.
     """
     from onnx import helper, numpy_helper
 
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     consts = _constants(model)
-    counts = {"zero": 0, "edge": 0}
+    counts = {"constant": 0, "shifted": 0, "edge": 0}
     new_nodes = []
     for node in graph.node:
         attrs = _attrs(node) if node.op_type == "MaxPool" else {}
@@ -132,7 +143,7 @@ def explicit_maxpool_padding(model: Any) -> dict[str, int]:
         if not plain:
             new_nodes.append(node)
             continue
-        zero = _non_negative(node.input[0], producers, consts)
+        low = _lower_bound(node.input[0], producers, consts)
         rank = len(kernel) + 2
         half = len(pads) // 2
         full = [0, 0, *pads[:half], 0, 0, *pads[half:]]
@@ -140,21 +151,28 @@ def explicit_maxpool_padding(model: Any) -> dict[str, int]:
         pads_name = f"edgeopt_pads_{stem}"
         graph.initializer.append(numpy_helper.from_array(np.array(full, np.int64), pads_name))
         padded = f"{node.input[0]}_edgeopt_padded_{stem}"
-        pad_inputs = [node.input[0], pads_name]
-        if zero:
-            zero_name = f"edgeopt_zero_{stem}"
-            graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), zero_name))
-            pad_inputs.append(zero_name)
+        source, shift = node.input[0], None
+        if low is not None and low < 0:  # shift to >= 0, pad with 0 (PAD, not PADV2), undo
+            shift = f"edgeopt_shift_{stem}"
+            graph.initializer.append(numpy_helper.from_array(np.array(-low, np.float32), shift))
+            graph.initializer.append(numpy_helper.from_array(np.array(low, np.float32),
+                                                             f"{shift}_back"))
+            source = f"{node.input[0]}_edgeopt_shifted_{stem}"
+            new_nodes.append(helper.make_node("Add", [node.input[0], shift], [source],
+                                              name=f"{node.name}_edgeopt_shift"))
         new_nodes.append(helper.make_node(
-            "Pad", pad_inputs, [padded], name=f"{node.name}_edgeopt_pad",
-            mode="constant" if zero else "edge",
+            "Pad", [source, pads_name], [padded], name=f"{node.name}_edgeopt_pad",
+            mode="constant" if low is not None else "edge",
         ))
         kept = {k: v for k, v in attrs.items() if k not in ("pads", "auto_pad")}
         kept["pads"] = [0] * (2 * (rank - 2))
-        new_nodes.append(helper.make_node("MaxPool", [padded], list(node.output),
-                                          name=node.name, **kept))
-        counts["zero" if zero else "edge"] += 1
-    if counts["zero"] or counts["edge"]:
+        pooled = f"{node.output[0]}_edgeopt_shifted" if shift else node.output[0]
+        new_nodes.append(helper.make_node("MaxPool", [padded], [pooled], name=node.name, **kept))
+        if shift:
+            new_nodes.append(helper.make_node("Add", [pooled, f"{shift}_back"], [node.output[0]],
+                                              name=f"{node.name}_edgeopt_unshift"))
+        counts["edge" if low is None else "shifted" if shift else "constant"] += 1
+    if any(counts.values()):
         del graph.node[:]
         graph.node.extend(new_nodes)
     return counts

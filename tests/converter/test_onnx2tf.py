@@ -225,7 +225,7 @@ def test_edgetpu_gets_static_batch_one_and_every_op_mapped() -> None:
     assert "int64" not in dtypes and "float32" not in dtypes
     assert [list(t.shape) for t in graph.inputs] == [[1, H, W, 3]]
     # MaxPool(pads=1) after a ReLU: zero padding (exact), not PADV2 with -FLT_MAX
-    assert art["details"]["onnx2tf"]["maxpool_padding"] == {"zero": 1, "edge": 0}
+    assert art["details"]["onnx2tf"]["maxpool_padding"] == {"constant": 1, "shifted": 0, "edge": 0}
 
 
 def test_onnx2tf_never_reached_the_network() -> None:
