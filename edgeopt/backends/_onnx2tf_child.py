@@ -105,12 +105,13 @@ def _simplify(path: Path, result: dict[str, Any]) -> None:
 def _passes(path: Path, result: dict[str, Any]) -> None:
     import onnx
 
-    from .onnx_rewrites import explicit_maxpool_padding
+    from .onnx_rewrites import constant_gather_as_slice, explicit_maxpool_padding
 
     model = onnx.load(str(path))
     counts = explicit_maxpool_padding(model)
     result["maxpool_padding"] = counts
-    if any(counts.values()):
+    result["gather_as_slice"] = constant_gather_as_slice(model)
+    if any(counts.values()) or result["gather_as_slice"]:
         onnx.save(model, str(path))
 
 

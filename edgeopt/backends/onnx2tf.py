@@ -9,8 +9,9 @@ onnxsim rewrite the file they are given):
    every TFLite artifact of an ONNX source has batch 1, see ``static_shapes``);
 2. in a child process with the network cut (``_onnx2tf_child``): onnxsim (installed as a
    dependency, called in-process — onnx2tf itself looks for an ``onnxsim`` command on PATH and
-   silently skips it when there is none), the exact MaxPool padding rewrite, onnx2tf's TF path
-   (SavedModel), and a re-export with the ONNX IO names;
+   silently skips it when there is none), the exact rewrites of ``onnx_rewrites`` (MaxPool
+   padding, scalar-index Gather), onnx2tf's TF path (SavedModel), and a re-export with the ONNX
+   IO names;
 3. the layouts: each input / output whose shape onnx2tf moved to channels-last is recorded
    (``edgeopt_runtime.layout``); calibration samples are transposed on the fly;
 4. **float first**: the float TFLite must reproduce the ONNX model (run by ONNX Runtime) on
@@ -265,6 +266,7 @@ def _converted(source: ModelSource, shapes: Shapes, folder: Path,
         "converter": f"onnx2tf {result.get('onnx2tf')} (TF path: SavedModel -> TFLite backend)",
         "simplifier": result.get("simplifier"),
         "maxpool_padding": result.get("maxpool_padding"),
+        "gather_as_slice": result.get("gather_as_slice", 0),
         "rewrites": job.get("rewrites") or {},
         "network_blocked": result.get("network_blocked") or [],
         "static_shapes": {k: list(v) for k, v in shapes.items()},

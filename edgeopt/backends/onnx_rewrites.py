@@ -6,6 +6,8 @@ after conversion proves it on real data), so it can never trade accuracy for con
 * ``static_inputs``: the target's input shapes (batch 1, other dynamic dims from the first
   calibration sample) written into the graph, so onnxsim folds the Shape / Gather / Cast /
   int64 chains that a dynamic batch leaves and the Edge TPU cannot take.
+* ``constant_gather_as_slice``: scalar-index Gathers (PyTorch attention's q / k / v pick) as
+  Slice + Squeeze, which the TFLite GPU delegate takes (it refuses GATHER with 0-D indices).
 * ``explicit_maxpool_padding``: onnx2tf turns a ``MaxPool`` with explicit pads (PyTorch's
   ``padding=1``, which TF's ``SAME`` does not reproduce) into ``PADV2`` filled with ``-FLT_MAX``.
   That constant then becomes the calibration minimum (ResNet-18: "requantization scale
@@ -176,6 +178,45 @@ def explicit_maxpool_padding(model: Any) -> dict[str, int]:
         del graph.node[:]
         graph.node.extend(new_nodes)
     return counts
+
+
+def constant_gather_as_slice(model: Any) -> int:
+    """``Gather(x, i, axis)`` with a constant scalar index -> ``Squeeze(Slice(x, i, i+1))``.
+
+    PyTorch's multi-head attention export picks q / k / v out of the packed projection with
+    scalar-index Gathers; TFLite's GPU delegate refuses GATHER with non-1-D indices, which
+    splits an encoder into many small GPU partitions. The slice is the same selection.
+
+    Returns:
+        The number of Gather nodes replaced.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consts = _constants(model)
+    new_nodes, count = [], 0
+    for node in graph.node:
+        index = consts.get(node.input[1]) if node.op_type == "Gather" else None
+        if index is None or index.ndim != 0 or index.dtype.kind not in "iu":
+            new_nodes.append(node)
+            continue
+        i = int(index)
+        axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
+        stem = (node.name or node.output[0]).replace("/", "_").strip("_")
+        names = [f"edgeopt_{stem}_{k}" for k in ("starts", "ends", "axes")]
+        end = i + 1 if i != -1 else np.iinfo(np.int64).max
+        for name, value in zip(names, (i, end, axis), strict=True):
+            graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
+        sliced = f"{node.output[0]}_edgeopt_slice"
+        new_nodes.append(helper.make_node("Slice", [node.input[0], *names], [sliced],
+                                          name=f"{node.name}_edgeopt_slice"))
+        new_nodes.append(helper.make_node("Squeeze", [sliced, names[2]], list(node.output),
+                                          name=f"{node.name}_edgeopt_squeeze"))
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return count
 
 
 # ONNX op -> what --rewrite edgetpu replaces it with: onnx2tf's own "pseudo operator" forms

@@ -1,5 +1,6 @@
-"""Exact ONNX rewrites before onnx2tf: MaxPool padding (checked against ONNX Runtime on inputs
-with negative values: bit-exact, or within float rounding for the shifted form) and ``--rewrite edgetpu`` (HardSwish) end to end."""
+"""Exact ONNX rewrites before onnx2tf, checked against ONNX Runtime on inputs with negative
+values (bit-exact, or within float rounding for the shifted MaxPool form): MaxPool padding,
+scalar-index Gather; and ``--rewrite edgetpu`` (HardSwish) end to end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 import edgeopt
 from edgeopt.backends.onnx_rewrites import (
+    constant_gather_as_slice,
     edgetpu_rewrites,
     explicit_maxpool_padding,
     static_inputs,
@@ -35,9 +37,8 @@ def _pool_model(producer: str, **pool: Any) -> Any:
         nodes.append(helper.make_node("Clip", [x, "lo", "hi"], ["r"], name="/relu6"))
         x = "r"
     nodes.append(helper.make_node("MaxPool", [x], ["output"], name="/pool", **pool))
-    graph = helper.make_graph(nodes, "g", [_io("input", [1, 4, 9, 9])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, list("nchw"))],
-                              inits)
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, list("nchw"))
+    graph = helper.make_graph(nodes, "g", [_io("input", [1, 4, 9, 9])], [out], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -95,6 +96,26 @@ def test_maxpool_rewrite_leaves_what_it_cannot_prove() -> None:
                  dict(kernel_shape=[3, 3], auto_pad="SAME_UPPER")):
         model = _pool_model("Relu", **pool)
         assert explicit_maxpool_padding(model) == {"constant": 0, "shifted": 0, "edge": 0}, pool
+
+
+@pytest.mark.parametrize(("index", "axis"), [(0, 0), (2, 0), (-1, 0), (1, 2), (-2, 1)])
+def test_scalar_gather_becomes_an_exact_slice(index: int, axis: int) -> None:
+    """PyTorch attention picks q / k / v with scalar-index Gathers (GPU delegate: refused)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["input", "idx"], ["output"], name="/attn/Gather",
+                          axis=axis)], "g", [_io("input", [3, 4, 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(index, np.int64), "idx")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    assert constant_gather_as_slice(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Slice", "Squeeze"]
+    x = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    assert np.array_equal(_run(before, x), _run(model, x))
 
 
 def test_static_inputs_fix_the_batch() -> None:
