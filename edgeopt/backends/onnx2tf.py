@@ -494,7 +494,36 @@ def _build_one(backend: Any, req: BuildRequest) -> Any:
     except UnsupportedOpError as exc:  # name the user's file, not the staging SavedModel
         shown = f"{req.source.path} (converted by onnx2tf)"
         raise type(exc)(str(exc).replace(str(conv.source.path), shown)) from None
+    _check_loads(req.source, built.path, conv.reference)
     built.details["onnx2tf"] = {**conv.details, "float_check": check}
     built.details["layouts"] = conv.layouts
     built.float_path = float_path
     return built
+
+
+def _check_loads(source: ModelSource, path: Path, reference: Path) -> None:
+    """The runtime's structural check of the produced file, reported against the user's model.
+
+    Absurd weights in a damaged source (a byte run can make a weight 1e25) still convert, but
+    quantize into scales the runtime refuses; say so naming the source and the weight, not a
+    staging path.
+
+    Raises:
+        UnsupportedOpError: the runtime refuses the produced model.
+    """
+    import edgeopt_runtime as rt
+    from edgeopt_runtime.errors import ModelLoadError
+
+    from .onnx import LARGE_WEIGHT, _largest_weight
+
+    try:
+        with stdout_to_stderr():
+            rt.load(path, threads=1, delegate="none")
+    except ModelLoadError as exc:
+        why = str(exc).split(": ", 1)[-1]
+        name, value = _largest_weight(reference)
+        hint = (f"; the model holds a weight of magnitude {value:.3g} ({name!r}): is the source "
+                "corrupt?" if value > LARGE_WEIGHT else "")
+        raise UnsupportedOpError(
+            f"{source.path}: the TFLite model converted from it is unusable ({why[:200]}){hint}"
+        ) from None
