@@ -133,6 +133,73 @@ def _capture_validation(o2t: Any, result: dict[str, Any]) -> None:
     o2t.onnx_tf_tensor_validation = wrapped
 
 
+class _OpImports:
+    """``importlib`` as onnx2tf's converter module sees it: each ``onnx2tf.ops.<Op>`` module
+    comes back with its ``make_node`` wrapped to record the Keras layers it made."""
+
+    def __init__(self, record: Any) -> None:
+        import importlib
+
+        self._importlib = importlib
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._importlib, name)
+
+    def import_module(self, name: str, *args: Any) -> Any:
+        module = self._importlib.import_module(name, *args)
+        if name.startswith("onnx2tf.ops.") and not getattr(module, "_edgeopt_wrapped", False):
+            original, record = module.make_node, self._record
+
+            def make_node(*a: Any, **kw: Any) -> Any:
+                made = original(*a, **kw)
+                try:
+                    record(kw["graph_node"], kw["tf_layers_dict"])
+                except Exception:  # noqa: BLE001 - the name map is best effort
+                    pass
+                return made
+
+            module.make_node = make_node
+            module._edgeopt_wrapped = True
+        return module
+
+
+def _node_layers(o2t: Any) -> dict[str, list[Any]]:
+    """Record, per ONNX node (by onnx2tf's sanitized name), the Keras layers onnx2tf built for
+    it: walking back from the node's output tensors to its input tensors (or to tensors of
+    earlier nodes). TFLite tensor names carry these layer names (``model/tf.math.add_3/Add``),
+    not the ONNX node's, so ``--keep-float`` on ONNX node names maps through this."""
+    layers: dict[str, list[Any]] = {}
+    claimed: set[int] = set()
+
+    def tensor(tf_layers_dict: dict[str, Any], name: str) -> Any:
+        entry = tf_layers_dict.get(name)
+        return entry.get("tf_node") if isinstance(entry, dict) else None
+
+    def record(node: Any, tf_layers_dict: dict[str, Any]) -> None:
+        stop = {id(t) for i in node.inputs if (t := tensor(tf_layers_dict, i.name)) is not None}
+        outs = [t for o in node.outputs if (t := tensor(tf_layers_dict, o.name)) is not None]
+        found: list[Any] = []
+        seen: set[int] = set()
+        stack = list(outs)
+        while stack:
+            t = stack.pop()
+            if id(t) in seen or id(t) in stop or id(t) in claimed:
+                continue
+            seen.add(id(t))
+            history = getattr(t, "_keras_history", None)
+            if history is None or type(history.layer).__name__ == "InputLayer":
+                continue
+            if all(layer is not history.layer for layer in found):
+                found.append(history.layer)
+            stack.extend(history.layer._inbound_nodes[history.node_index].keras_inputs)
+        claimed.update(id(t) for t in outs)
+        layers.setdefault(str(node.name), []).extend(found)
+
+    o2t.importlib = _OpImports(record)
+    return layers
+
+
 def run(job_path: Path, result: dict[str, Any]) -> None:
     job = json.loads(job_path.read_text())
     block_network()
@@ -150,6 +217,7 @@ def run(job_path: Path, result: dict[str, Any]) -> None:
     common.download_test_image_data = o2t.download_test_image_data
     if job.get("validate"):
         _capture_validation(o2t, result)
+    layers = _node_layers(o2t)
     options = {k: v for k, v in (job.get("options") or {}).items() if k in ALLOWED_OPTIONS}
     o2t.convert(
         input_onnx_file_path=str(onnx_path),
@@ -159,6 +227,9 @@ def run(job_path: Path, result: dict[str, Any]) -> None:
         non_verbose=not job.get("verbose"),
         **options,
     )
+    # layer names are final only now (onnx2tf renames the output layers at the end)
+    result["node_layers"] = {node: [layer.name for layer in found]
+                             for node, found in layers.items()}
     _rename(job_path.parent / job["out"], job_path.parent / job["named"], job, result)
     result["ok"] = True
 

@@ -79,6 +79,8 @@ class Converted:
     layouts: dict[str, dict[str, Any]]
     reference: Path  # the staged ONNX with static shapes: the float reference
     details: dict[str, Any] = field(default_factory=dict)
+    # onnx2tf's (sanitized) ONNX node name -> the Keras layers it built for that node
+    node_layers: dict[str, list[str]] = field(default_factory=dict)
 
 
 def missing_helpers() -> str | None:
@@ -273,7 +275,7 @@ def _converted(source: ModelSource, shapes: Shapes, folder: Path,
         "output_check_data": _check_data(folder, job),
     }
     return Converted(tf_source, {s.name: tuple(s.shape) for s in tf_source.inputs}, layouts,
-                     folder / "reference.onnx", details)
+                     folder / "reference.onnx", details, result.get("node_layers") or {})
 
 
 def _output_layout(onnx_shape: tuple[int | None, ...],
@@ -335,56 +337,125 @@ def float_check(source: ModelSource, conv: Converted, float_tflite: Path,
         check = json.loads(cache.read_text())
     else:
         check = _measure(source, conv, float_tflite, samples)
-        if not check["passed"]:
+        if not check["passed"] and not check.get("source_nonfinite"):
             check["first_diverging_tensor"] = _diagnose(source, conv)
         cache.write_text(json.dumps(check))
+    if not check["passed"] and check.get("source_nonfinite"):
+        raise UnsupportedOpError(_source_message(source, conv, check))
     if not check["passed"]:
         raise ConversionError(_failure_message(source, check))
     return check
 
 
+def _source_hint(conv: Converted) -> str:
+    """Names the largest weight of the staged ONNX when it is absurd (a damaged file)."""
+    from .onnx import LARGE_WEIGHT, _largest_weight
+
+    name, value = _largest_weight(conv.reference)
+    return (f"; the model holds a weight of magnitude {value:.3g} ({name!r}): is the source "
+            "corrupt?" if value > LARGE_WEIGHT else "")
+
+
+def _source_message(source: ModelSource, conv: Converted, check: dict[str, Any]) -> str:
+    worst = next(o for o in check["outputs"] if not o["passed"])
+    return (f"{source.path}: the ONNX model itself gives {worst['reference_nonfinite']} "
+            f"non-finite values in output {worst['name']!r} on {check['samples']} calibration "
+            f"samples (the float TFLite: {worst['candidate_nonfinite']}, not at the same "
+            f"places), so its conversion cannot be checked{_source_hint(conv)}; nothing was "
+            "quantized")
+
+
+class _Head:
+    """The first calibration samples, in memory, as the evaluator reads a data source."""
+
+    def __init__(self, samples: list[dict[str, np.ndarray]]) -> None:
+        self._samples = samples
+        self.count = len(samples)
+        h = hashlib.sha256()
+        for sample in samples:
+            for name in sorted(sample):
+                a = np.ascontiguousarray(sample[name])
+                h.update(f"{name}{a.dtype}{a.shape}".encode())
+                h.update(a.tobytes())
+        self.sha256 = h.hexdigest()
+        self.source = f"the first {self.count} calibration samples"
+        self.format, self.synthetic, self.warnings = "memory", False, []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self._samples)
+
+
 def _measure(source: ModelSource, conv: Converted, float_tflite: Path,
              samples: Iterable[Sample] | None) -> dict[str, Any]:
-    import edgeopt_runtime as rt
-
-    from ..drift import compare_outputs
+    """The float TFLite (fed in the source layout) against the staged ONNX, through the one
+    evaluator (``edgeopt.evaluate``: same pairing, per-sample outputs and drift metrics as
+    ``convert`` and ``compare``), without latency."""
+    from ..evaluate import EvalData, EvalOptions, EvalSamples, ModelRef, evaluate
 
     batch = _first(samples or (), FLOAT_CHECK_SAMPLES)
     if not batch:
         return {"samples": 0, "passed": True, "outputs": [], "note": "no samples to compare"}
-    with stdout_to_stderr():
-        ref = rt.load(conv.reference, threads=1)
-        plain = rt.load(float_tflite, threads=1, delegate="xnnpack")
-    cand = rt.Model(plain.runner, plain.path,
-                    layouts=IOLayouts.from_dict(conv.layouts, plain.inputs, plain.outputs))
-    names = [s.name for s in source.outputs]
-    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in batch:
-        r, c = ref.run(sample), cand.run(sample)
-        for n in names:
-            refs[n].append(r[n])
-            cands[n].append(c[n])
-    drift = compare_outputs([np.concatenate(refs[n]) for n in names],
-                            [np.concatenate(cands[n]) for n in names], names, scatter_points=0)
-    outputs, passed = [], True
-    for d in drift:
-        m = d["metrics"]
-        row = {"name": d["name"], "max_abs_error": m.get("max_abs_error"),
-               "relative_error": m.get("relative_error"), "cosine": m.get("cosine")}
-        if d.get("nonfinite"):
-            row["nonfinite"] = d["nonfinite"]
-            ok = False
-        elif m.get("relative_error") is None:  # reference all zeros
-            ok = (m.get("max_abs_error") or 0.0) <= FLOAT_MAX_ABS_ERROR_ZERO_REF
-        else:
-            ok = m["relative_error"] <= FLOAT_MAX_RELATIVE_ERROR
-        row["passed"] = ok
-        passed = passed and ok
-        outputs.append(row)
-    return {"samples": len(batch), "passed": passed, "outputs": outputs,
-            "reference": "ONNX Runtime on the staged ONNX (static shapes)",
-            "threshold_relative_error": FLOAT_MAX_RELATIVE_ERROR}
+    ref = ModelRef.host_cpu(conv.reference).load()
+    plain = ModelRef.host_cpu(float_tflite).load()
+    cand = plain.with_layouts(IOLayouts.from_dict(conv.layouts, plain.inputs, plain.outputs))
+    head = _Head(batch)
+    data = EvalSamples(EvalData(None, max_samples=FLOAT_CHECK_SAMPLES, role="float check"),
+                       head, None, None, None)  # type: ignore[arg-type]
+    evaluation = evaluate(ref, cand, data, options=EvalOptions(latency_runs=0, keep_outputs=True),
+                          data_warnings=False)
+    assert evaluation.outputs is not None
+    stacks = zip(evaluation.outputs.reference.stacked(), evaluation.outputs.candidate.stacked(),
+                 strict=True)
+    outputs = [_output_check(d, r, c) for d, (r, c) in zip(evaluation.drift, stacks, strict=True)]
+    check = {"samples": len(batch), "passed": all(o["passed"] for o in outputs),
+             "outputs": outputs, "reference": "ONNX Runtime on the staged ONNX (static shapes)",
+             "evaluator": "edgeopt.evaluate", "data_sha256": head.sha256,
+             "threshold_relative_error": FLOAT_MAX_RELATIVE_ERROR}
+    if any(o.get("reference_nonfinite") for o in outputs):
+        check["source_nonfinite"] = True  # the ONNX model itself: not onnx2tf's doing
+    return check
+
+
+def _output_check(d: Any, ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
+    """One output of the float check: the evaluator's metrics; where outputs are non-finite
+    (a damaged source can overflow), the same non-finite values at the same places and the
+    finite rest compared the same way."""
+    m = dict(d.metrics)
+    row: dict[str, Any] = {"name": d.name}
+    if d.nonfinite:
+        r, c = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+        r_bad, c_bad = ~np.isfinite(r), ~np.isfinite(c)
+        same = bool(np.array_equal(r_bad, c_bad)
+                    and np.array_equal(r[r_bad], c[r_bad], equal_nan=True))
+        ok = ~(r_bad | c_bad)
+        m = _errors(r[ok], c[ok])
+        row.update(reference_nonfinite=int(r_bad.sum()), candidate_nonfinite=int(c_bad.sum()),
+                   nonfinite_agree=same)
+    row.update(max_abs_error=m.get("max_abs_error"), relative_error=m.get("relative_error"),
+               cosine=m.get("cosine"))
+    if row.get("nonfinite_agree") is False:
+        passed = False
+    elif m.get("relative_error") is None:  # reference all zeros (or nothing finite left)
+        passed = (m.get("max_abs_error") or 0.0) <= FLOAT_MAX_ABS_ERROR_ZERO_REF
+    else:
+        passed = m["relative_error"] <= FLOAT_MAX_RELATIVE_ERROR
+    row["passed"] = bool(passed)
+    return row
+
+
+def _errors(ref: np.ndarray, cand: np.ndarray) -> dict[str, float | None]:
+    """Max abs / relative L2 error and cosine of the finite values (``edgeopt.drift``'s
+    definitions)."""
+    if not ref.size:
+        return {"max_abs_error": None, "relative_error": None, "cosine": None}
+    diff = ref - cand
+    norm_r, norm_c = float(np.linalg.norm(ref)), float(np.linalg.norm(cand))
+    return {"max_abs_error": float(np.max(np.abs(diff))),
+            "relative_error": float(np.linalg.norm(diff)) / norm_r if norm_r else None,
+            "cosine": float(ref @ cand) / (norm_r * norm_c) if norm_r and norm_c else None}
 
 
 def _diagnose(source: ModelSource, conv: Converted) -> dict[str, Any] | None:
@@ -414,8 +485,8 @@ def _failure_message(source: ModelSource, check: dict[str, Any]) -> str:
     def num(key: str, spec: str) -> str:
         return "n/a" if worst.get(key) is None else format(worst[key], spec)
 
-    what = (f"{worst['nonfinite']} non-finite values" if worst.get("nonfinite") else
-            f"max abs error {num('max_abs_error', '.3g')}, relative error "
+    what = (f"{worst['candidate_nonfinite']} non-finite values" if worst.get(
+        "candidate_nonfinite") else f"max abs error {num('max_abs_error', '.3g')}, relative error "
             f"{num('relative_error', '.3g')}, cosine {num('cosine', '.6f')}")
     first = check.get("first_diverging_tensor") or {}
     where = (f"; first diverging tensor (onnx2tf's per-tensor check): {first['tensor']!r} "
@@ -488,25 +559,106 @@ def _build_one(backend: Any, req: BuildRequest) -> Any:
     float_path = backend.build_float(conv.source, conv.shapes, req.workdir)
     check = float_check(req.source, conv, float_path, req.calib)
     calib = TransposedSamples(req.calib, conv.layouts) if req.calib is not None else None
-    inner = replace(req, source=conv.source, input_shapes=conv.shapes, calib=calib)
+    recipe = req.resolved(backend.name)
+    keep = keep_float_map(req.source, conv, float_path, recipe.keep_float)
+    inner = replace(req, source=conv.source, input_shapes=conv.shapes, calib=calib,
+                    recipe=replace(recipe, keep_float=tuple(keep["tflite_patterns"])),
+                    keep_float=())
     try:
         built = backend.build(inner)
     except UnsupportedOpError as exc:  # name the user's file, not the staging SavedModel
         shown = f"{req.source.path} (converted by onnx2tf)"
         raise type(exc)(str(exc).replace(str(conv.source.path), shown)) from None
-    _check_loads(req.source, built.path, conv.reference)
-    built.details["onnx2tf"] = {**conv.details, "float_check": check}
+    _check_loads(req.source, built.path, conv)
+    # the recipe as the caller gave it (its key names the candidate in tune / sweep)
+    built.details.update(recipe=recipe.to_dict(), recipe_key=recipe.key())
+    if recipe.keep_float and not built.details.get("keep_float"):
+        built.details["keep_float_unmatched"] = list(recipe.keep_float)
+    built.details["onnx2tf"] = {**conv.details, "float_check": check,
+                                **({"keep_float": keep} if recipe.keep_float else {})}
     built.details["layouts"] = conv.layouts
+    if check.get("source_nonfinite"):
+        n = sum(o.get("reference_nonfinite", 0) for o in check["outputs"])
+        built.notes.append(f"the ONNX model itself gives {n} non-finite output values on the "
+                           f"first {check['samples']} calibration samples (the float TFLite "
+                           f"gives the same){_source_hint(conv)}")
+    if keep["not_converted"]:
+        built.notes.append(f"--keep-float: ONNX node(s) {', '.join(keep['not_converted'][:5])} "
+                           "are not in the converted graph (folded away by onnxsim)")
     built.float_path = float_path
     return built
 
 
-def _check_loads(source: ModelSource, path: Path, reference: Path) -> None:
+def _sanitized(name: str) -> str:
+    """An ONNX node name as onnx2tf's converter renames it (TF scope names cannot hold ':'
+    or start with '/')."""
+    return re.sub("^/", "wa/", name.replace(":", "__"))
+
+
+def keep_float_map(source: ModelSource, conv: Converted, float_tflite: Path,
+                   patterns: Iterable[str]) -> dict[str, Any]:
+    """``--keep-float`` regexes on the ONNX node names, as patterns on the converted model's
+    TFLite tensor names.
+
+    onnx2tf names TF ops after Keras layers (``model/tf.math.add_3/Add``), not ONNX nodes, so
+    each ONNX node the pattern finds (``re.search``) becomes the layers onnx2tf built for it
+    (recorded in its child) and, for a node producing a model output, that output's TFLite
+    tensor. A pattern that finds no ONNX node is kept as it is: it then matches TFLite tensor
+    names, as for Keras sources.
+
+    Returns:
+        ``{"patterns", "onnx_nodes": {node: [layers]}, "not_converted": [nodes onnxsim folded
+        away], "tflite_patterns"}``.
+    """
+    patterns = list(patterns)
+    graph = source.handle.graph
+    outputs = {o.name for o in graph.output}
+    out_tensors = _signature_output_tensors(float_tflite) if patterns else {}
+    by_node: dict[str, list[str]] = {}
+    for name, layers in conv.node_layers.items():
+        base = re.sub(r"_edgeopt_[a-z]+$", "", name)  # Pad / Slice nodes of onnx_rewrites
+        by_node.setdefault(base, []).extend(layers)
+    found: dict[str, list[str]] = {}
+    gone: list[str] = []
+    tflite: list[str] = []
+    for pattern in patterns:
+        rx = re.compile(pattern)
+        nodes = [n for n in graph.node if n.name and rx.search(n.name)]
+        if not nodes:
+            tflite.append(pattern)  # no ONNX node: a TFLite tensor-name pattern
+            continue
+        for node in nodes:
+            layers = by_node.get(_sanitized(node.name), [])
+            if not layers:
+                gone.append(node.name)
+                continue
+            found[node.name] = layers
+            tflite += [f"(^|[/;]){re.escape(layer)}/" for layer in layers]
+            tflite += [f"^{re.escape(out_tensors[o])}$" for o in node.output
+                       if o in outputs and o in out_tensors]
+    return {"patterns": patterns, "onnx_nodes": found,
+            "not_converted": list(dict.fromkeys(gone)),
+            "tflite_patterns": list(dict.fromkeys(tflite))}
+
+
+def _signature_output_tensors(path: Path) -> dict[str, str]:
+    """Signature output name -> TFLite tensor name (``output`` -> ``PartitionedCall:0``): the
+    last op's tensor is named after the function output, not after its layer."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=path.read_bytes())
+    names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+    sigs = interp._get_full_signature_list()  # noqa: SLF001 - {key: {"outputs": {name: index}}}
+    return {name: names[i] for sig in sigs.values()
+            for name, i in (sig.get("outputs") or {}).items() if i in names}
+
+
+def _check_loads(source: ModelSource, path: Path, conv: Converted) -> None:
     """The runtime's structural check of the produced file, reported against the user's model.
 
     Absurd weights in a damaged source (a byte run can make a weight 1e25) still convert, but
-    quantize into scales the runtime refuses; say so naming the source and the weight, not a
-    staging path.
+    can quantize into scales the runtime refuses; say so naming the source and the weight, not
+    a staging path.
 
     Raises:
         UnsupportedOpError: the runtime refuses the produced model.
@@ -514,16 +666,10 @@ def _check_loads(source: ModelSource, path: Path, reference: Path) -> None:
     import edgeopt_runtime as rt
     from edgeopt_runtime.errors import ModelLoadError
 
-    from .onnx import LARGE_WEIGHT, _largest_weight
-
     try:
         with stdout_to_stderr():
             rt.load(path, threads=1, delegate="none")
     except ModelLoadError as exc:
         why = str(exc).split(": ", 1)[-1]
-        name, value = _largest_weight(reference)
-        hint = (f"; the model holds a weight of magnitude {value:.3g} ({name!r}): is the source "
-                "corrupt?" if value > LARGE_WEIGHT else "")
-        raise UnsupportedOpError(
-            f"{source.path}: the TFLite model converted from it is unusable ({why[:200]}){hint}"
-        ) from None
+        raise UnsupportedOpError(f"{source.path}: the TFLite model converted from it is "
+                                 f"unusable ({why[:200]}){_source_hint(conv)}") from None

@@ -212,6 +212,9 @@ def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: d
         deny = list(dict.fromkeys([*deny, *(o for outs in touching for o in outs)]))
         details["kept_float_ranges"] = [b.to_dict() for b in bad]
         notes.append(range_summary(bad))
+        # an inf calibrated range makes mlir_quantize segfault even for denylisted ops (a
+        # damaged ONNX source with a 2.2e38 bias: MEAN's range (0, inf)); these stay float
+        calibrated = _without_ranges(calibrated, wanted_bad)
     try:
         with stdout_to_stderr():
             data = tfl_convert.mlir_quantize(
@@ -229,6 +232,19 @@ def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: d
             f"{req.source.path}: int8 quantization {what}failed: {_error_summary(exc)}"
         ) from None
     return bytes(data), set(deny), bad
+
+
+def _without_ranges(data: bytes, names: set[str]) -> bytes:
+    """The calibrated model with the calibration statistics of ``names`` removed (primary
+    subgraph), so the quantizer leaves those tensors float instead of reading their range."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    for t in model.subgraphs[0].tensors:
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        if name in names:
+            t.quantization = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _calibrated_tensors(data: bytes) -> dict[str, Any]:

@@ -115,10 +115,10 @@ class Model:
         """The backend runner (raw interpreter / session access for benchmarks)."""
         return self._runner
 
-    def with_layouts(self, layouts: IOLayouts) -> Model:
-        """This model fed and read in ``layouts`` (e.g. a converter's checked float model in
-        its source's NCHW), sharing the runner, and so its interpreter pool: as safe from many
-        threads as the original."""
+    def with_layouts(self, layouts: IOLayouts | None) -> Model:
+        """This model fed and read in ``layouts`` (e.g. a converter's float TFLite in its
+        source's NCHW; None: the manifest's, if any), sharing the runner and so its
+        interpreter pool: as safe from many threads as the original."""
         model = Model(self._runner, self.path, manifest=self.manifest, entry=self.entry,
                       notes=self.notes, layouts=layouts)
         model.probe_ns = self.probe_ns
