@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from edgeopt_runtime.manifest import read_manifest, sha256_file
 
 import edgeopt
 from edgeopt.backends import onnx2tf as o2t
+from edgeopt.backends import onnx_rewrites as o2t_rewrites
 
 H = W = 32
 N_CALIB, N_VAL = 16, 8
@@ -94,17 +96,26 @@ def _io(name: str, dims: list[Any]) -> Any:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def cnn(path: Path, *, hardswish: bool = False, seed: int = 0) -> Path:
-    """conv/BN/ReLU/MaxPool(pad 1)/residual depthwise block/Linear head, dynamic batch."""
+def cnn(path: Path, *, stem: str = "Relu", block: str = "Relu", seed: int = 0,
+        pw_bias: float | None = None) -> Path:
+    """conv/BN/``stem`` activation/MaxPool(pad 1)/residual depthwise block (``block``
+    activation)/Linear head, dynamic batch. ``pw_bias`` sets one bias of the block's
+    pointwise conv (a damaged file: the fuzz found a 2.2e38 bias)."""
     import onnx
 
     g = _Graph(seed)
-    act = "HardSwish" if hardswish else "Relu"
-    x = g.node(act, [g.conv("input", 3, 16, 3, "/conv1", stride=2)], "/act1")
+    x = g.node(stem, [g.conv("input", 3, 16, 3, "/conv1", stride=2)], "/act1")
     x = g.node("MaxPool", [x], "/maxpool", ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3],
                pads=[1, 1, 1, 1], strides=[2, 2])
-    y = g.node(act, [g.conv(x, 16, 16, 3, "/layer1/dw", group=16)], "/layer1/act")
+    y = g.node(block, [g.conv(x, 16, 16, 3, "/layer1/dw", group=16)], "/layer1/act")
     y = g.conv(y, 16, 16, 1, "/layer1/pw")
+    if pw_bias is not None:
+        from onnx import numpy_helper
+
+        init = g.inits[-1]
+        bias = numpy_helper.to_array(init).copy()
+        bias[1] = pw_bias
+        init.CopyFrom(numpy_helper.from_array(bias, init.name))
     x = g.node("Relu", [g.node("Add", [x, y], "/layer1")], "/layer1/relu")
     x = g.node("Flatten", [g.node("GlobalAveragePool", [x], "/avgpool")], "", axis=1)
     w, b = g.const(g.rng.normal(0, 0.3, (10, 16)), "fc.weight"), g.const(
@@ -126,13 +137,15 @@ def data(path: Path, n: int, seed: int) -> Path:
 
 @functools.cache
 def converted() -> tuple[Path, str, bytes, Any]:
-    """The CNN converted for all three targets (once): (root, sha256 before, bytes, report)."""
+    """The CNN (ReLU stem, HardSwish block as in MobileNetV3) converted for all three targets
+    with ``--rewrite edgetpu``, once: (root, sha256 before, bytes, report). Two onnx2tf runs:
+    the plain graph (arm-cpu, mobile-gpu and the Edge TPU "before") and the rewritten one."""
     root = _root()
-    src = cnn(root / "net.onnx")
+    src = cnn(root / "net.onnx", block="HardSwish")
     digest, raw = sha256_file(src), src.read_bytes()
     report = edgeopt.convert(str(src), list(TARGETS), str(data(root / "calib.npz", N_CALIB, 1)),
                              val=str(data(root / "val.npz", N_VAL, 2)), out=root / "out",
-                             latency_runs=3)
+                             latency_runs=3, rewrite=["edgetpu"])
     return root, digest, raw, report
 
 
@@ -228,6 +241,26 @@ def test_edgetpu_gets_static_batch_one_and_every_op_mapped() -> None:
     assert art["details"]["onnx2tf"]["maxpool_padding"] == {"constant": 1, "shifted": 0, "edge": 0}
 
 
+def test_rewrite_edgetpu_maps_hardswish_and_reports_before_and_after() -> None:
+    """PyTorch MobileNetV3-style HardSwish: onnx2tf's form fuses back to HARD_SWISH, which the
+    Edge TPU lacks; --rewrite edgetpu keeps it as MUL/ADD/RELU6 there, and only there."""
+    root, _d, _b, report = converted()
+    by_target = {(a["target"], a["precision"]): a for a in _tflite_artifacts(report)}
+    tpu = by_target[("edgetpu", "int8")]
+    rewrite = tpu["details"]["rewrite"]
+    assert rewrite["replaced"] == {"HardSwish": 1}
+    assert rewrite["before"]["delegated"] < rewrite["before"]["ops"]
+    assert rewrite["after"]["delegated"] == rewrite["after"]["ops"]
+    assert tpu["details"]["onnx2tf"]["rewrites"] == {
+        "HardSwish": {"count": 1, "as": o2t_rewrites.EDGETPU_PSEUDO["HardSwish"]}}
+    assert tpu["details"]["onnx2tf"]["float_check"]["passed"]  # the rewrite is exact
+    assert any("--rewrite edgetpu:" in n and "before" in n for n in tpu["notes"])
+    assert report["settings"]["rewrite"] == ["edgetpu"]
+    for key in (("arm-cpu", "int8"), ("mobile-gpu", "float16")):  # CPU / GPU have HARD_SWISH
+        assert "HARD_SWISH" in by_target[key]["details"]["ops"], key
+        assert "rewrite" not in by_target[key]["details"]
+
+
 def test_onnx2tf_never_reached_the_network() -> None:
     _root_, _d, _b, report = converted()
     for art in _tflite_artifacts(report):
@@ -255,6 +288,83 @@ def test_network_guard_blocks_onnx2tfs_own_download(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("blocked socket.getaddrinfo ('github.com',)"), proc.stdout
     assert list(tmp_path.iterdir()) == []  # nothing fetched, nothing written
+
+
+# ------------------------------------------------------------------------------ what stays float
+
+
+def test_keep_float_names_onnx_nodes_and_a_damaged_weight_stays_float(tmp_path: Path) -> None:
+    """One arm-cpu conversion, two reasons to keep float:
+
+    * ``--keep-float '^/conv1/'`` names an ONNX node; onnx2tf names TF ops after Keras layers
+      (``model/tf.nn.convolution/...``), so the pattern is mapped to the layers built for that
+      node — its PAD and CONV_2D stay float; a pattern no ONNX node matches is kept as a
+      TFLite tensor-name pattern (here it matches nothing);
+    * a 2.2e38 bias (the source fuzz's finding) overflows to inf downstream: those ranges are
+      unquantizable and kept float (a MEAN range of (x, inf) segfaulted TF's quantizer), the
+      float check sees the ONNX model itself give the same non-finite values, not a
+      conversion error, and the note names the weight.
+    """
+    from edgeopt.inspect.tflite_graph import read_tflite
+
+    src = cnn(tmp_path / "damaged.onnx", pw_bias=2.2e38)
+    report = edgeopt.convert(str(src), "arm-cpu", str(data(tmp_path / "c.npz", 8, 1)),
+                             formats="tflite", out=tmp_path / "out", latency_runs=1,
+                             keep_float=["^/conv1/", "no-such-node"])
+    (art,) = report.artifacts
+    details = art["details"]
+    keep = details["onnx2tf"]["keep_float"]
+    assert set(keep["onnx_nodes"]) == {"/conv1/Conv"}
+    assert "tf.nn.convolution" in keep["onnx_nodes"]["/conv1/Conv"]
+    assert keep["tflite_patterns"][-1] == "no-such-node" and keep["not_converted"] == []
+    assert details["keep_float"] and all("/conv1/" not in t for t in details["keep_float"])
+    assert details["recipe"]["keep_float"] == ["^/conv1/", "no-such-node"]  # as the user gave
+    graph = read_tflite(tmp_path / "out" / "arm-cpu" / art["file"])
+    first_conv = next(op for op in graph.ops if op.name == "CONV_2D")
+    assert first_conv.inputs[0].dtype == "float32"  # the stem conv kept float on purpose
+    assert any(op.name == "DEPTHWISE_CONV_2D" and op.inputs[0].dtype == "int8"
+               for op in graph.ops)  # upstream of the damage, not named: int8
+    ranges = details["kept_float_ranges"]
+    assert any(r["max"] == "inf" for r in ranges) and any(r["max"] == 2.2e38 for r in ranges)
+    check = details["onnx2tf"]["float_check"]
+    assert check["passed"] and check["source_nonfinite"]
+    assert check["outputs"][0]["nonfinite_agree"]
+    assert any("the ONNX model itself gives" in n and "is the source corrupt?" in n
+               for n in art["notes"])
+    assert any("unquantizable calibration ranges kept float" in n for n in art["notes"])
+
+
+def test_keep_float_map_follows_onnx2tfs_names(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapping alone, on onnx2tf's recorded names: sanitized node names ('/x' -> 'wa/x'),
+    nodes the edgeopt rewrites added (MaxPool's Pad), a node onnxsim folded away, the output
+    node's signature tensor, and a pattern no ONNX node matches."""
+    import onnx
+
+    from edgeopt.sources import ModelSource
+
+    model = onnx.load(str(cnn(tmp_path / "net.onnx")))
+    source = ModelSource("onnx", tmp_path / "net.onnx", (), (), "", model)
+    conv = o2t.Converted(source, {}, {}, tmp_path / "ref.onnx", node_layers={
+        "wa/conv1/Conv": ["tf.math.add", "tf.nn.convolution"],
+        "wa/maxpool/MaxPool_edgeopt_pad": ["tf.compat.v1.pad_1"],
+        "wa/maxpool/MaxPool": ["tf.nn.max_pool2d"],
+        "wa/fc/Gemm": ["output", "tf.linalg.matmul"],
+    })
+    monkeypatch.setattr(o2t, "_signature_output_tensors",
+                        lambda _path: {"output": "PartitionedCall:0"})
+    got = o2t.keep_float_map(source, conv, tmp_path / "float.tflite",
+                             ["maxpool", "^/fc/", "^/layer1/dw/", "tf\\.nn\\.relu_1/"])
+    assert got["onnx_nodes"] == {"/maxpool/MaxPool": ["tf.compat.v1.pad_1", "tf.nn.max_pool2d"],
+                                 "/fc/Gemm": ["output", "tf.linalg.matmul"]}
+    assert got["not_converted"] == ["/layer1/dw/Conv"]
+    rx = [re.compile(p) for p in got["tflite_patterns"]]
+    names = {"model/tf.compat.v1.pad_1/wa/maxpool/MaxPool_edgeopt_pad": True,
+             "model/tf.nn.max_pool2d/MaxPool2d": True, "PartitionedCall:0": True,
+             "model/tf.nn.relu_1/Relu;model/tf.math.add_1/Add": True,  # the TFLite pattern
+             "model/tf.nn.max_pool2d_1/MaxPool2d": False, "model/tf.math.add_1/Add": False}
+    for name, kept in names.items():
+        assert any(r.search(name) for r in rx) is kept, name
 
 
 # ------------------------------------------------------------------------------ float first

@@ -131,3 +131,45 @@ def test_layouts_from_converter_details_match_by_name() -> None:
     assert IOLayouts.from_dict({"inputs": {}, "outputs": {}}, plain.inputs, plain.outputs) is None
     assert found.to_dict(plain.inputs, plain.outputs) == {"inputs": {"image": NCHW_TO_NHWC},
                                                           "outputs": {}}
+
+
+@pytest.mark.parametrize("max_instances", [None, 1])  # interpreter pool / one behind a lock
+def test_layouts_hold_from_many_threads(tmp_path: Path, max_instances: int | None) -> None:
+    """8 threads x 20 calls on one layout model (and on a ``with_layouts`` view of the plain
+    one, as the converter measures it): every result is the lone call's for that input."""
+    import threading
+
+    model = rt.load(artifact(tmp_path), threads=1, max_instances=max_instances)
+    plain = rt.load(model_file(), threads=1, max_instances=max_instances)
+    view = plain.with_layouts(IOLayouts.from_dict(
+        {"inputs": {"image": NCHW_TO_NHWC}, "outputs": {"feat": NCHW_TO_NHWC}},
+        plain.inputs, plain.outputs))
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(6)]
+    want = [model.run(x) for x in xs]
+    errors: list[str] = []
+    start = threading.Barrier(8)
+
+    def work(k: int) -> None:
+        start.wait()
+        for i in range(20):
+            j = (k * 5 + i) % len(xs)
+            m = view if (k + i) % 2 else model
+            try:
+                got = m.run(xs[j]) if i % 3 else m.run_batch(np.concatenate([xs[j], xs[j]]))
+            except Exception as exc:  # noqa: BLE001 - every failure is collected
+                errors.append(f"thread {k} call {i}: {type(exc).__name__}: {exc}")
+                continue
+            for name in ("feat", "logits"):
+                if not np.array_equal(got[name][:1], want[j][name]):
+                    errors.append(f"thread {k} call {i}: {name} differs")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:5]
+    assert view.runner is plain.runner and view.inputs[0].shape == (1, 3, 8, 8)
+    if max_instances is None:
+        assert model.runner.instances >= 1
