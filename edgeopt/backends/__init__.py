@@ -43,6 +43,7 @@ class BuildRequest:
     calib: Iterable[Sample] | None = None
     calib_method: CalibrationMethod = CalibrationMethod.MINMAX
     keep_float: tuple[re.Pattern[str], ...] = ()
+    rewrites: tuple[str, ...] = ()  # e.g. ("edgetpu",): exact op rewrites (ONNX sources)
     # Every quantization choice as one value. None: the profile's choices for ``precision``
     # with ``calib_method`` and ``keep_float`` (what ``convert`` builds); see ``resolved``.
     recipe: Recipe | None = None
@@ -64,6 +65,9 @@ class Built:
     precision: str
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # the float model this one was quantized from, when it is not ``build_float``'s (ONNX
+    # sources through onnx2tf: the float TFLite of the converted graph)
+    float_path: Path | None = None
 
 
 class Backend(Protocol):

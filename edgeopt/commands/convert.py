@@ -125,13 +125,17 @@ def _progress(enabled: bool) -> Any:
               help="Exit 1 (report and artifacts still written) when a target would not run "
               "the whole graph on its accelerator: Edge TPU partition incomplete or compile "
               "failed, ops the GPU delegate cannot run.")
+@click.option("--rewrite", multiple=True, type=click.Choice(["edgetpu"]),
+              help="ONNX sources on Edge TPU targets: replace ops the Edge TPU lacks "
+              "(HardSwish, LeakyRelu, Neg) by exact compositions it maps; the report gives "
+              "the mapped-op count before and after.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(
     model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
     keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
-    strict: bool, as_json: bool,
+    strict: bool, rewrite: tuple[str, ...], as_json: bool,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
@@ -149,7 +153,7 @@ def command(
             num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
             allow_synthetic=allow_synthetic, trust_model=trust_model,
             progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
-            preprocessing=parse_preprocess(preprocess), strict=strict,
+            preprocessing=parse_preprocess(preprocess), strict=strict, rewrite=rewrite,
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",
