@@ -2,14 +2,18 @@
 
 Two entry points, both used by ``edgeopt compare`` and by the converter's report:
 
-* :func:`compare_outputs` — per output tensor: SQNR, cosine, absolute / relative errors and,
-  for classifier-shaped outputs (``[N, C]``, ``C >= 2``), top-1 / top-5 agreement, mean KL
-  divergence and the indices of the samples whose top-1 flipped.
+* :func:`compare_outputs` — per output tensor: SQNR, cosine, absolute / relative errors over the
+  whole output and **per sample** (mean, median, p5, min and the worst samples' indices), the
+  output's *kind* (classifier, embedding, regression, detection-like: inferred from shape,
+  values and name, or given), and the metrics of that kind: for classifiers top-1 / top-5
+  agreement, mean KL divergence and the samples whose top-1 flipped; for embeddings
+  nearest-neighbour retrieval agreement across the samples. A float reference that is constant
+  over the samples is flagged (``degenerate``): nothing can be measured against it.
 * :func:`task_metrics` — with ground-truth labels: accuracy, macro precision / recall / F1 and
   (binary) ROC AUC for float and quantized side by side, the drop, and a paired bootstrap
   confidence interval on each drop.
 
-Arrays are stacked over samples along axis 0. A metric that does not apply to an output's shape
+Arrays are stacked over samples along axis 0 (one row per sample). A metric that does not apply to an output's shape
 or values is left out of ``metrics`` and listed in ``skipped`` with the reason — never a crash.
 Non-finite floats (an exact match has SQNR ``inf``) are kept as Python floats here; the report
 writer encodes them for JSON. No tensorflow import here: this module must stay cheap.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -35,12 +40,93 @@ SCATTER_POINTS = 400
 # --------------------------------------------------------------------------- output metrics
 
 
+class OutputKind(StrEnum):
+    """What an output means, which decides the metrics that apply (values as in the CLI/JSON)."""
+
+    CLASSIFIER = "classifier"  # class scores: probabilities or logits, [N, C]
+    EMBEDDING = "embedding"  # a vector compared by angle: [N, D]
+    REGRESSION = "regression"  # values compared by error: [N], [N, k]
+    DETECTION = "detection"  # several rows per sample (boxes, anchors, dense maps): [N, K, ...]
+
+
+# Name fragments that say what an output is (the exporters keep user-given names).
+_EMBEDDING_HINTS = ("embed", "pool", "feature", "hidden", "encod", "vector", "sentence", "latent")
+_CLASSIFIER_HINTS = ("logit", "prob", "class", "softmax", "score", "pred", "label")
+_REGRESSION_HINTS = ("regress", "bbox", "box", "coord", "depth", "value", "offset")
+UNIT_NORM_TOL = 1e-3  # rows whose L2 norm is 1 within this read as normalised embeddings
+WORST_SAMPLES = 5  # worst samples named per metric
+# Relative spread over the samples below which the reference counts as constant.
+DEGENERATE_SPREAD = 1e-6
+RETRIEVAL_MAX = 2048  # samples used for retrieval agreement (an N x N similarity matrix)
+# Per-sample metrics: name -> whether higher is better.
+SAMPLE_METRICS = {"sqnr_db": True, "cosine": True, "max_abs_error": False,
+                  "mean_abs_error": False, "rmse": False, "relative_error": False}
+GATE_ON = ("min", "p5", "mean")  # the per-sample statistic a gate compares (worst sample first)
+
+
+def parse_output_kinds(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--output-kind NAME=KIND`` (or ``KIND`` for every output) -> ``((name, kind), ...)``;
+    ``"*"`` stands for every output.
+
+    Raises:
+        EdgeOptError: an item is not ``[NAME=]KIND`` with a known kind.
+    """
+    kinds = [k.value for k in OutputKind]
+    out = []
+    for item in items:
+        name, sep, kind = item.rpartition("=")
+        name = name.strip() if sep else "*"
+        kind = kind.strip().lower()
+        if kind not in kinds or (sep and not name):
+            raise EdgeOptError(f"--output-kind {item!r}: expected NAME=KIND or KIND with KIND one "
+                               f"of {', '.join(kinds)}")
+        out.append((name, kind))
+    return tuple(out)
+
+
+def _given_kind(name: str, kinds: Mapping[str, str] | None) -> str | None:
+    if not kinds:
+        return None
+    return kinds.get(name, kinds.get("*"))
+
+
+def infer_kind(name: str, ref: np.ndarray) -> tuple[OutputKind, str]:
+    """The kind of an output from its reference values (rows = samples), and why.
+
+    Probabilities (rows >= 0 summing to 1) are a classifier; otherwise the output's name
+    decides when it says what the output is (``sentence_embedding``, ``logits``, ``bbox``);
+    rows of unit L2 norm are an embedding; ``[N, C]`` is read as classifier logits; one value
+    per sample is a regression; several rows per sample are detection-like.
+    """
+    lower = name.lower()
+    per_sample = [d for d in ref.shape[1:] if d != 1]
+    if not per_sample:
+        return OutputKind.REGRESSION, "one value per sample"
+    if len(per_sample) >= 2:
+        return OutputKind.DETECTION, f"several rows per sample (shape {list(ref.shape)})"
+    view = ref.reshape(ref.shape[0], -1)
+    if view.shape[1] >= 2 and view.size and is_probability_rows(view):
+        return OutputKind.CLASSIFIER, "rows are probabilities (>= 0, sum to 1)"
+    for kind, hints in ((OutputKind.EMBEDDING, _EMBEDDING_HINTS),
+                        (OutputKind.CLASSIFIER, _CLASSIFIER_HINTS),
+                        (OutputKind.REGRESSION, _REGRESSION_HINTS)):
+        hit = next((h for h in hints if h in lower), None)
+        if hit:
+            return kind, f"output name contains {hit!r}"
+    norms = np.linalg.norm(view, axis=1)
+    if view.shape[1] >= 2 and norms.size and np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOL):
+        return OutputKind.EMBEDDING, "rows have unit L2 norm"
+    return OutputKind.CLASSIFIER, (f"shape {list(ref.shape)} read as class logits (pass "
+                                   f"--output-kind {name}=embedding|regression if it is not)")
+
+
 def compare_outputs(
     reference: Sequence[np.ndarray],
     candidate: Sequence[np.ndarray],
     names: Sequence[str],
     *,
     scatter_points: int = SCATTER_POINTS,
+    kinds: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Drift metrics of each candidate output against the matching reference output.
 
@@ -49,27 +135,40 @@ def compare_outputs(
         candidate: the same outputs of the quantized model, dequantized to float.
         names: output names, in the same order.
         scatter_points: how many (reference, candidate) value pairs to keep for plotting.
+        kinds: output name (or ``"*"``) -> :class:`OutputKind` value, overriding inference.
 
     Returns:
-        One dict per output: ``name``, ``shape``, ``metrics`` (name -> float), ``skipped``
-        (metric -> reason), ``classifier`` (None, or ``num_classes``, ``kl_input``,
-        ``num_samples``, ``num_flipped``, ``flipped_top1``) and ``scatter``.
+        One dict per output: ``name``, ``shape``, ``kind``, ``kind_source``, ``metrics``
+        (name -> float: over the whole output, plus per-sample summaries such as
+        ``cosine_min``), ``per_sample`` (per metric: mean / median / p5 / p95 / min / max and
+        the worst samples), ``skipped`` (metric -> reason), ``classifier`` (None, or
+        ``num_classes``, ``kl_input``, ``num_samples``, ``num_flipped``, ``flipped_top1``),
+        ``degenerate`` (None or why the reference cannot be compared against),
+        ``nonfinite_samples`` and ``scatter``.
 
     Raises:
-        InputError: the lists differ in length, or an output's shapes differ.
+        InputError: the lists differ in length, an output's shapes differ, or ``kinds`` names
+            an output that does not exist.
     """
     if not (len(reference) == len(candidate) == len(names)):
         raise InputError(
             f"compare_outputs: expected as many candidate outputs and names as reference "
             f"outputs ({len(reference)}), got {len(candidate)} outputs and {len(names)} names"
         )
+    given = dict(kinds or {})
+    unknown = sorted(set(given) - set(map(str, names)) - {"*"})
+    if unknown:
+        raise InputError(f"--output-kind: no output named {', '.join(map(repr, unknown))}; the "
+                         f"outputs are {', '.join(map(str, names))}")
     return [
-        _compare_one(str(n), np.asarray(r), np.asarray(c), scatter_points)
+        _compare_one(str(n), np.asarray(r), np.asarray(c), scatter_points,
+                     _given_kind(str(n), given))
         for r, c, n in zip(reference, candidate, names, strict=True)
     ]
 
 
-def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, scatter_points: int) -> dict:
+def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, scatter_points: int,
+                 kind: str | None = None) -> dict:
     if ref.shape != cand.shape:
         raise InputError(
             f"output {name!r}: reference shape {list(ref.shape)} differs from candidate "
@@ -78,27 +177,209 @@ def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, scatter_points: i
     result: dict[str, Any] = {
         "name": name,
         "shape": list(ref.shape),
+        "kind": kind,
+        "kind_source": "--output-kind" if kind else None,
         "metrics": {},
         "skipped": {},
         "classifier": None,
+        "per_sample": None,
+        "degenerate": None,
+        "nonfinite_samples": [],
         "scatter": None,
     }
     if not (_is_numeric(ref) and _is_numeric(cand)):
         result["skipped"]["all"] = f"non-numeric dtype {ref.dtype}/{cand.dtype}"
         return result
     ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
-    bad = int(np.count_nonzero(~np.isfinite(ref64)) + np.count_nonzero(~np.isfinite(cand64)))
-    if bad:
-        result["nonfinite"] = bad
-        result["skipped"]["all"] = f"{bad} non-finite values (NaN/inf) in the outputs"
-        return result
+    if ref64.ndim == 0:
+        ref64, cand64 = ref64.reshape(1), cand64.reshape(1)
     if ref64.size == 0:
         result["skipped"]["all"] = "output is empty"
         return result
+    rows = ref64.shape[0]
+    bad_rows = ~(np.isfinite(ref64.reshape(rows, -1)).all(axis=1)
+                 & np.isfinite(cand64.reshape(rows, -1)).all(axis=1))
+    if bad_rows.any():
+        bad = int(np.count_nonzero(~np.isfinite(ref64)) + np.count_nonzero(~np.isfinite(cand64)))
+        result["nonfinite"] = bad
+        result["nonfinite_samples"] = np.flatnonzero(bad_rows).tolist()
+        result["nonfinite_in"] = ("reference" if not np.isfinite(ref64).all() else "candidate")
+        if bad_rows.all():
+            result["skipped"]["all"] = f"{bad} non-finite values (NaN/inf) in the outputs"
+            return result
+        ref64, cand64 = ref64[~bad_rows], cand64[~bad_rows]
+        result["skipped"]["nonfinite"] = (
+            f"{int(bad_rows.sum())} of {rows} samples hold NaN/inf; metrics cover the others")
+    if result["kind"] is None:
+        inferred, why = infer_kind(name, ref64)
+        result["kind"], result["kind_source"] = inferred.value, f"inferred: {why}"
+    result["degenerate"] = degenerate_reason(ref64)
     _error_metrics(ref64, cand64, result["metrics"], result["skipped"])
-    _classifier_metrics(ref64, cand64, result)
+    result["per_sample"] = per_sample_metrics(ref64, cand64)
+    for metric, stats in result["per_sample"]["metrics"].items():
+        if metric in ("sqnr_db", "cosine"):
+            for stat in ("mean", "median", "p5", "min"):
+                if stats.get(stat) is not None:
+                    result["metrics"][f"{metric}_{stat}"] = stats[stat]
+    if "cosine_min" in result["metrics"]:
+        result["metrics"]["cosine_min_sample"] = result["metrics"]["cosine_min"]
+    if result["kind"] == OutputKind.CLASSIFIER:
+        _classifier_metrics(ref64, cand64, result)
+    else:
+        why = f"output kind {result['kind']}: class metrics apply to classifiers only"
+        if classifier_view(ref64) is None:
+            why = (f"not classifier-shaped ([N, C] with C >= 2): shape {list(ref.shape)} "
+                   f"(output kind {result['kind']})")
+        result["skipped"].update(top1_agreement=why, top5_agreement=why,
+                                 kl_divergence_mean=why)
+    if result["kind"] == OutputKind.EMBEDDING:
+        _retrieval_metrics(ref64, cand64, result["metrics"], result["skipped"])
     result["scatter"] = scatter_sample(ref64, cand64, scatter_points)
+    if bad_rows.any():
+        _reindex(result, np.flatnonzero(~bad_rows), rows)
     return result
+
+
+def _reindex(result: dict[str, Any], kept: np.ndarray, rows: int) -> None:
+    """Sample indices of metrics computed on the finite rows only -> indices of all samples
+    (the NaN/inf rows hold None in the per-sample values)."""
+    ps = result["per_sample"]
+    ps["count"] = rows
+    for stats in ps["metrics"].values():
+        stats["worst"] = [int(kept[i]) for i in stats["worst"]]
+    for key, vals in ps["values"].items():
+        full: list[float | None] = [None] * rows
+        for i, v in zip(kept.tolist(), vals, strict=True):
+            full[i] = v
+        ps["values"][key] = full
+    cls = result["classifier"]
+    if cls:
+        cls["flipped_top1"] = [int(kept[i]) for i in cls["flipped_top1"]]
+
+
+def degenerate_reason(ref: np.ndarray) -> str | None:
+    """Why the reference output cannot be compared against, or None.
+
+    All zeros, or the same output for every sample (a float model with random or dead weights,
+    or data that does not vary): every candidate error is then measured against nothing.
+    """
+    n = ref.shape[0]
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    if scale == 0.0:
+        return f"the float reference output is all zeros on all {n} samples"
+    if n < 2:
+        return None
+    rows = ref.reshape(n, -1)
+    spread = float(np.max(np.abs(rows - rows[:1])))
+    if spread <= DEGENERATE_SPREAD * scale:
+        return (f"the float reference output is the same for all {n} samples (spread "
+                f"{spread:.3g} of magnitude {scale:.3g}): the float model or the data is "
+                "degenerate (random weights? constant inputs?)")
+    return None
+
+
+def per_sample_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
+    """SQNR, cosine and errors of each sample (row), summarised.
+
+    Returns:
+        ``{"count", "metrics": {metric: {"mean", "median", "p5", "p95", "min", "max",
+        "undefined", "worst": [sample indices, worst first], "worst_values"}}, "values":
+        {"sqnr_db": [...], "cosine": [...]}}``. A sample whose reference is all zeros has no
+        SQNR / cosine / relative error (``undefined`` counts them; ``values`` holds None).
+    """
+    n = ref.shape[0]
+    r = ref.reshape(n, -1)
+    c = cand.reshape(n, -1)
+    diff = c - r
+    signal = np.sum(r * r, axis=1)
+    noise = np.sum(diff * diff, axis=1)
+    nr, nc = np.sqrt(signal), np.linalg.norm(c, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sqnr = np.where(noise == 0, np.inf, 10.0 * np.log10(signal / noise))
+        # A zero candidate row against a non-zero reference is orthogonal (cosine 0), not
+        # undefined: the quantized model lost that sample's signal entirely.
+        cos = np.where(nc > 0, np.sum(r * c, axis=1) / (nr * nc), 0.0)
+        rel = np.sqrt(noise) / nr
+    undefined = nr == 0
+    sqnr[undefined], cos[undefined], rel[undefined] = np.nan, np.nan, np.nan
+    values = {
+        "sqnr_db": sqnr, "cosine": np.clip(cos, -1.0, 1.0),
+        "max_abs_error": np.max(np.abs(diff), axis=1), "mean_abs_error": np.mean(np.abs(diff), axis=1),
+        "rmse": np.sqrt(noise / r.shape[1]), "relative_error": rel,
+    }
+    return {
+        "count": int(n),
+        "metrics": {k: summarize(v, higher_is_better=SAMPLE_METRICS[k]) for k, v in values.items()},
+        "values": {k: [None if math.isnan(x) else float(x) for x in values[k]]
+                   for k in ("sqnr_db", "cosine")},
+    }
+
+
+def summarize(values: np.ndarray, *, higher_is_better: bool,
+              worst: int = WORST_SAMPLES) -> dict[str, Any]:
+    """mean / median / p5 / p95 / min / max of per-sample values (NaN = undefined, left out)
+    and the indices of the ``worst`` worst samples, worst first."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(v)
+    out: dict[str, Any] = {"undefined": int(np.count_nonzero(~ok))}
+    if not ok.any():
+        out.update(mean=None, median=None, p5=None, p95=None, min=None, max=None, worst=[],
+                   worst_values=[])
+        return out
+    d = v[ok]
+    with np.errstate(invalid="ignore"):  # inf - inf inside the percentile interpolation
+        p5, p95 = (float(x) for x in np.percentile(d, [5, 95], method="lower"
+                                                   if higher_is_better else "higher"))
+    out.update(mean=float(np.mean(d)), median=float(np.median(d)), p5=p5, p95=p95,
+               min=float(np.min(d)), max=float(np.max(d)))
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(d if higher_is_better else -d, kind="stable")][:worst]
+    out["worst"] = order.tolist()
+    out["worst_values"] = [float(v[i]) for i in order]
+    return out
+
+
+def _retrieval_metrics(ref: np.ndarray, cand: np.ndarray, out: dict, skipped: dict) -> None:
+    """Nearest-neighbour agreement of an embedding across the samples.
+
+    For every sample, its neighbours among the other samples by cosine similarity, in the float
+    and in the quantized embedding: ``retrieval_top1_agreement`` (same nearest neighbour),
+    ``retrieval_top5_overlap`` (shared fraction of the 5 nearest) and
+    ``retrieval_rank_correlation`` (mean Spearman correlation of each sample's similarity
+    ranking) — what a search or clustering app built on the embedding would notice.
+    """
+    n = ref.shape[0]
+    if n < 3:
+        why = f"needs at least 3 samples, got {n}"
+        skipped.update(retrieval_top1_agreement=why, retrieval_top5_overlap=why)
+        return
+    if n > RETRIEVAL_MAX:
+        ref, cand, n = ref[:RETRIEVAL_MAX], cand[:RETRIEVAL_MAX], RETRIEVAL_MAX
+        skipped["retrieval_samples"] = f"computed on the first {RETRIEVAL_MAX} samples"
+    sims = []
+    for a in (ref, cand):
+        rows = a.reshape(n, -1)
+        norm = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit = np.divide(rows, norm, out=np.zeros_like(rows), where=norm > 0)
+        s = unit @ unit.T
+        np.fill_diagonal(s, -np.inf)
+        sims.append(s)
+    s_ref, s_cand = sims
+    out["retrieval_top1_agreement"] = float(np.mean(np.argmax(s_ref, 1) == np.argmax(s_cand, 1)))
+    k = min(5, n - 1)
+    top_ref = np.argsort(-s_ref, axis=1, kind="stable")[:, :k]
+    top_cand = np.argsort(-s_cand, axis=1, kind="stable")[:, :k]
+    shared = [len(set(a) & set(b)) for a, b in zip(top_ref.tolist(), top_cand.tolist(), strict=True)]
+    out["retrieval_top5_overlap"] = float(np.mean(shared) / k)
+    off = ~np.eye(n, dtype=bool)
+    ranks = [np.argsort(np.argsort(s[off].reshape(n, n - 1), axis=1), axis=1).astype(np.float64)
+             for s in (s_ref, s_cand)]
+    a, b = (x - x.mean(axis=1, keepdims=True) for x in ranks)
+    denom = np.sqrt(np.sum(a * a, axis=1) * np.sum(b * b, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denom > 0, np.sum(a * b, axis=1) / denom, np.nan)
+    if np.isfinite(rho).any():
+        out["retrieval_rank_correlation"] = float(np.nanmean(rho))
 
 
 def _is_numeric(a: np.ndarray) -> bool:
@@ -148,19 +429,6 @@ def _error_metrics(ref: np.ndarray, cand: np.ndarray, out: dict, skipped: dict) 
         skipped["cosine"] = "candidate output is all zeros"
     else:
         out["cosine"] = cos
-    if ref.ndim >= 2 and ref.shape[0] > 1:
-        per = _per_sample_cosine(ref, cand)
-        if per.size:
-            out["cosine_min_sample"] = float(per.min())
-
-
-def _per_sample_cosine(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Cosine per sample (row), leaving out rows where either side is all zeros."""
-    r = ref.reshape(ref.shape[0], -1)
-    c = cand.reshape(cand.shape[0], -1)
-    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
-    ok = (nr > 0) & (nc > 0)
-    return np.clip(np.sum(r[ok] * c[ok], axis=1) / (nr[ok] * nc[ok]), -1.0, 1.0)
 
 
 def scatter_sample(ref: np.ndarray, cand: np.ndarray, points: int) -> dict[str, list[float]]:
@@ -568,6 +836,7 @@ def evaluate_gates(
     drop_metric: str = "accuracy",
     min_sqnr: float | None = None,
     min_cosine: float | None = None,
+    gate_on: str = "min",
 ) -> dict[str, Any]:
     """Check drift and task metrics against budgets; a gate that cannot be evaluated fails.
 
@@ -576,20 +845,62 @@ def evaluate_gates(
         task: ``task_metrics`` result, or None without labels.
         max_drop: ``parse_max_drop`` result: points (percentage points) or percent of float.
         drop_metric: the task metric the drop budget applies to.
-        min_sqnr: every output's SQNR must be at least this (dB).
-        min_cosine: every output's cosine similarity must be at least this.
+        min_sqnr: every output's per-sample SQNR statistic must be at least this (dB).
+        min_cosine: every output's per-sample cosine statistic must be at least this.
+        gate_on: which per-sample statistic the drift gates compare: ``min`` (the worst
+            sample, default), ``p5`` or ``mean``. The failing samples are named either way.
 
     Returns:
-        ``{"passed": bool, "results": [{"gate", "threshold", "value", "passed", "message"}]}``.
+        ``{"passed": bool, "results": [{"gate", "threshold", "value", "passed", "message",
+        ...}]}``. A degenerate reference or NaN/inf outputs fail every drift gate.
+
+    Raises:
+        EdgeOptError: ``gate_on`` is not one of ``min``, ``p5``, ``mean``.
     """
+    if gate_on not in GATE_ON:
+        raise EdgeOptError(f"--gate-on {gate_on!r}: use one of {', '.join(GATE_ON)}")
     results: list[dict[str, Any]] = []
     if max_drop is not None:
         results.append(_drop_gate(task, max_drop, drop_metric))
     for key, gate, unit, threshold in (("sqnr_db", "min-sqnr", " dB", min_sqnr),
                                        ("cosine", "min-cosine", "", min_cosine)):
         if threshold is not None:
-            results.extend(_output_gate(drift, key, gate, unit, threshold))
+            results.extend(_output_gate(drift, key, gate, unit, threshold, gate_on))
     return {"passed": all(r["passed"] for r in results), "results": results}
+
+
+def validity_gates(drift: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Checks that hold with or without budgets: a reference that can be compared against
+    (not constant / all zeros) and finite outputs. One failed entry per problem, else none."""
+    out = []
+    for o in drift:
+        if o.get("degenerate"):
+            out.append({"gate": "valid-reference", "output": o["name"], "passed": False,
+                        "message": f"valid-reference: output {o['name']!r}: {o['degenerate']}; "
+                                   "drift against it means nothing"})
+        bad = o.get("nonfinite_samples") or []
+        if bad:
+            where = o.get("nonfinite_in") or "candidate"
+            out.append({"gate": "finite-outputs", "output": o["name"], "passed": False,
+                        "samples": list(bad),
+                        "message": f"finite-outputs: output {o['name']!r}: the {where} gives "
+                                   f"NaN/inf on {len(bad)} sample(s) ({_sample_list(bad)})"})
+    return out
+
+
+def sample_stat(o: Mapping[str, Any], metric: str, on: str = "min") -> float | None:
+    """One per-sample statistic of one output's drift (``cosine`` / ``sqnr_db`` with ``on``
+    ``min`` / ``p5`` / ``mean`` / ``median``); the whole-output value for records without
+    per-sample data; None when it cannot be computed."""
+    stats = ((o.get("per_sample") or {}).get("metrics") or {}).get(metric)
+    if stats is not None:
+        return stats.get(on)
+    return (o.get("metrics") or {}).get(metric)
+
+
+def _sample_list(indices: Sequence[int], limit: int = 12) -> str:
+    shown = ", ".join(map(str, indices[:limit]))
+    return shown + (f", … (+{len(indices) - limit} more)" if len(indices) > limit else "")
 
 
 def _drop_gate(task: Mapping[str, Any] | None, max_drop: tuple[float, bool],
@@ -617,21 +928,36 @@ def _drop_gate(task: Mapping[str, Any] | None, max_drop: tuple[float, bool],
 
 
 def _output_gate(drift: Sequence[Mapping[str, Any]], key: str, gate: str, unit: str,
-                 threshold: float) -> list[dict[str, Any]]:
+                 threshold: float, on: str = "min") -> list[dict[str, Any]]:
     out = []
     for o in drift:
-        value = (o.get("metrics") or {}).get(key)
-        r = {"gate": gate, "output": o["name"], "threshold": threshold, "value": value}
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = sample_stat(o, key, on)
+        values = ((o.get("per_sample") or {}).get("values") or {}).get(key)
+        label = f"{key} {on}" if values is not None else key
+        r: dict[str, Any] = {"gate": gate, "output": o["name"], "threshold": threshold,
+                             "value": value, "on": on if values is not None else "output"}
+        failing = ([i for i, v in enumerate(values) if v is not None and v < threshold]
+                   if values is not None else [])
+        bad = list(o.get("nonfinite_samples") or [])
+        r["failing_samples"] = sorted(set(failing) | set(bad))
+        if o.get("degenerate"):
+            r.update(passed=False, message=f"{gate}: output {o['name']!r}: could not be "
+                     f"evaluated ({o['degenerate']})")
+        elif value is None or (isinstance(value, float) and math.isnan(value)):
             why = (o.get("skipped") or {}).get(key) or (o.get("skipped") or {}).get("all")
             r.update(passed=False, message=f"{gate}: output {o['name']!r}: could not be "
                      f"evaluated ({why or 'no value'})")
         else:
-            r["passed"] = value >= threshold
-            verdict = ">=" if r["passed"] else "<"
-            r["message"] = (f"{gate}: output {o['name']!r} {key} {value:.4g}{unit} {verdict} "
-                            f"{threshold:g}{unit}"
-                            + ("" if r["passed"] else
-                               f" (short by {threshold - value:.4g}{unit})"))
+            r["passed"] = value >= threshold and not bad
+            verdict = ">=" if value >= threshold else "<"
+            msg = (f"{gate}: output {o['name']!r} {label} {value:.4g}{unit} {verdict} "
+                   f"{threshold:g}{unit}"
+                   + ("" if value >= threshold else f" (short by {threshold - value:.4g}{unit})"))
+            if values is not None and failing:
+                msg += (f"; {len(failing)} of {len(values)} samples below {threshold:g}{unit}: "
+                        f"{_sample_list(failing)}")
+            if bad:
+                msg += f"; {len(bad)} sample(s) with NaN/inf outputs: {_sample_list(bad)}"
+            r["message"] = msg
         out.append(r)
     return out

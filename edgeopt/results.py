@@ -39,6 +39,9 @@ class Status(StrEnum):
     """Outcome of one target of a convert run (values appear verbatim in the JSON)."""
 
     OK = "ok"
+    # built and kept, but its numbers cannot be trusted (e.g. the float reference is
+    # constant, so drift measures nothing): the reason is the target's ``error``
+    DEGRADED = "degraded"
     FAILED = "failed"
 
 
@@ -233,7 +236,13 @@ class LatencyPair:
 
 @dataclass(frozen=True)
 class OutputDrift:
-    """Drift of one output (``edgeopt.drift.compare_outputs``; metrics by name)."""
+    """Drift of one output (``edgeopt.drift.compare_outputs``; metrics by name).
+
+    ``kind`` is the output kind (classifier / embedding / regression / detection) and
+    ``kind_source`` how it was decided; ``per_sample`` the per-sample summaries (and the
+    values the gates read); ``degenerate`` why the reference cannot be compared against;
+    ``nonfinite_samples`` the samples with NaN/inf outputs.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -242,19 +251,39 @@ class OutputDrift:
     classifier: Mapping[str, Any] | None = None
     scatter: Mapping[str, Sequence[float]] | None = field(default=None, repr=False)
     nonfinite: int | None = None
+    kind: str | None = None
+    kind_source: str | None = None
+    per_sample: Mapping[str, Any] | None = field(default=None, repr=False)
+    degenerate: str | None = None
+    nonfinite_samples: tuple[int, ...] = ()
+    nonfinite_in: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OutputDrift:
         return cls(name=d["name"], shape=tuple(d["shape"]), metrics=dict(d["metrics"]),
                    skipped=dict(d["skipped"]), classifier=d.get("classifier"),
-                   scatter=d.get("scatter"), nonfinite=d.get("nonfinite"))
+                   scatter=d.get("scatter"), nonfinite=d.get("nonfinite"),
+                   kind=d.get("kind"), kind_source=d.get("kind_source"),
+                   per_sample=d.get("per_sample"), degenerate=d.get("degenerate"),
+                   nonfinite_samples=tuple(d.get("nonfinite_samples") or ()),
+                   nonfinite_in=d.get("nonfinite_in"))
+
+    def sample_stat(self, metric: str, on: str = "min") -> float | None:
+        """A per-sample statistic (``cosine`` / ``sqnr_db`` / errors; ``min``, ``p5``,
+        ``mean``, ``median``, ``max``), e.g. the worst sample's cosine for a budget."""
+        from .drift import sample_stat
+
+        return sample_stat(self.to_dict(), metric, on)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "shape": list(self.shape), "metrics": dict(self.metrics),
-               "skipped": dict(self.skipped), "classifier": self.classifier,
-               "scatter": self.scatter}
+        out = {"name": self.name, "shape": list(self.shape), "kind": self.kind,
+               "kind_source": self.kind_source, "metrics": dict(self.metrics),
+               "per_sample": self.per_sample, "skipped": dict(self.skipped),
+               "classifier": self.classifier, "degenerate": self.degenerate,
+               "nonfinite_samples": list(self.nonfinite_samples), "scatter": self.scatter}
         if self.nonfinite is not None:
             out["nonfinite"] = self.nonfinite
+            out["nonfinite_in"] = self.nonfinite_in
         return out
 
 
@@ -439,6 +468,10 @@ class ArtifactResult:
     post_build: Mapping[str, Any] | None = None
     post_build_key: str | None = None  # the JSON key of that block (``edgetpu_compiler``)
     notes: tuple[str, ...] = ()
+    # what artifact validation found (``edgeopt.validation.Validation.to_dict()``); None: not run
+    validation: Mapping[str, Any] | None = None
+    # the bounded per-layer section (``edgeopt.layers``); None: not run
+    per_layer: Mapping[str, Any] | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -453,7 +486,10 @@ class ArtifactResult:
                "details": dict(self.details), "preflight": dict(self.preflight),
                "calibration_method": self.calibration_method,
                "conversion_seconds": self.conversion_seconds,
-               "runtime": _opt(self.runtime), "notes": list(self.notes)}
+               "runtime": _opt(self.runtime), "notes": list(self.notes),
+               "validation": None if self.validation is None else dict(self.validation)}
+        if self.per_layer is not None:
+            out["per_layer"] = dict(self.per_layer)
         if self.post_build is not None and self.post_build_key:
             out[self.post_build_key] = dict(self.post_build)
         return out
@@ -516,6 +552,11 @@ class ConvertResult:
     @property
     def failed_targets(self) -> tuple[TargetResult, ...]:
         return tuple(t for t in self.targets if t.status is Status.FAILED)
+
+    @property
+    def invalid_targets(self) -> tuple[TargetResult, ...]:
+        """Targets whose artifacts were built but failed validation or are degraded."""
+        return tuple(t for t in self.targets if t.status is not Status.OK and t.artifacts)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.header.to_dict(),
