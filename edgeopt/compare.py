@@ -44,6 +44,7 @@ class GateOptions:
     drop_metric: str = "accuracy"
     min_sqnr: float | None = None
     min_cosine: float | None = None
+    gate_on: str = "min"  # per-sample statistic the drift gates compare: min | p5 | mean
 
 
 def model_info(m: rt.Model) -> ModelInfo:
@@ -80,7 +81,7 @@ def run_compare(
     max_eval: int | None = DEFAULT_MAX_EVAL, latency_runs: int = DEFAULT_LATENCY_RUNS,
     per_layer: bool = True, source: Path | None = None, calib: Path | None = None,
     layer_samples: int = DEFAULT_LAYER_SAMPLES, gates: GateOptions = GateOptions(),
-    isolate: bool = True,
+    isolate: bool = True, output_kinds: tuple[tuple[str, str], ...] = (),
 ) -> CompareResult:
     """Compare two models on the same data.
 
@@ -94,6 +95,7 @@ def run_compare(
         gates: budgets.
         isolate: probe each model file in a child process first (a corrupt one is refused,
             not a crash of this process).
+        output_kinds: ``(output name or "*", kind)`` overrides of the inferred output kinds.
 
     Returns:
         The result record (``to_dict()`` is the ``edgeopt.report/1`` document).
@@ -102,7 +104,8 @@ def run_compare(
         EdgeOptError: unreadable models, different signatures, data that does not fit,
             labels whose count does not match, bad gate values.
     """
-    from .drift import evaluate_gates
+    from .drift import evaluate_gates, validity_gates
+    from .validation import validate
 
     ref = ModelRef(reference, threads=threads, isolate=isolate).load()
     cand = ModelRef(candidate, threads=threads, isolate=isolate).load()
@@ -111,19 +114,28 @@ def run_compare(
     samples = spec.open(ref.inputs)
     drop = _parse_drop(gates.max_drop, samples.labels is not None)
     log.info("running %d samples through both models", samples.count)
-    ev = evaluate(ref, cand, samples, options=EvalOptions(latency_runs=latency_runs))
+    ev = evaluate(ref, cand, samples, options=EvalOptions(latency_runs=latency_runs,
+                                                           output_kinds=output_kinds))
     notes = list(ev.notes)
     layers = _per_layer_section(ref, cand, samples, source, calib, layer_samples, seed, notes,
                                 per_layer)
+    from .layers import first_nonfinite
+
+    checked = validate(Path(cand.path), ev.drift, first_nonfinite=first_nonfinite(layers))
     gate_dict = evaluate_gates([o.to_dict() for o in ev.drift],
                                ev.task.to_dict() if ev.task else None, max_drop=drop,
                                drop_metric=gates.drop_metric, min_sqnr=gates.min_sqnr,
-                               min_cosine=gates.min_cosine)
+                               min_cosine=gates.min_cosine, gate_on=gates.gate_on)
+    results = [*validity_gates([o.to_dict() for o in ev.drift]), *gate_dict["results"]]
+    results += [{"gate": "artifact-validation", "where": f.where, "check": f.check,
+                 "passed": False, "message": f"artifact-validation: {f.message}"}
+                for f in checked.findings if f.check not in ("outputs", "reference")]
     return CompareResult(
         header=ReportHeader.now("compare"), reference=model_info(ref),
         candidate=model_info(cand), evaluation=ev, per_layer=layers,
-        gates=Gates(tuple(GateResult.from_dict(r) for r in gate_dict["results"])),
+        gates=Gates(tuple(GateResult.from_dict(r) for r in results)),
         notes=tuple(notes + [f"candidate: {n}" for n in cand.notes]),
+        validation=checked.to_dict(),
     )
 
 
@@ -150,6 +162,8 @@ def per_layer(ref: rt.Model, cand: rt.Model, source: Path | None, samples: list[
     try:
         if cand.format == "onnx" and ref.format == "onnx":
             return layers.onnx_layer_report(ref.path, cand.path, samples)
+        if cand.format == "tflite" and ref.format == "tflite" and source is None:
+            return layers.tflite_artifact_layer_report(ref.path, cand.path, samples)
         if cand.format == "tflite" and source is not None:
             section = layers.tflite_layer_report(source, samples, calibration=calib)
             # The debugger re-quantizes the source: its ranges come from this data, not from

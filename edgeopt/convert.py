@@ -76,6 +76,7 @@ from .targets import (
 # turns that into the CLI's partial success).
 FAIL_FAST = True
 WORK_DIR = "_work"  # scratch inside the staging folder (float models, exports); not shipped
+DEFAULT_LAYER_SAMPLES = 8  # per-layer section of every artifact: samples (bounded time)
 
 Progress = Callable[[str], None]
 
@@ -130,6 +131,8 @@ class _Context:
     latency_runs: int
     out: Path  # the final output folder (report paths and hints name it, not the staging one)
     rewrites: tuple[str, ...] = ()
+    output_kinds: tuple[tuple[str, str], ...] = ()  # --output-kind overrides
+    layer_samples: int = 0  # samples of the per-layer section (0: no per-layer section)
 
 
 def convert(
@@ -152,6 +155,9 @@ def convert(
     latency_runs: int = DEFAULT_LATENCY_RUNS,
     strict: bool = False,
     rewrite: Iterable[str] = (),
+    output_kinds: Sequence[tuple[str, str]] = (),
+    layer_samples: int = DEFAULT_LAYER_SAMPLES,
+    allow_invalid: bool = False,
 ) -> ConvertReport:
     """Calibrate and quantize a float model for one or more targets.
 
@@ -183,6 +189,11 @@ def convert(
         rewrite: ``("edgetpu",)``: on Edge TPU targets, replace ONNX ops the Edge TPU lacks by
             exact compositions it maps (HardSwish -> x * relu6(x + 3) / 6, ...) and report
             the mapped-op count before and after; ONNX sources only.
+        output_kinds: ``(output name or "*", kind)`` overrides of the inferred output kinds
+            (``edgeopt.drift.parse_output_kinds``).
+        layer_samples: samples the per-layer section of each artifact runs (0: no section).
+        allow_invalid: do not raise ``ValidationFailed`` when an artifact fails validation or
+            is degraded (the report says so either way).
 
     Returns:
         The report (also written to ``out/report.json``, ``.md`` and ``.html``).
@@ -192,12 +203,17 @@ def convert(
             conversion the target forbids. Nothing is left under ``out`` in that case.
         StrictError: ``strict`` and an accelerator check failed; ``out`` is complete and the
             exception's ``report`` holds the ``ConvertReport``.
+        ValidationFailed: an artifact is broken (non-finite / absurd scales, NaN weights, NaN/inf
+            outputs) or its drift cannot be trusted (constant float reference), unless
+            ``allow_invalid``; ``out`` is complete, the targets say ``failed`` / ``degraded``.
     """
     say = progress or (lambda _msg: None)
     wanted = _formats(formats)
     patterns = _patterns(keep_float)
     method = _method(calib_method)
     check_numbers(latency_runs=latency_runs, num_calib=num_calib, seed=seed)
+    if layer_samples < 0:
+        raise OptionError(f"--layer-samples must be >= 0, got {layer_samples}")
     profiles = _profiles(targets)
     out = Path(out)
     rewrites = _rewrites(rewrite)
@@ -208,6 +224,8 @@ def convert(
             allow_synthetic=allow_synthetic, trust_model=trust_model, say=say,
             preprocessing=preprocessing, latency_runs=latency_runs, strict=strict,
             rewrites=rewrites,
+            extra={"output_kinds": tuple(output_kinds), "layer_samples": layer_samples,
+                   "allow_invalid": allow_invalid},
         )
 
 
@@ -218,8 +236,10 @@ def _convert_claimed(
     seed: int, out: Path, allow_synthetic: bool, trust_model: bool, say: Progress,
     preprocessing: Preprocessing | None, latency_runs: int, strict: bool,
     rewrites: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> ConvertReport:
     """``convert`` once OUT is claimed: load, plan, check the data, build, swap into place."""
+    extra = extra or {}
     say(f"loading {model}")
     source = load_source(model, trust_model=trust_model)
     if rewrites and source.format != "onnx":
@@ -259,6 +279,8 @@ def _convert_claimed(
         ctx = _Context(
             source, calib_src, samples, method, patterns, work, step, latency_runs, out,
             rewrites,
+            output_kinds=tuple(extra.get("output_kinds") or ()),
+            layer_samples=int(extra.get("layer_samples", DEFAULT_LAYER_SAMPLES)),
         )
         results = []
         for plan in plans:
@@ -274,6 +296,9 @@ def _convert_claimed(
             "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
             "latency_runs": latency_runs, "host_threads": HOST_THREADS, "strict": strict,
             "max_eval": DEFAULT_MAX_EVAL, "rewrite": list(rewrites),
+            "layer_samples": ctx.layer_samples,
+            "output_kinds": {k: v for k, v in ctx.output_kinds},
+            "allow_invalid": bool(extra.get("allow_invalid")),
         })
         report = ConvertReport(record, out)
         from .report import write_report
@@ -281,9 +306,19 @@ def _convert_claimed(
         step("writing report")
         write_report(report.data, stage.path())
         stage.commit(drop=(WORK_DIR,))
+    if record.invalid_targets and not extra.get("allow_invalid"):
+        from .validation import ValidationFailed
+
+        raise ValidationFailed(_invalid_message(record), report)
     if strict and not gates.passed:
         raise StrictError(accelerators.strict_message(gates), report)
     return report
+
+
+def _invalid_message(record: ConvertResult) -> str:
+    parts = [f"{t.name}: {t.status.value}: {t.error}" for t in record.invalid_targets]
+    return ("artifact validation: " + "; ".join(parts)
+            + " (the report and artifacts are written; --allow-invalid exits 0)")
 
 
 # ------------------------------------------------------------------------------ options / plan
@@ -495,13 +530,26 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
         tools=_tools(),
     )
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
+    status, error = _validation_status(artifacts)
     return TargetResult(
-        name=profile.name, status=Status.OK, description=profile.description,
+        name=profile.name, status=status, description=profile.description,
         profile_path=_profile_path(profile), directory=profile.name,
         artifacts=tuple(_with_runtime(a, tdir, profile) for a in artifacts),
         skipped=tuple(plan.skipped), input_shapes={k: list(v) for k, v in plan.shapes.items()},
         wall_seconds=round(time.perf_counter() - started, 3),
+        error=error, error_type="ValidationFailed" if error else None,
     )
+
+
+def _validation_status(artifacts: Sequence[ArtifactResult]) -> tuple[Status, str | None]:
+    """A target is as bad as its worst artifact's validation; the error names the artifact."""
+    worst, error = Status.OK, None
+    for a in artifacts:
+        v = a.validation or {}
+        status = Status(v.get("status", "ok"))
+        if status is Status.FAILED or (status is Status.DEGRADED and worst is Status.OK):
+            worst, error = status, f"{a.file}: {v.get('reason')}"
+    return worst, error
 
 
 def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> ArtifactResult:
@@ -569,10 +617,15 @@ def _measure(
         # compared in the source's layout, as apps will use them
         entry, quant, ref_model = _in_source_layout(entry, quant, ref_model, layouts)
     evaluation: Evaluation = evaluate(
-        ref_model, quant, ctx.samples, options=EvalOptions(latency_runs=ctx.latency_runs),
+        ref_model, quant, ctx.samples,
+        options=EvalOptions(latency_runs=ctx.latency_runs, output_kinds=ctx.output_kinds),
         data_warnings=False,
     )
     notes = list(built.notes) + list(evaluation.notes)
+    per_layer = _layers_section(ctx, built, float_path)
+    checked = _validate(built, evaluation, per_layer)
+    if checked["status"] != "ok":
+        notes.append(f"validation {checked['status']}: {checked['reason']}")
     if built.details.get("keep_float_unmatched"):
         notes.append(f"--keep-float {built.details['keep_float_unmatched']} matched no "
                      f"{'tensor' if built.format == 'tflite' else 'node'} name in this model")
@@ -587,9 +640,42 @@ def _measure(
         preflight=accelerators.compact_preflight(prediction, str(ctx.out / shown),
                                                  str(_target_arg(profile))),
         calibration_method=calibration_method, conversion_seconds=seconds,
-        notes=tuple(notes),
+        notes=tuple(notes), validation=checked, per_layer=per_layer,
     )
     return art, entry, (prediction if "summary" in prediction else None)
+
+
+def _layers_section(ctx: _Context, built: Built, float_path: Path) -> dict[str, Any] | None:
+    """The bounded per-layer section of one artifact (``edgeopt.layers``) on the first
+    ``layer_samples`` evaluation samples; a failure is said in the section, never raised."""
+    import itertools
+
+    from . import layers
+
+    if ctx.layer_samples <= 0:
+        return None
+    if built.precision == "float32":
+        return layers.unavailable("float32 artifact: nothing is quantized")
+    ctx.say(f"per-layer analysis of {built.path.name} ({ctx.layer_samples} samples)")
+    try:
+        samples = list(itertools.islice(ctx.samples, ctx.layer_samples))
+        section = layers.layer_report(float_path, built.path, samples)
+    except EdgeOptError as exc:
+        return layers.unavailable(str(exc))
+    except Exception as exc:  # a diagnostic must not sink the conversion; say why it failed
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return layers.unavailable(f"{type(exc).__name__}: {first}")
+    return layers.bounded(section)
+
+
+def _validate(built: Built, evaluation: Evaluation,
+              per_layer: dict[str, Any] | None) -> dict[str, Any]:
+    """``edgeopt.validation`` of the file and the validation run, as the report block."""
+    from .layers import first_nonfinite
+    from .validation import validate
+
+    where = first_nonfinite(per_layer) if per_layer and per_layer.get("available") else None
+    return validate(built.path, evaluation.drift, first_nonfinite=where).to_dict()
 
 
 def _target_arg(profile: TargetProfile) -> str:

@@ -496,6 +496,8 @@ class EvalOptions:
     latency_runs: int = DEFAULT_LATENCY_RUNS
     latency_warmup: int = LATENCY_WARMUP
     keep_outputs: bool = False
+    # (output name or "*", kind) pairs overriding the inferred output kind (--output-kind)
+    output_kinds: tuple[tuple[str, str], ...] = ()
 
 
 def evaluate(
@@ -538,7 +540,8 @@ def evaluate(
             ref_stack.append(ref)
         cand_stack.append(cand)
     refs, cands = ref_stack.stacked(), cand_stack.stacked()
-    drift = tuple(OutputDrift.from_dict(d) for d in compare_outputs(refs, cands, pairing.names))
+    drift = tuple(OutputDrift.from_dict(d) for d in compare_outputs(
+        refs, cands, pairing.names, kinds=dict(options.output_kinds)))
     task = None
     if samples.labels is not None:
         task = TaskMetrics.from_dict(task_metrics(refs, cands, samples.labels,

@@ -413,6 +413,7 @@ class CompareResult:
     per_layer: Mapping[str, Any]
     gates: Gates
     notes: tuple[str, ...] = ()
+    validation: Mapping[str, Any] | None = None  # edgeopt.validation of the candidate file
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.header.to_dict(),
@@ -421,6 +422,7 @@ class CompareResult:
                 "data": self.evaluation.data.to_dict(),
                 **self.evaluation.metrics_dict(),
                 "per_layer": dict(self.per_layer),
+                "validation": None if self.validation is None else dict(self.validation),
                 "gates": self.gates.to_dict(),
                 "notes": list(self.notes)}
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgeopt_runtime.errors import EdgeOptError
 
 from .recipes.ranges import ABSURD
 from .results import OutputDrift, Status
@@ -52,6 +53,20 @@ _TFLITE_WEIGHTS = {("CONV_2D", 1), ("CONV_2D", 2), ("DEPTHWISE_CONV_2D", 1),
                    ("DEPTHWISE_CONV_2D", 2), ("FULLY_CONNECTED", 1), ("FULLY_CONNECTED", 2),
                    ("TRANSPOSE_CONV", 1), ("TRANSPOSE_CONV", 3), ("BATCH_MATMUL", 1),
                    ("CONV_3D", 1), ("CONV_3D", 2)}
+
+
+class ValidationFailed(EdgeOptError):
+    """An artifact of a convert run failed validation or is degraded.
+
+    Raised after the report and every artifact were written (``report`` holds the
+    ``ConvertReport``); exit code 1, like a failed gate (``--allow-invalid`` exits 0).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)

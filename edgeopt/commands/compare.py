@@ -43,6 +43,13 @@ from edgeopt.evaluate import DEFAULT_LATENCY_RUNS, HOST_THREADS
                                  "roc_auc"]), help="Task metric --max-drop applies to.")
 @click.option("--min-sqnr", type=float, help="Minimum SQNR (dB) of every output.")
 @click.option("--min-cosine", type=float, help="Minimum cosine similarity of every output.")
+@click.option("--gate-on", type=click.Choice(["min", "p5", "mean"]), default="min",
+              show_default=True,
+              help="Per-sample statistic --min-sqnr / --min-cosine compare: the worst sample "
+                   "(min), the 5th percentile or the mean; failing samples are named either way.")
+@click.option("--output-kind", "output_kinds", multiple=True, metavar="[NAME=]KIND",
+              help="What an output is: classifier, embedding, regression or detection (default: "
+                   "inferred from shape, values and name). Repeatable.")
 @click.option("--per-layer/--no-per-layer", default=True, show_default=True,
               help="Rank layers by quantization error (ONNX QDQ, or TFLite with --source).")
 @click.option("--source", type=click.Path(path_type=Path),
@@ -59,14 +66,17 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
             num: int | None, seed: int, threads: int, latency_runs: int, out_dir: Path,
             as_json: bool,
             max_drop: str | None, drop_metric: str, min_sqnr: float | None,
-            min_cosine: float | None, per_layer: bool, source: Path | None, calib: Path | None,
+            min_cosine: float | None, gate_on: str, output_kinds: tuple[str, ...],
+            per_layer: bool, source: Path | None, calib: Path | None,
             layer_samples: int, isolate: bool, verbose: bool) -> None:
     """Compare a quantized CANDIDATE's outputs with its float REFERENCE on the same data.
 
     Writes report.json / report.md / report.html to --out. Exit code 1 when a gate
-    (--max-drop, --min-sqnr, --min-cosine) fails, 2 on bad input.
+    (--max-drop, --min-sqnr, --min-cosine; NaN/inf outputs, a constant float reference, a
+    broken candidate file) fails, 2 on bad input.
     """
     from edgeopt.compare import GateOptions, run_compare
+    from edgeopt.drift import parse_output_kinds
     from edgeopt.report import dumps, print_summary, write_report
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -75,8 +85,9 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
         reference, candidate, data, labels_path=labels_path, num=num, seed=seed,
         threads=threads, latency_runs=latency_runs, per_layer=per_layer, source=source,
         calib=calib, layer_samples=layer_samples, isolate=isolate,
+        output_kinds=parse_output_kinds(output_kinds),
         gates=GateOptions(max_drop=max_drop, drop_metric=drop_metric, min_sqnr=min_sqnr,
-                          min_cosine=min_cosine))
+                          min_cosine=min_cosine, gate_on=gate_on))
     report = result.to_dict()
     paths = write_report(report, out_dir)
     if as_json:

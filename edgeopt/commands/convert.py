@@ -129,13 +129,23 @@ def _progress(enabled: bool) -> Any:
               help="ONNX sources on Edge TPU targets: replace ops the Edge TPU lacks "
               "(HardSwish, LeakyRelu, Neg) by exact compositions it maps; the report gives "
               "the mapped-op count before and after.")
+@click.option("--output-kind", "output_kinds", multiple=True, metavar="[NAME=]KIND",
+              help="What an output is: classifier, embedding, regression or detection (default: "
+              "inferred from shape, values and name); decides the drift metrics. Repeatable.")
+@click.option("--layer-samples", type=click.IntRange(0, 10_000), default=8, show_default=True,
+              help="Samples of each artifact's per-layer section (0: no per-layer section).")
+@click.option("--allow-invalid", is_flag=True,
+              help="Exit 0 even when an artifact fails validation (non-finite or absurd scales, "
+              "NaN weights, NaN/inf outputs) or is degraded (constant float reference); the "
+              "report marks it either way.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(
     model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
     keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
-    strict: bool, rewrite: tuple[str, ...], as_json: bool,
+    strict: bool, rewrite: tuple[str, ...], output_kinds: tuple[str, ...],
+    layer_samples: int, allow_invalid: bool, as_json: bool,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
@@ -144,9 +154,11 @@ def command(
     from edgeopt.accelerators import StrictError
     from edgeopt.artifact import Interrupted
     from edgeopt.convert import convert
+    from edgeopt.drift import parse_output_kinds
     from edgeopt.report import convert_summary_lines, dumps
+    from edgeopt.validation import ValidationFailed
 
-    failed: StrictError | None = None
+    failed: StrictError | ValidationFailed | None = None
     try:
         report = convert(
             model, list(targets), calib, val=val, formats=fmt, calib_method=calib_method,
@@ -154,12 +166,14 @@ def command(
             allow_synthetic=allow_synthetic, trust_model=trust_model,
             progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
             preprocessing=parse_preprocess(preprocess), strict=strict, rewrite=rewrite,
+            output_kinds=parse_output_kinds(output_kinds), layer_samples=layer_samples,
+            allow_invalid=allow_invalid,
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",
                    err=True)
         raise SystemExit(128 + exc.signum) from None
-    except StrictError as exc:  # everything was written: show it, then fail
+    except (StrictError, ValidationFailed) as exc:  # everything was written: show, then fail
         failed, report = exc, exc.report
     if as_json:
         click.echo(dumps(report.data), nl=False)
