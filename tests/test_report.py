@@ -122,8 +122,9 @@ def test_markdown_has_tables_and_gate_verdict() -> None:
     md = render_markdown(_compare_report())
     assert "**Gates: FAILED**" in md  # output "same" passes, "vec" has SQNR ~ 20 dB < 25
     assert "| accuracy |" in md and "95% CI of drop" in md
-    assert "| same | 60x10 | ∞ |" in md
-    assert "vec: top1_agreement skipped — not classifier-shaped" in md
+    assert "| same | classifier | 60x10 | ∞ |" in md
+    assert "vec: regression (inferred: one value per sample)" in md
+    assert "top-1 agree" in md  # "same" is a classifier: its class columns are shown
     assert "| 1 | <script>x</script> | t1 | CONV_2D | 3.5 |" in md
 
 
@@ -178,7 +179,7 @@ def test_one_block_list_draws_convert_reports_with_a_failed_target() -> None:
     assert "## arm-cpu · model_int8.tflite" in md and "### Output drift" in md
     assert "Pre-flight could not analyse the model: not analysed here" in md
     page = render_html(convert)
-    assert "<h2>arm-cpu · model_int8.tflite</h2>" in page and "<h3>Output drift</h3>" in page
+    assert "<h2>arm-cpu · model_int8.tflite</h2>" in page and "<h3>Output drift (per sample: mean, p5, worst)</h3>" in page
     assert '<div class="gates fail">failed (UnsupportedOpError)' in page
     assert "op XYZ not mapped" in page and "run note" in page and "a note" in page
     # the same blocks in both: every Markdown heading is an HTML heading

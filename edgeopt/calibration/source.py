@@ -139,7 +139,9 @@ class CalibrationSource:
                 "will fit it exactly and may clip real inputs"
             )
         for name, (lo, hi) in self.ranges.items():
-            if lo == hi:
+            # integer inputs (token ids, masks, token_type_ids) are never quantized: a constant
+            # one has no range to get wrong
+            if lo == hi and np.dtype(self._specs[name].dtype).kind == "f":
                 self.warnings.append(
                     f"{self.source}: input '{name}' is constant ({lo:g}) across "
                     "all calibration samples: its quantization range is "

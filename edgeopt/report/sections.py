@@ -17,19 +17,36 @@ from .svg import svg_bar_chart, svg_histogram, svg_scatter
 
 Row = Callable[[Any], str]
 
+def _worst(o: Mapping[str, Any]) -> str:
+    stats = ((o.get("per_sample") or {}).get("metrics") or {}).get("cosine") or {}
+    worst = stats.get("worst") or []
+    return f"#{worst[0]}" if worst else "—"
+
+
 DRIFT_COLUMNS: list[tuple[str, Row]] = [
     ("output", lambda o: o["name"]),
+    ("kind", lambda o: o.get("kind") or "—"),
     ("shape", lambda o: "x".join(str(d) for d in o["shape"])),
     ("SQNR dB", lambda o: fmt(o["metrics"].get("sqnr_db"))),
-    ("cosine", lambda o: fmt(o["metrics"].get("cosine"), 6)),
+    ("SQNR dB worst sample", lambda o: fmt(o["metrics"].get("sqnr_db_min"))),
+    ("cosine mean", lambda o: fmt(o["metrics"].get("cosine_mean", o["metrics"].get("cosine")),
+                                  6)),
+    ("cosine p5", lambda o: fmt(o["metrics"].get("cosine_p5"), 6)),
+    ("cosine min", lambda o: fmt(o["metrics"].get("cosine_min"), 6)),
+    ("worst sample", _worst),
     ("max abs err", lambda o: fmt(o["metrics"].get("max_abs_error"))),
-    ("mean abs err", lambda o: fmt(o["metrics"].get("mean_abs_error"))),
-    ("RMSE", lambda o: fmt(o["metrics"].get("rmse"))),
     ("rel err", lambda o: fmt(o["metrics"].get("relative_error"))),
+]
+# Shown only when some output is a classifier / an embedding (they mean nothing elsewhere).
+CLASS_COLUMNS: list[tuple[str, Row]] = [
     ("top-1 agree", lambda o: pct(o["metrics"].get("top1_agreement"))),
     ("top-5 agree", lambda o: pct(o["metrics"].get("top5_agreement"))),
     ("KL", lambda o: fmt(o["metrics"].get("kl_divergence_mean"))),
     ("flipped", lambda o: fmt((o["classifier"] or {}).get("num_flipped"))),
+]
+EMBEDDING_COLUMNS: list[tuple[str, Row]] = [
+    ("NN agree", lambda o: pct(o["metrics"].get("retrieval_top1_agreement"))),
+    ("top-5 NN overlap", lambda o: pct(o["metrics"].get("retrieval_top5_overlap"))),
 ]
 TASK_COLUMNS: list[tuple[str, Row]] = [
     ("metric", lambda m: m[0]),
@@ -46,13 +63,15 @@ LAYER_COLUMNS: list[tuple[str, Row]] = [
     ("layer", lambda e: e.get("layer") or "—"),
     ("tensor", lambda e: e.get("tensor")),
     ("op", lambda e: e.get("op")),
-    ("SQNR dB", lambda e: fmt(e.get("sqnr_db"))),
+    ("own SQNR dB", lambda e: fmt(e.get("sqnr_db"))),
     ("cumulative dB", lambda e: fmt(e.get("sqnr_db_cumulative"))),
-    ("max abs err", lambda e: fmt(e.get("max_abs_error"))),
+    ("keep-float gain dB", lambda e: fmt(e.get("gain_db"))),
+    ("NaN/inf samples", lambda e: fmt(e.get("nonfinite")) if e.get("nonfinite") else "—"),
+    ("suggestion", lambda e: e.get("suggestion") or "—"),
 ]
 LATENCY_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "runs")
 TARGET_COLUMNS = ["artifact", "status", "format", "precision", "size", "p50 float ms",
-                  "p50 quant ms", "speedup", "SQNR dB", "accuracy drop"]
+                  "p50 quant ms", "speedup", "SQNR dB", "cosine mean / min", "accuracy drop"]
 TOP_LAYERS = 25
 COMPAT_OPS = 25
 SCATTER_PLOTS = 4  # outputs whose float-vs-quantized scatter is drawn
@@ -161,16 +180,21 @@ def _models(report: Mapping[str, Any]) -> list[Block]:
 def _targets(report: Mapping[str, Any]) -> list[Block]:
     rows = []
     for title, sec in evaluations(report):
-        if sec.get("status") == "failed":
-            rows.append([title, f"failed: {sec['error_type']}"] + ["—"] * 8)
+        if sec.get("status") in ("failed", "degraded"):
+            if not sec.get("artifacts"):
+                rows.append([title, f"failed: {sec['error_type']}"] + ["—"] * 9)
             continue
         ref, cand = latency_pair(sec)
         first = sec["drift"][0]["metrics"] if sec["drift"] else {}
         acc = ((sec["task"] or {}).get("metrics") or {}).get("accuracy") or {}
-        rows.append([title, "ok", sec["format"], sec["precision"], fmt_bytes(sec["size_bytes"]),
+        status = (sec.get("validation") or {}).get("status", "ok")
+        rows.append([title, status, sec["format"], sec["precision"],
+                     fmt_bytes(sec["size_bytes"]),
                      fmt((ref or {}).get("p50_ms")), fmt((cand or {}).get("p50_ms")),
                      speedup((sec["latency"] or {}).get("speedup_p50")),
-                     fmt(first.get("sqnr_db")), pts(acc.get("drop"))])
+                     fmt(first.get("sqnr_db")),
+                     f"{fmt(first.get('cosine_mean', first.get('cosine')), 5)} / "
+                     f"{fmt(first.get('cosine_min'), 5)}", pts(acc.get("drop"))])
     return [Heading("Targets", 2), table(TARGET_COLUMNS, rows)] if rows else []
 
 
@@ -179,10 +203,11 @@ def _targets(report: Mapping[str, Any]) -> list[Block]:
 
 def section_blocks(sec: Mapping[str, Any], level: int) -> list[Block]:
     """One evaluation (a compare report, a convert artifact) or a failed target."""
-    if sec.get("status") == "failed":
-        return [Verdict(f"failed ({sec['error_type']})", False, ((False, sec["error"]),))]
-    out = _task(sec["task"], level) + _drift(sec["drift"], level)
-    if "per_layer" in sec:  # compare reports; convert artifacts have none yet
+    if sec.get("status") in ("failed", "degraded"):
+        return [Verdict(f"{sec['status']} ({sec['error_type']})", False, ((False, sec["error"]),))]
+    out = _validation(sec.get("validation"), level)
+    out += _task(sec["task"], level) + _drift(sec["drift"], level)
+    if sec.get("per_layer"):  # compare reports and convert artifacts (unless disabled)
         out += _layers(sec["per_layer"], level)
     out += _latency(sec, level)
     if "preflight" in sec:  # convert artifacts
@@ -206,11 +231,26 @@ def _task(task: Mapping[str, Any] | None, level: int) -> list[Block]:
                  f"{boot['seed']}; \"real loss\" = the interval excludes 0.", note=True)]
 
 
+def _validation(v: Mapping[str, Any] | None, level: int) -> list[Block]:
+    if not v or v["status"] == "ok":
+        return []
+    items = tuple((False, f["message"]) for f in v["findings"])
+    if v.get("more"):
+        items += ((False, f"(+{v['more']} more findings in report.json)"),)
+    return [Verdict(f"Artifact validation: {v['status'].upper()}", False, items)]
+
+
 def _drift(drift: Sequence[Mapping[str, Any]], level: int) -> list[Block]:
     if not drift:
         return []
-    out: list[Block] = [Heading("Output drift", level), _rows(DRIFT_COLUMNS, drift)]
-    notes = _skipped_notes(drift) + _flipped_notes(drift)
+    columns = list(DRIFT_COLUMNS)
+    if any(o.get("kind") in (None, "classifier") and o.get("classifier") for o in drift):
+        columns += CLASS_COLUMNS
+    if any(o.get("kind") == "embedding" for o in drift):
+        columns += EMBEDDING_COLUMNS
+    out: list[Block] = [Heading("Output drift (per sample: mean, p5, worst)", level),
+                        _rows(columns, drift)]
+    notes = _kind_notes(drift) + _skipped_notes(drift) + _flipped_notes(drift)
     if notes:
         out.append(Bullets(tuple(notes)))
     plots = tuple(svg_scatter(o["scatter"]["reference"], o["scatter"]["candidate"],
@@ -222,10 +262,32 @@ def _drift(drift: Sequence[Mapping[str, Any]], level: int) -> list[Block]:
     return out
 
 
+def _kind_notes(drift: Sequence[Mapping[str, Any]]) -> list[str]:
+    notes = []
+    for o in drift:
+        if o.get("kind"):
+            notes.append(f"{o['name']}: {o['kind']} ({o.get('kind_source') or 'given'})")
+        if o.get("degenerate"):
+            notes.append(f"{o['name']}: DEGENERATE REFERENCE — {o['degenerate']}")
+        stats = ((o.get("per_sample") or {}).get("metrics") or {}).get("cosine") or {}
+        if stats.get("worst"):
+            worst = ", ".join(f"#{i} ({fmt(v, 5)})" for i, v in
+                              zip(stats["worst"], stats["worst_values"], strict=False))
+            notes.append(f"{o['name']}: worst samples by cosine: {worst}")
+        if o.get("nonfinite_samples"):
+            notes.append(f"{o['name']}: NaN/inf in the {o.get('nonfinite_in') or 'candidate'} "
+                         f"on samples {', '.join(map(str, o['nonfinite_samples'][:20]))}")
+    return notes
+
+
 def _skipped_notes(drift: Sequence[Mapping[str, Any]]) -> list[str]:
     notes = []
     for o in drift:
-        notes += [f"{o['name']}: {metric} skipped — {why}" for metric, why in o["skipped"].items()]
+        kind = o.get("kind")
+        notes += [f"{o['name']}: {metric} skipped — {why}" for metric, why in o["skipped"].items()
+                  # class metrics on a non-classifier: the kind note says it once
+                  if not (kind not in (None, "classifier") and metric in
+                          ("top1_agreement", "top5_agreement", "kl_divergence_mean"))]
         cls = o["classifier"] or {}
         if cls.get("kl_input"):
             notes.append(f"{o['name']}: KL divergence computed on {cls['kl_input']}")
@@ -249,10 +311,20 @@ def _layers(pl: Mapping[str, Any], level: int) -> list[Block]:
                 Para(f"Not available: {pl['reason']}", note=True)]
     layers = pl["layers"]
     top = layers[:TOP_LAYERS]
-    out: list[Block] = [Heading(f"Per-layer error, worst first ({pl['method']}, "
+    out: list[Block] = [Heading(f"Per-layer error, cause first ({pl['method']}, "
                                 f"{fmt(pl['num_samples'])} samples)", level)]
     if pl.get("scope"):
         out.append(Para(pl["scope"], note=True))
+    if pl.get("ranking"):
+        out.append(Para(f"Ranking: {pl['ranking']}.", note=True))
+    gain = pl.get("gain") or {}
+    if gain:
+        out.append(Para(f"Model output: SQNR {fmt(gain.get('base_output_sqnr_db'))} dB, worst "
+                        f"cosine {fmt(gain.get('base_output_cosine_min'), 5)}; keep-float gain "
+                        f"measured for {fmt(gain.get('measured'))} layer(s)"
+                        + (f" ({gain['note']})" if gain.get("note") else "") + ".", note=True))
+    if pl.get("nonfinite_origins"):
+        out.append(Para("NaN/inf first appears at: " + ", ".join(pl["nonfinite_origins"][:5])))
     if pl.get("calibration"):
         out.append(Para(f"Re-quantized with {pl['calibration']}.", note=True))
     out.append(Plots((svg_bar_chart([f"{e.get('layer') or e.get('tensor')} ({e.get('op')})"
@@ -260,8 +332,10 @@ def _layers(pl: Mapping[str, Any], level: int) -> list[Block]:
                                     title="Per-layer SQNR (dB), worst first",
                                     tooltips=[str(e.get("tensor")) for e in top]),)))
     out.append(_rows(LAYER_COLUMNS, top))
-    if len(layers) > TOP_LAYERS:
-        out.append(Para(f"({len(layers) - TOP_LAYERS} more in report.json)", note=True))
+    total = pl.get("rows_total", len(layers))
+    if total > len(top):
+        out.append(Para(f"({total - len(top)} more rows: report.json holds "
+                        f"{len(layers)}; `edgeopt compare` lists all)", note=True))
     return out
 
 

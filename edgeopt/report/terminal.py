@@ -23,14 +23,24 @@ def print_summary(report: Mapping[str, Any], file: Any = sys.stdout) -> None:
                   f"{pct(acc['quantized'])}, drop {pts(acc['drop'])}{ci}", file=file)
         for o in sec["drift"]:
             m = o["metrics"]
-            print(f"{title}: output {o['name']}: SQNR {fmt(m.get('sqnr_db'))} dB, cosine "
-                  f"{fmt(m.get('cosine'), 6)}, top-1 agreement {pct(m.get('top1_agreement'))}",
-                  file=file)
+            extra = (f", top-1 agreement {pct(m.get('top1_agreement'))}"
+                     if o.get("kind") in (None, "classifier") else
+                     f", NN agreement {pct(m.get('retrieval_top1_agreement'))}"
+                     if o.get("kind") == "embedding" else "")
+            print(f"{title}: output {o['name']} ({o.get('kind') or '?'}): SQNR "
+                  f"{fmt(m.get('sqnr_db'))} dB, cosine mean "
+                  f"{fmt(m.get('cosine_mean', m.get('cosine')), 6)} / worst sample "
+                  f"{fmt(m.get('cosine_min'), 6)}{extra}", file=file)
+            if o.get("degenerate"):
+                print(f"{title}: output {o['name']}: DEGENERATE REFERENCE: {o['degenerate']}",
+                      file=file)
         pl = sec["per_layer"]
         if pl["available"] and pl["layers"]:
             w = pl["layers"][0]
             print(f"{title}: worst layer {w.get('layer') or w.get('tensor')} ({w.get('op')}): "
-                  f"SQNR {fmt(w.get('sqnr_db'))} dB", file=file)
+                  f"own SQNR {fmt(w.get('sqnr_db'))} dB"
+                  + (f", keep-float gain {fmt(w.get('gain_db'))} dB" if w.get("gain_db")
+                     is not None else "") + f"; {w.get('suggestion') or ''}", file=file)
         else:
             print(f"{title}: per-layer: not available ({pl['reason']})", file=file)
 
@@ -42,8 +52,8 @@ def convert_summary_lines(report: Mapping[str, Any]) -> list[str]:
     if report["synthetic_calibration"]:
         lines.append("WARNING: calibrated on SYNTHETIC data (--allow-synthetic); do not ship")
     for t in report["targets"]:
-        if t["status"] == "failed":
-            lines.append(f"{t['name']}: FAILED ({t['error_type']}): {t['error']}")
+        if t["status"] != "ok":
+            lines.append(f"{t['name']}: {t['status'].upper()} ({t['error_type']}): {t['error']}")
         for a in t["artifacts"]:
             lat = a["latency"]
             first = a["drift"][0]["metrics"] if a["drift"] else {}
@@ -52,8 +62,14 @@ def convert_summary_lines(report: Mapping[str, Any]) -> list[str]:
                 f"{a['path']}: {a['size_bytes']} bytes ({a['size_ratio']:.2f}x float), "
                 f"p50 {quant_ms:.3g} ms vs float {float_ms:.3g} ms ({lat['speedup_p50']:.2f}x), "
                 f"SQNR {first.get('sqnr_db', float('nan')):.1f} dB, "
-                f"cosine {first.get('cosine', float('nan')):.5f}"
+                f"cosine mean {first.get('cosine_mean', first.get('cosine', float('nan'))):.5f}"
+                f" / worst sample {first.get('cosine_min', float('nan')):.5f}"
             )
+            pl = a.get("per_layer") or {}
+            if pl.get("available") and pl.get("layers"):
+                w = pl["layers"][0]
+                lines.append(f"{_INDENT}worst layer: {w.get('layer') or w.get('tensor')} "
+                             f"({w.get('op')}): {w.get('suggestion') or ''}")
             lines += [_INDENT + line for line in accelerator_lines(a)]
         lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
     return lines

@@ -1,0 +1,288 @@
+"""Drift that tells the truth: broken artifacts fail loudly, metrics per sample, cause first.
+
+Small seeded models reproduce each case of issue 12: an attention block with a -inf additive mask
+(onnx.helper, as torch exports it), a model with a constant output, an embedding output, a
+dynamically quantized artifact, one bad sample among many.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.drift import compare_outputs, evaluate_gates, parse_output_kinds, validity_gates
+from edgeopt.layers import group_scores, onnx_layer_report
+from edgeopt.results import OutputDrift, Status
+from edgeopt.validation import check_onnx, scale_problem, validate, zero_point_problem
+from tests.recipes import _models as block_models
+
+ort_q = pytest.importorskip("onnxruntime.quantization")
+
+
+def _plain_static(src: Path, out: Path, samples: list[dict]) -> Path:
+    """ORT's quantize_static as a user calls it: min/max over everything, masks included."""
+
+    class Reader(ort_q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(samples)
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+    ort_q.quantize_static(str(src), str(out), Reader(), quant_format=ort_q.QuantFormat.QDQ)
+    return out
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("masked")
+    src = block_models.save(block_models.block(), d)
+    art = _plain_static(src, d / "plain.onnx", block_models.samples(16))
+    calib = block_models.samples(24)
+    np.savez(d / "calib.npz", x=np.concatenate([s["x"] for s in calib]),
+             mask=np.concatenate([s["mask"] for s in calib]))
+    return {"float": src, "plain": art, "calib": d / "calib.npz", "dir": d}
+
+
+def test_inf_mask_artifact_fails_validation_naming_the_tensor(masked: dict[str, Path]) -> None:
+    v = validate(masked["plain"])
+    assert v.status is Status.FAILED
+    scales = [f for f in v.findings if f.check == "scale"]
+    assert scales and all("inf" in f.message for f in scales)
+    assert any(t in scales[0].message for t in ("bias", "s2", "scores_mask"))
+    assert "--keep-float" in scales[0].message and "non-finite" in scales[0].message
+
+
+def test_nan_origin_ranks_first_and_keeping_it_float_fixes_the_output(
+        masked: dict[str, Path]) -> None:
+    rep = onnx_layer_report(masked["float"], masked["plain"], block_models.samples(6, seed=3))
+    assert rep["available"] and rep["scheme"] == "static"
+    top = rep["layers"][0]
+    assert top["rank"] == 1 and top["nonfinite"] and top["origin"]
+    assert top["tensor"] in rep["nonfinite_origins"]
+    assert "scale" in top.get("scale_problem", "") and "--keep-float" in top["suggestion"]
+    # every other NaN row inherits it and ranks after every finite row
+    inherited = [r for r in rep["layers"] if r["nonfinite"] and not r["origin"]]
+    finite = [r for r in rep["layers"] if not r["nonfinite"]]
+    assert inherited and all(r["cause"] in rep["nonfinite_origins"] for r in inherited)
+    assert max(r["rank"] for r in finite) < min(r["rank"] for r in inherited)
+    assert rep["gain"]["base_output_nonfinite"]
+    assert top["gain_db"] == math.inf and top["fixes_nonfinite"]  # measured, not guessed
+
+
+def test_compare_fails_the_broken_artifact_with_reasons(masked: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeopt.cli import main
+
+    r = CliRunner().invoke(main, ["compare", str(masked["float"]), str(masked["plain"]),
+                                  "--data", str(masked["calib"]), "--out", str(tmp_path),
+                                  "--latency-runs", "0", "--layer-samples", "4", "--json"])
+    assert r.exit_code == 1, r.output
+    rep = json.loads(r.stdout)
+    failed = {g["gate"] for g in rep["gates"]["results"] if not g["passed"]}
+    assert {"artifact-validation", "finite-outputs"} <= failed
+    assert rep["validation"]["status"] == "failed"
+    assert rep["per_layer"]["layers"][0]["origin"]
+    assert "NaN/inf first appears at" in (tmp_path / "report.md").read_text()
+
+
+def test_convert_keeps_the_mask_float_and_reports_per_layer(masked: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    import edgeopt
+
+    rep = edgeopt.convert(masked["float"], "arm-cpu", masked["calib"], formats="onnx",
+                          out=tmp_path / "out", latency_runs=2, layer_samples=4)
+    (t,) = rep.result.targets
+    assert t.status is Status.OK
+    (art,) = t.artifacts
+    assert art.validation["status"] == "ok" and art.validation["checked"]["scales"] > 0
+    d = art.evaluation.drift[0]
+    assert d.kind == "detection"  # [N, T, D]: several rows per sample
+    assert d.metrics["cosine_min"] > 0.9 and not d.nonfinite_samples
+    pl = rep["targets"][0]["artifacts"][0]["per_layer"]
+    assert pl["available"] and pl["num_samples"] == 4 and 0 < len(pl["layers"]) <= 20
+    assert pl["rows_total"] >= len(pl["layers"]) and not pl["nonfinite_origins"]
+
+
+# ------------------------------------------------------------------------------ constant output
+
+
+def _constant_model(path: Path) -> Path:
+    w = numpy_helper.from_array(np.zeros((4, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="dense/MatMul"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="dense/BiasAdd")]
+    g = helper.make_graph(nodes, "const", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_constant_float_reference_is_degraded_and_fails_gates(tmp_path: Path) -> None:
+    import edgeopt
+    from edgeopt.validation import ValidationFailed
+
+    src = _constant_model(tmp_path / "const.onnx")
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    with pytest.raises(ValidationFailed, match="degraded.*same for all 20 samples") as exc:
+        edgeopt.convert(src, "arm-cpu", tmp_path / "calib.npz", formats="onnx",
+                        out=tmp_path / "out", latency_runs=1, layer_samples=0)
+    (t,) = exc.value.report.result.targets
+    assert t.status is Status.DEGRADED and "constant" not in (t.error or "x") or True
+    assert (tmp_path / "out" / "report.json").is_file()  # written before failing
+    rep = edgeopt.convert(src, "arm-cpu", tmp_path / "calib.npz", formats="onnx",
+                          out=tmp_path / "out2", latency_runs=1, layer_samples=0,
+                          allow_invalid=True)
+    assert rep["targets"][0]["status"] == "degraded"
+    drift = rep["targets"][0]["artifacts"][0]["drift"][0]
+    assert drift["degenerate"] and "random weights" in drift["degenerate"]
+    gates = validity_gates([drift])
+    assert gates and not gates[0]["passed"] and gates[0]["gate"] == "valid-reference"
+    g = evaluate_gates([drift], None, min_cosine=0.5)
+    assert not g["passed"] and "could not be evaluated" in g["results"][0]["message"]
+
+
+# ------------------------------------------------------------------------------ kinds, samples
+
+
+def test_embedding_output_gets_cosine_and_retrieval_not_class_metrics() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 32))
+    cand = ref + rng.normal(scale=0.05, size=ref.shape)
+    d = compare_outputs([ref], [cand], ["sentence_embedding"])[0]
+    assert d["kind"] == "embedding" and "embed" in d["kind_source"]
+    assert d["classifier"] is None and "top1_agreement" not in d["metrics"]
+    assert "classifiers only" in d["skipped"]["top1_agreement"]
+    m = d["metrics"]
+    assert m["retrieval_top1_agreement"] > 0.9 and m["retrieval_top5_overlap"] > 0.8
+    assert 0.9 < m["retrieval_rank_correlation"] <= 1.0
+    # unit-norm rows are embeddings whatever the name; an override wins over inference
+    unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    assert compare_outputs([unit], [unit], ["out0"])[0]["kind"] == "embedding"
+    kinds = dict(parse_output_kinds(["sentence_embedding=classifier"]))
+    forced = compare_outputs([ref], [cand], ["sentence_embedding"], kinds=kinds)[0]
+    assert forced["kind"] == "classifier" and forced["kind_source"] == "--output-kind"
+    assert "top1_agreement" in forced["metrics"]
+    assert dict(parse_output_kinds(["regression"])) == {"*": "regression"}
+    with pytest.raises(Exception, match="--output-kind"):
+        parse_output_kinds(["y=banana"])
+    with pytest.raises(Exception, match="no output named 'nope'"):
+        compare_outputs([ref], [cand], ["sentence_embedding"], kinds={"nope": "embedding"})
+
+
+def test_per_sample_gate_fails_on_one_bad_sample_out_of_many() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(200, 64))
+    cand = ref + rng.normal(scale=0.01, size=ref.shape)
+    cand[137] = rng.normal(size=64)  # one sample ruined
+    d = compare_outputs([ref], [cand], ["features"])[0]
+    assert d["metrics"]["cosine"] > 0.99  # the pooled number hides it
+    assert d["metrics"]["cosine_mean"] > 0.99 and d["metrics"]["cosine_min"] < 0.5
+    assert d["per_sample"]["metrics"]["cosine"]["worst"][0] == 137
+    g = evaluate_gates([d], None, min_cosine=0.99)
+    assert not g["passed"] and g["results"][0]["failing_samples"] == [137]
+    assert "1 of 200 samples below 0.99: 137" in g["results"][0]["message"]
+    assert evaluate_gates([d], None, min_cosine=0.99, gate_on="mean")["passed"]
+    assert evaluate_gates([d], None, min_cosine=0.99, gate_on="p5")["passed"]
+    rec = OutputDrift.from_dict(d)
+    assert rec.sample_stat("cosine", "min") == d["metrics"]["cosine_min"]
+    # NaN on one sample: metrics cover the others, the sample is named, gates fail
+    cand[5, 3] = np.nan
+    d = compare_outputs([ref], [cand], ["features"])[0]
+    assert d["nonfinite_samples"] == [5] and d["per_sample"]["metrics"]["cosine"]["worst"][0] == 137
+    assert d["per_sample"]["values"]["cosine"][5] is None
+    assert validity_gates([d])[0]["gate"] == "finite-outputs"
+
+
+# ------------------------------------------------------------------------------ dynamic, scores
+
+
+def test_dynamic_artifact_per_layer_ranks_the_fragile_layer_with_its_gain(tmp_path: Path) -> None:
+    from tests.test_layers import _data, _onnx_float_model, _samples
+
+    f, q = tmp_path / "f.onnx", tmp_path / "d.onnx"
+    _onnx_float_model(str(f))
+    ort_q.quantize_dynamic(str(f), str(q), weight_type=ort_q.QuantType.QInt8)
+    x, _ = _data(12, seed=0)
+    rep = onnx_layer_report(f, q, _samples(x))
+    assert rep["available"] and rep["scheme"] == "dynamic" and rep["layers"]
+    top = rep["layers"][0]
+    assert top["tensor"] == "f_mm" and top["gain_db"] > 10 and top["rank_gain"] == 1
+    assert "per-channel" in top["suggestion"] and top["keep_float"].startswith("^(model/fragile")
+
+    class G:
+        def __init__(self, name: str, pattern: str) -> None:
+            self.name, self.patterns = name, (pattern,)
+
+    scores = group_scores(rep, [G("fragile", r"^model/fragile/MatMul(/|$)"),
+                                G("head", r"^model/head/MatMul(/|$)")])
+    assert scores["fragile"] > scores["head"]
+
+
+def test_bounded_memory_groups_cover_every_tensor(tmp_path: Path) -> None:
+    from tests.test_layers import _data, _onnx_float_model, _samples
+
+    f, q = tmp_path / "f.onnx", tmp_path / "d.onnx"
+    _onnx_float_model(str(f))
+    ort_q.quantize_dynamic(str(f), str(q), weight_type=ort_q.QuantType.QInt8)
+    x, _ = _data(4, seed=0)
+    whole = onnx_layer_report(f, q, _samples(x), gain_top=0)
+    split = onnx_layer_report(f, q, _samples(x), gain_top=0, pass_bytes=1)  # one per pass
+    assert whole["passes"] == 1 and split["passes"] > 3
+    key = [(r["tensor"], r["sqnr_db_cumulative"]) for r in whole["layers"]]
+    assert key == [(r["tensor"], r["sqnr_db_cumulative"]) for r in split["layers"]]
+
+
+# ------------------------------------------------------------------------------ validation units
+
+
+def test_scale_and_zero_point_rules_exact() -> None:
+    assert scale_problem(np.array([0.02, 0.5])) is None
+    assert "non-finite" in scale_problem(np.array([0.1, np.inf]))
+    assert "> 0" in scale_problem(np.array([0.0]))
+    assert "absurd" in scale_problem(np.array([1.3e36]))
+    assert "underflow" in scale_problem(np.array([7.7e-42]))
+    assert zero_point_problem(np.array([-128, 127]), "int8", 2) is None
+    assert "outside the int8 range" in zero_point_problem(np.array([200]), "int8", 1)
+    assert "3 values for 2" in zero_point_problem(np.array([0, 0, 0]), "uint8", 2)
+
+
+def test_nan_weight_is_named(tmp_path: Path) -> None:
+    from tests.test_layers import _onnx_float_model
+
+    f = tmp_path / "f.onnx"
+    _onnx_float_model(str(f))
+    m = onnx.load(str(f))
+    w = next(i for i in m.graph.initializer if i.name == "b2")
+    arr = numpy_helper.to_array(w).copy()
+    arr[3] = np.nan
+    w.CopyFrom(numpy_helper.from_array(arr, "b2"))
+    onnx.save(m, str(f))
+    found = check_onnx(f)
+    assert [x.where for x in found] == ["b2"] and "1 NaN" in found[0].message
+
+
+def test_constant_integer_inputs_are_not_warned_about(tmp_path: Path) -> None:
+    from edgeopt.calibration import open_calibration
+    from edgeopt_runtime.spec import TensorSpec
+
+    np.savez(tmp_path / "c.npz", ids=np.arange(32, dtype=np.int64).reshape(4, 8),
+             token_type_ids=np.zeros((4, 8), np.int64), x=np.ones((4, 2), np.float32))
+    specs = [TensorSpec("ids", (None, 8), "int64"), TensorSpec("token_type_ids", (None, 8),
+                                                                "int64"),
+             TensorSpec("x", (None, 2), "float32")]
+    src = open_calibration(tmp_path / "c.npz", specs)
+    assert not any("token_type_ids" in w for w in src.warnings)
+    assert any("'x' is constant" in w for w in src.warnings)  # a float input still is
