@@ -869,6 +869,9 @@ def evaluate_gates(
     return {"passed": all(r["passed"] for r in results), "results": results}
 
 
+VALIDITY_GATES = ("valid-reference", "finite-outputs", "artifact-validation")  # --allow-invalid
+
+
 def validity_gates(drift: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Checks that hold with or without budgets: a reference that can be compared against
     (not constant / all zeros) and finite outputs. One failed entry per problem, else none."""

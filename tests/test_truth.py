@@ -67,13 +67,48 @@ def test_nan_origin_ranks_first_and_keeping_it_float_fixes_the_output(
     assert top["rank"] == 1 and top["nonfinite"] and top["origin"]
     assert top["tensor"] in rep["nonfinite_origins"]
     assert "scale" in top.get("scale_problem", "") and "--keep-float" in top["suggestion"]
-    # every other NaN row inherits it and ranks after every finite row
-    inherited = [r for r in rep["layers"] if r["nonfinite"] and not r["origin"]]
-    finite = [r for r in rep["layers"] if not r["nonfinite"]]
-    assert inherited and all(r["cause"] in rep["nonfinite_origins"] for r in inherited)
-    assert max(r["rank"] for r in finite) < min(r["rank"] for r in inherited)
-    assert rep["gain"]["base_output_nonfinite"]
-    assert top["gain_db"] == math.inf and top["fixes_nonfinite"]  # measured, not guessed
+    # the score Add downstream inherits NaN *and* gets an inf scale of its own: a cause too
+    assert rep["nonfinite_origins"] == ["bias", "s2"] == rep["broken_scales"]
+    assert [r["tensor"] for r in rep["layers"][:2]] == ["bias", "s2"]
+    # keeping both float, measured as one edit, is what fixes the output (a QuantizeLinear
+    # launders NaN into garbage further down: the output itself is finite but wrong)
+    fix = rep["gain"]["causes_together"]
+    assert fix["tensors"] == ["bias", "s2"] and "mask_unsq" in fix["keep_float"]
+    assert fix["gain_db"] > 10 and fix["output_cosine_min"] > 0.95
+    assert rep["gain"]["base_output_cosine_min"] < 0.8
+    assert not math.isnan(top["gain_db"])  # measured, not guessed
+
+
+def test_rank_rows_cause_first_nan_never_last() -> None:
+    from edgeopt.layers.stats import rank_rows
+
+    rows = [
+        {"tensor": "nan_sqnr", "order": 0, "sqnr_db": math.nan},
+        {"tensor": "inherits", "order": 1, "nonfinite": 3, "origin": False, "sqnr_db": math.nan},
+        {"tensor": "passes", "order": 2, "sqnr_db": math.inf},
+        {"tensor": "noisy", "order": 3, "sqnr_db": 5.0},
+        {"tensor": "noisier", "order": 4, "sqnr_db": 2.0},
+        {"tensor": "gain", "order": 5, "sqnr_db": 30.0, "gain_db": 4.0},
+        {"tensor": "scale", "order": 6, "sqnr_db": 40.0, "broken_scale": True},
+        {"tensor": "origin", "order": 7, "nonfinite": 3, "origin": True, "sqnr_db": math.nan},
+    ]
+    ranked = rank_rows(rows)
+    assert [r["tensor"] for r in ranked] == [
+        "scale", "origin", "gain", "noisier", "noisy", "passes", "inherits", "nan_sqnr"]
+    assert [r["rank"] for r in ranked] == list(range(1, 9))
+
+
+def test_absurd_finite_scale_ranks_first_without_any_nan(tmp_path: Path) -> None:
+    """A -FLT_MAX mask: scales of 1.3e36, no NaN anywhere, the output silently wrong."""
+    src = block_models.save(block_models.block(neg=-np.finfo(np.float32).max), tmp_path)
+    art = _plain_static(src, tmp_path / "plain.onnx", block_models.samples(16))
+    v = validate(art)
+    assert v.status is Status.FAILED and "absurd" in v.findings[0].message
+    rep = onnx_layer_report(src, art, block_models.samples(6, seed=3))
+    assert not rep["nonfinite_origins"] and rep["broken_scales"] == ["bias", "s2"]
+    assert [r["tensor"] for r in rep["layers"][:2]] == ["bias", "s2"]
+    assert "broken quantization" in rep["layers"][0]["suggestion"]
+    assert rep["gain"]["causes_together"]["gain_db"] > 10
 
 
 def test_compare_fails_the_broken_artifact_with_reasons(masked: dict[str, Path],
@@ -82,16 +117,32 @@ def test_compare_fails_the_broken_artifact_with_reasons(masked: dict[str, Path],
 
     from edgeopt.cli import main
 
+    # an inf scale: the runtime's load check refuses the file, naming node and scale
     r = CliRunner().invoke(main, ["compare", str(masked["float"]), str(masked["plain"]),
-                                  "--data", str(masked["calib"]), "--out", str(tmp_path),
-                                  "--latency-runs", "0", "--layer-samples", "4", "--json"])
+                                  "--data", str(masked["calib"]), "--out", str(tmp_path / "a"),
+                                  "--latency-runs", "0", "--json"])
+    assert r.exit_code == 2 and "bias_scale" in r.output and "inf" in r.output, r.output
+    # a -FLT_MAX mask: finite scales of 1.3e36 load and run — validation fails the artifact
+    d = tmp_path / "flt"
+    d.mkdir()
+    src = block_models.save(block_models.block(neg=-np.finfo(np.float32).max), d)
+    art = _plain_static(src, d / "plain.onnx", block_models.samples(16))
+    r = CliRunner().invoke(main, ["compare", str(src), str(art), "--data", str(masked["calib"]),
+                                  "--out", str(tmp_path / "b"), "--latency-runs", "0",
+                                  "--layer-samples", "4", "--json"])
     assert r.exit_code == 1, r.output
     rep = json.loads(r.stdout)
     failed = {g["gate"] for g in rep["gates"]["results"] if not g["passed"]}
-    assert {"artifact-validation", "finite-outputs"} <= failed
+    assert "artifact-validation" in failed
     assert rep["validation"]["status"] == "failed"
-    assert rep["per_layer"]["layers"][0]["origin"]
-    assert "NaN/inf first appears at" in (tmp_path / "report.md").read_text()
+    assert rep["per_layer"]["layers"][0]["broken_scale"]
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "Artifact validation: FAILED" in md and "bias_scale" in md
+    assert "Keeping all" in md  # the measured joint fix
+    r = CliRunner().invoke(main, ["compare", str(src), str(art), "--data", str(masked["calib"]),
+                                  "--out", str(tmp_path / "c"), "--latency-runs", "0",
+                                  "--no-per-layer", "--allow-invalid", "--json"])
+    assert r.exit_code == 0, r.output
 
 
 def test_convert_keeps_the_mask_float_and_reports_per_layer(masked: dict[str, Path],
@@ -140,7 +191,7 @@ def test_constant_float_reference_is_degraded_and_fails_gates(tmp_path: Path) ->
         edgeopt.convert(src, "arm-cpu", tmp_path / "calib.npz", formats="onnx",
                         out=tmp_path / "out", latency_runs=1, layer_samples=0)
     (t,) = exc.value.report.result.targets
-    assert t.status is Status.DEGRADED and "constant" not in (t.error or "x") or True
+    assert t.status is Status.DEGRADED and "same for all 20 samples" in t.error
     assert (tmp_path / "out" / "report.json").is_file()  # written before failing
     rep = edgeopt.convert(src, "arm-cpu", tmp_path / "calib.npz", formats="onnx",
                           out=tmp_path / "out2", latency_runs=1, layer_samples=0,

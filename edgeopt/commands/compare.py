@@ -61,6 +61,9 @@ from edgeopt.evaluate import DEFAULT_LATENCY_RUNS, HOST_THREADS
               show_default=True, help="Samples used by the per-layer analysis.")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Probe both models in a child process first (skip only for trusted files).")
+@click.option("--allow-invalid", is_flag=True,
+              help="Exit 0 on validity failures (broken candidate file, NaN/inf outputs, a "
+                   "constant float reference); budget gates still decide. The report says so.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress on stderr.")
 def command(reference: Path, candidate: Path, data: Path, labels_path: Path | None,
             num: int | None, seed: int, threads: int, latency_runs: int, out_dir: Path,
@@ -68,7 +71,7 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
             max_drop: str | None, drop_metric: str, min_sqnr: float | None,
             min_cosine: float | None, gate_on: str, output_kinds: tuple[str, ...],
             per_layer: bool, source: Path | None, calib: Path | None,
-            layer_samples: int, isolate: bool, verbose: bool) -> None:
+            layer_samples: int, isolate: bool, allow_invalid: bool, verbose: bool) -> None:
     """Compare a quantized CANDIDATE's outputs with its float REFERENCE on the same data.
 
     Writes report.json / report.md / report.html to --out. Exit code 1 when a gate
@@ -76,7 +79,7 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
     broken candidate file) fails, 2 on bad input.
     """
     from edgeopt.compare import GateOptions, run_compare
-    from edgeopt.drift import parse_output_kinds
+    from edgeopt.drift import VALIDITY_GATES, parse_output_kinds
     from edgeopt.report import dumps, print_summary, write_report
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -95,7 +98,10 @@ def command(reference: Path, candidate: Path, data: Path, labels_path: Path | No
     else:
         print_summary(report)
         click.echo(f"report: {paths['html']} (also {paths['json'].name}, {paths['md'].name})")
+    blocking = [r for r in result.gates.failed
+                if not (allow_invalid and r.gate in VALIDITY_GATES)]
     for r in result.gates.failed:
-        click.echo(f"edgeopt: gate failed: {r.message}", err=True)
-    if result.gates.failed:
+        allowed = "" if r in blocking else " (allowed: --allow-invalid)"
+        click.echo(f"edgeopt: gate failed{allowed}: {r.message}", err=True)
+    if blocking:
         sys.exit(1)

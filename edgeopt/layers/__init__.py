@@ -45,7 +45,8 @@ TFLITE_ARTIFACT_METHOD = "tflite-tensor-matching"
 DEFAULT_GAIN_TOP = 8  # rows whose keep-float gain is measured (each: one edited model run)
 REPORT_ROWS = 20  # rows a convert report keeps per artifact (the rest are counted)
 Sample = Mapping[str, np.ndarray]
-_RANKING = ("NaN/inf origins first (graph order), then measured keep-float gain in model-output "
+_RANKING = ("NaN/inf origins and broken (non-finite or absurd) quantization scales first (graph "
+            "order), then measured keep-float gain in model-output "
             "SQNR (largest first), then own error (lowest SQNR first); tensors that only "
             "inherit NaN/inf and rows without a defined error last")
 
@@ -139,6 +140,14 @@ def onnx_layer_report(
         for r in rows:
             if r["tensor"] in gains:
                 r.update(gains[r["tensor"]])
+        causes = _causes(rows) if gain_top > 0 else []
+        together = None
+        if len(causes) > 1:  # one fix for all of them, measured as one edit
+            by_tensor = {m.tensor: m for m in found}
+            together = {"tensors": [r["tensor"] for r in causes],
+                        "keep_float": _union_regex([r["keep_float"] for r in causes]),
+                        **og.variant_gain(f, q, [by_tensor[r["tensor"]] for r in causes],
+                                          measured, samples, base)}
         weights = og.weights(f, q, source_layers)
     section = _finish(rows, fmt="onnx", scheme=scheme, method=ONNX_METHOD,
                       num_samples=len(samples), max_rows=max_rows, base=base,
@@ -150,34 +159,59 @@ def onnx_layer_report(
                           "in float"))
     section.update(passes=measured.passes, group_bytes=measured.group_bytes,
                    weights=rank_rows(weights))
+    if together is not None:
+        section["gain"]["causes_together"] = together
     return section
 
 
 def _scale_causes(q: Any, rows: list[dict[str, Any]]) -> None:
-    """Name the bad scale of a NaN/inf origin row whose own Q/DQ pair broke it."""
+    """Mark every row whose own Q/DQ scale is non-finite or absurd (``broken_scale``, with the
+    reason in ``scale_problem``): it is a cause whether or not NaN reaches it first — a tensor
+    downstream of a -inf mask inherits NaN *and* gets an infinite scale of its own."""
     from onnx import numpy_helper
 
     from ..validation import scale_problem
 
     inits = {i.name: i for i in q.graph.initializer}
     for r in rows:
-        if not (r.get("nonfinite") and r.get("origin")):
-            continue
         for node in q.consumers.get(r["tensor"], []):
             if node.op_type == "QuantizeLinear" and len(node.input) > 1 \
                     and node.input[1] in inits:
                 why = scale_problem(numpy_helper.to_array(inits[node.input[1]]))
                 if why:
                     r["scale_problem"] = f"its quantization scale {why}"
+                    r["broken_scale"] = True
+                    if r.get("nonfinite"):
+                        r["origin"] = True  # NaN/inf (re)starts here too
+                    break
+
+
+def _causes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that break the model by themselves: NaN/inf origins and broken scales."""
+    return sorted((r for r in rows if r.get("broken_scale")
+                   or (r.get("nonfinite") and r.get("origin"))),
+                  key=lambda r: r.get("order") or 0)
+
+
+def _union_regex(patterns: Sequence[str]) -> str:
+    """One ``--keep-float`` regex matching what each of ``patterns`` matches."""
+    parts: list[str] = []
+    for p in patterns:  # each is names.onnx_regex's ^name(/|$) or ^(a|b)(/|$)
+        inner = (p or "").removeprefix("^").removesuffix("(/|$)")
+        if inner.startswith("(") and inner.endswith(")"):
+            inner = inner[1:-1]
+        parts += [n for n in re.split(r"(?<!\\)\|", inner) if n]
+    return "^(" + "|".join(dict.fromkeys(parts)) + ")(/|$)"
 
 
 def _gain_candidates(rows: Sequence[dict[str, Any]], top: int) -> list[dict[str, Any]]:
-    """NaN/inf origins first, then the lowest own SQNR of ops that compute something."""
+    """Causes first (NaN/inf origins, broken scales), then the lowest own SQNR of ops that
+    compute something."""
     if top <= 0:
         return []
-    origins = [r for r in rows if r.get("nonfinite") and r.get("origin")]
-    finite = [r for r in rows if not r.get("nonfinite") and r.get("sqnr_db") is not None
-              and math.isfinite(r["sqnr_db"])]
+    origins = _causes(rows)
+    finite = [r for r in rows if not r.get("nonfinite") and not r.get("broken_scale")
+              and r.get("sqnr_db") is not None and math.isfinite(r["sqnr_db"])]
     finite.sort(key=lambda r: r["sqnr_db"])
     return (origins + finite)[:top]
 
@@ -234,6 +268,7 @@ def _finish(rows: list[dict[str, Any]], *, fmt: str, scheme: str, method: str,
         "ranking": _RANKING, "scheme": scheme, "num_samples": num_samples,
         "rows_total": total, "nonfinite_origins": [r["tensor"] for r in ranked
                                                    if r.get("nonfinite") and r.get("origin")],
+        "broken_scales": [r["tensor"] for r in ranked if r.get("broken_scale")],
         "gain": {"measured": measured, "metric": "model-output SQNR dB (mean over outputs)",
                  "base_output_sqnr_db": base.get("sqnr_db"),
                  "base_output_cosine_min": base.get("cosine_min"),

@@ -68,6 +68,9 @@ def suggestion(row: dict[str, Any], *, fmt: str, scheme: str) -> str:
     keep = row.get("keep_float")
     flag = f"--keep-float '{keep}'" if keep else "keep this layer float"
     op = str(row.get("op") or "")
+    if row.get("broken_scale") and not row.get("nonfinite"):
+        return (f"broken quantization ({row['scale_problem']}): {flag}; a -inf / -FLT_MAX "
+                "mask must stay float (`edgeopt convert` keeps such tensors float itself)")
     if row.get("nonfinite"):
         if not row.get("origin"):
             return f"inherits NaN/inf from upstream (fix the first NaN row: {row.get('cause')})"

@@ -434,8 +434,9 @@ def layer_nodes(f: Graph, q: Graph, match: Match) -> tuple[list[Any], list[str]]
     return nodes, readers
 
 
-def float_variant(f: Graph, q: Graph, match: Match) -> Any | None:
-    """A copy of the quantized model with ``match``'s layer in float (None if impossible).
+def float_variant(f: Graph, q: Graph, match: Match | Sequence[Match]) -> Any | None:
+    """A copy of the quantized model with ``match``'s layer (or several layers) in float
+    (None if impossible).
 
     The layer's float nodes (:func:`chain`) replace the quantized graph's producers of the same
     outputs and read float inputs (the values before their Q/DQ pairs) and the float weights;
@@ -444,15 +445,18 @@ def float_variant(f: Graph, q: Graph, match: Match) -> Any | None:
     """
     import onnx
 
-    nodes, _ = layer_nodes(f, q, match)
     q_tensors = set(q.producers) | set(q.inputs) | q.inits
+    nodes: list[Any] = []
+    for m in [match] if isinstance(match, Match) else match:
+        chain_, _ = layer_nodes(f, q, m)
+        if any(o and o not in q_tensors for o in chain_[-1].output):
+            return None  # the quantized graph computes the layer's result under another name
+        nodes += [n for n in chain_ if all(n is not k for k in nodes)]
     produced = {o for n in nodes for o in n.output if o}
     needed = [i for n in nodes for i in n.input if i and i not in produced]
     missing_inits = list(dict.fromkeys(i for i in needed if i not in q_tensors))
     if any(i not in f.inits for i in missing_inits):
         return None  # an input the quantized graph does not compute (fused away)
-    if any(o and o not in q_tensors for o in nodes[-1].output):
-        return None  # the quantized graph computes the layer's result under another name
     model = onnx.ModelProto()
     model.CopyFrom(q.model)
     g = model.graph
@@ -557,32 +561,36 @@ def keep_float_gains(f: Graph, q: Graph, found: Sequence[Match], candidates: Ite
     by_tensor = {m.tensor: m for m in found}
     out: dict[str, dict] = {}
     for t in candidates:
-        m = by_tensor[t]
-        variant = float_variant(f, q, m)
-        if variant is None:
-            out[t] = {"gain_db": None, "why": "an input is fused away in the quantized graph"}
-            continue
-        try:
-            sess = q.session(model=variant)
-            cand = [[a for a in sess.run(None, _feeds(sess, s))] for s in samples]
-        except Exception as exc:  # noqa: BLE001 - an edit ORT refuses: say so on the row
-            out[t] = {"gain_db": None, "why": f"float variant does not run: {str(exc)[:120]}"}
-            continue
-        names = [o.name for o in sess.get_outputs()]
-        order = [names.index(n) for n in q.outputs]
-        got = output_quality(measured.reference_outputs, [[s[k] for k in order] for s in cand])
-        if base["nonfinite"] and not got["nonfinite"]:
-            gain = float("inf")
-        elif got["nonfinite"] or math.isnan(got["sqnr_db"]) or math.isnan(base["sqnr_db"]):
-            gain = float("nan") if not base["nonfinite"] else 0.0
-        else:
-            gain = got["sqnr_db"] - base["sqnr_db"]
-        out[t] = {"gain_db": gain, "output_sqnr_db": got["sqnr_db"],
-                  "output_cosine_min": got["cosine_min"],
-                  "fixes_nonfinite": bool(base["nonfinite"] and not got["nonfinite"])}
-        del sess, variant
+        out[t] = variant_gain(f, q, [by_tensor[t]], measured, samples, base)
     out["__base__"] = base
     return out
+
+
+def variant_gain(f: Graph, q: Graph, layers: Sequence[Match], measured: Measured,
+                 samples: Sequence[Sample], base: Mapping[str, Any]) -> dict[str, Any]:
+    """Model-output quality with ``layers`` kept float together, against ``base`` (the
+    quantized model's): ``{"gain_db", "output_sqnr_db", "output_cosine_min",
+    "fixes_nonfinite"}``, or ``{"gain_db": None, "why": ...}`` when it cannot be spliced."""
+    variant = float_variant(f, q, layers)
+    if variant is None:
+        return {"gain_db": None, "why": "an input is fused away in the quantized graph"}
+    try:
+        sess = q.session(model=variant)
+        cand = [list(sess.run(None, _feeds(sess, s))) for s in samples]
+    except Exception as exc:  # noqa: BLE001 - an edit ORT refuses: say so on the row
+        return {"gain_db": None, "why": f"float variant does not run: {str(exc)[:120]}"}
+    names = [o.name for o in sess.get_outputs()]
+    order = [names.index(n) for n in q.outputs]
+    got = output_quality(measured.reference_outputs, [[s[k] for k in order] for s in cand])
+    if base["nonfinite"] and not got["nonfinite"]:
+        gain = float("inf")
+    elif got["nonfinite"] or math.isnan(got["sqnr_db"]) or math.isnan(base["sqnr_db"]):
+        gain = float("nan") if not base["nonfinite"] else 0.0
+    else:
+        gain = got["sqnr_db"] - base["sqnr_db"]
+    return {"gain_db": gain, "output_sqnr_db": got["sqnr_db"],
+            "output_cosine_min": got["cosine_min"],
+            "fixes_nonfinite": bool(base["nonfinite"] and not got["nonfinite"])}
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

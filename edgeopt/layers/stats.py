@@ -134,6 +134,8 @@ def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def key(e: dict[str, Any]) -> tuple[int, float, float]:
         order = float(e.get("order") or 0)
+        if e.get("broken_scale"):
+            return (0, order, 0.0)
         if e.get("nonfinite"):
             return (0, order, 0.0) if e.get("origin") else (4, order, 0.0)
         gain = e.get("gain_db")
@@ -153,6 +155,8 @@ def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def rank_local(rows: list[dict[str, Any]]) -> None:
     """Set ``rank_local`` (1 = lowest own SQNR; NaN/inf origins first) on every row."""
     def key(e: dict[str, Any]) -> tuple[int, float]:
+        if e.get("broken_scale"):
+            return (0, float(e.get("order") or 0))
         if e.get("nonfinite"):
             return (0, float(e.get("order") or 0)) if e.get("origin") else (3, 0.0)
         s = e.get("sqnr_db")

@@ -325,6 +325,18 @@ def _layers(pl: Mapping[str, Any], level: int) -> list[Block]:
                         + (f" ({gain['note']})" if gain.get("note") else "") + ".", note=True))
     if pl.get("nonfinite_origins"):
         out.append(Para("NaN/inf first appears at: " + ", ".join(pl["nonfinite_origins"][:5])))
+    if pl.get("broken_scales"):
+        out.append(Para("Broken (non-finite or absurd) quantization scales at: "
+                        + ", ".join(pl["broken_scales"][:5])
+                        + (f" (+{len(pl['broken_scales']) - 5} more)"
+                           if len(pl["broken_scales"]) > 5 else "")))
+    both = gain.get("causes_together") or {}
+    if both.get("keep_float"):
+        out.append(Para(f"Keeping all {len(both['tensors'])} of them float together "
+                        f"(--keep-float '{both['keep_float']}'): model-output SQNR "
+                        f"{fmt(both.get('output_sqnr_db'))} dB (gain {fmt(both.get('gain_db'))} "
+                        f"dB), worst cosine {fmt(both.get('output_cosine_min'), 5)}"
+                        + (f" — not measured: {both['why']}" if both.get("why") else "") + "."))
     if pl.get("calibration"):
         out.append(Para(f"Re-quantized with {pl['calibration']}.", note=True))
     out.append(Plots((svg_bar_chart([f"{e.get('layer') or e.get('tensor')} ({e.get('op')})"
