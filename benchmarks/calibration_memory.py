@@ -119,10 +119,16 @@ def convert_peak(model: Path, images: Path, val: Path, run: str, out: Path,
     cmd = [sys.executable, "-m", "edgeopt.cli", "convert", str(model), "--target", "arm-cpu",
            "--calib", str(images), "--val", str(val), "--out", str(out), "--force",
            "--latency-runs", "3", *RUNS[run]]
+    return {"run": run, **child_peak(cmd, out.parent,
+                                     {"TF_CPP_MIN_LOG_LEVEL": "3", **(env or os.environ)})}
+
+
+def child_peak(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``cmd`` in a child process: ``peak_rss_mib`` (its ``ru_maxrss``), ``wall_s``,
+    ``exit`` and the last stderr line."""
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=out.parent,
-                                env={"TF_CPP_MIN_LOG_LEVEL": "3", **(env or os.environ)})
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=env)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -134,7 +140,6 @@ def convert_peak(model: Path, images: Path, val: Path, run: str, out: Path,
         err.seek(0)
         lines = err.read().strip().splitlines()
     return {
-        "run": run,
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
         "wall_s": round(wall, 1),
         "exit": proc.returncode,

@@ -74,7 +74,7 @@ class Finding:
     """One problem: what was checked, where, why it matters and what to do."""
 
     status: Status  # FAILED (broken) or DEGRADED (runs, numbers untrustworthy)
-    check: str  # "scale" | "zero-point" | "weights" | "outputs" | "reference"
+    check: str  # "scale" | "zero-point" | "weights" | "outputs" | "reference" | "file"
     where: str  # tensor / node / output name
     message: str
 
@@ -297,10 +297,15 @@ def _onnx_regex(node: Any, producers: Mapping[str, Any]) -> str:
 
 def check_tflite(path: Path, checked: dict[str, int] | None = None) -> list[Finding]:
     """Quantization parameters and float weights of a TFLite model (the runtime's reader)."""
+    from edgeopt_runtime.errors import ModelLoadError
     from edgeopt_runtime.tflite_reader import read_tflite
 
     checked = {} if checked is None else checked
-    model = read_tflite(path.read_bytes(), str(path))
+    try:
+        model = read_tflite(path.read_bytes(), str(path))
+    except ModelLoadError as exc:  # the runtime's own checks (e.g. a requantization scale)
+        return [Finding(Status.FAILED, "file", path.name,
+                        f"the runtime refuses the file: {str(exc).removeprefix(f'{path}: ')}")]
     out: list[Finding] = []
     scales = weights = 0
     for sg in model.subgraphs:

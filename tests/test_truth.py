@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -337,3 +338,74 @@ def test_constant_integer_inputs_are_not_warned_about(tmp_path: Path) -> None:
     src = open_calibration(tmp_path / "c.npz", specs)
     assert not any("token_type_ids" in w for w in src.warnings)
     assert any("'x' is constant" in w for w in src.warnings)  # a float input still is
+
+
+@pytest.fixture(scope="module")
+def tflite_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.runtime.conftest_verify import _conv_keras, _tflite
+
+    d = tmp_path_factory.mktemp("tflite_pair")
+    model = _conv_keras(0)
+    return {"float": _tflite(model, d / "f.tflite", int8=False),
+            "int8": _tflite(model, d / "q.tflite", int8=True)}
+
+
+def _edit_tflite(src: Path, dst: Path, fn: Any) -> Path:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
+    fn(m)
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    dst.write_bytes(bytes(b.Output()))
+    return dst
+
+
+def test_tflite_artifact_validation_names_absurd_scale_and_nan_weight(
+        tflite_pair: dict[str, Path], tmp_path: Path) -> None:
+    from edgeopt.validation import check_tflite
+
+    assert check_tflite(tflite_pair["int8"]) == [] and validate(tflite_pair["int8"]).status \
+        is Status.OK
+    names: list[str] = []
+
+    def absurd(m: Any) -> None:  # a -FLT_MAX mask's kind of scale on one activation
+        t = next(t for t in m.subgraphs[0].tensors
+                 if t.quantization is not None and t.quantization.scale is not None
+                 and t.buffer and m.buffers[t.buffer].data is None)
+        t.quantization.scale = [1.3e36]
+        names.append(t.name.decode())
+
+    # the runtime's reader refuses it (requantization scale out of range): a finding, named
+    bad = _edit_tflite(tflite_pair["int8"], tmp_path / "absurd.tflite", absurd)
+    (found,) = check_tflite(bad)
+    assert found.check == "file" and "scale" in found.message and "1.3e+36" in found.message
+    assert validate(bad).status is Status.FAILED
+
+    def nan_weight(m: Any) -> None:
+        t = next(t for t in m.subgraphs[0].tensors if t.name.decode().endswith("kernel")
+                 or b"conv_b" in t.name and m.buffers[t.buffer].data is not None)
+        data = np.frombuffer(bytes(bytearray(m.buffers[t.buffer].data)), np.float32).copy()
+        data[0] = np.nan
+        m.buffers[t.buffer].data = np.frombuffer(data.tobytes(), np.uint8)
+        names.append(t.name.decode())
+
+    bad = _edit_tflite(tflite_pair["float"], tmp_path / "nan.tflite", nan_weight)
+    found = check_tflite(bad)
+    assert [f.where for f in found] == names[-1:] and "NaN" in found[0].message
+
+
+def test_tflite_artifact_per_layer_is_available_and_ranked(tflite_pair: dict[str, Path]) -> None:
+    from edgeopt.layers import tflite_artifact_layer_report
+
+    from tests.runtime.conftest_verify import CONV_SHAPE
+
+    rng = np.random.default_rng(0)
+    samples = [{"image": rng.uniform(0, 1, (1, *CONV_SHAPE)).astype(np.float32)}
+               for _ in range(4)]
+    rep = tflite_artifact_layer_report(tflite_pair["float"], tflite_pair["int8"], samples)
+    assert rep["available"] and rep["scheme"] == "static" and rep["layers"]
+    assert [r["rank"] for r in rep["layers"]] == list(range(1, len(rep["layers"]) + 1))
+    assert all(r["suggestion"] for r in rep["layers"])
+    assert rep["gain"]["note"].startswith("not measured")
