@@ -409,3 +409,28 @@ def test_tflite_artifact_per_layer_is_available_and_ranked(tflite_pair: dict[str
     assert [r["rank"] for r in rep["layers"]] == list(range(1, len(rep["layers"]) + 1))
     assert all(r["suggestion"] for r in rep["layers"])
     assert rep["gain"]["note"].startswith("not measured")
+
+
+def test_report_of_an_embedding_shows_retrieval_not_class_metrics() -> None:
+    from edgeopt.report import render_markdown
+    from edgeopt.results import (CompareResult, DataInfo, Evaluation, Gates, ModelInfo,
+                                 ReportHeader)
+
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(30, 16))
+    cand = ref + rng.normal(scale=0.05, size=ref.shape)
+    cand[7] = rng.normal(size=16)
+    drift = compare_outputs([ref], [cand], ["sentence_embedding"])
+    data = DataInfo(source="v.npz", format="npz", count=30, sha256="0" * 64, synthetic=False,
+                    num=None, seed=0, max_samples=256, role="evaluation", labels=None)
+    ev = Evaluation(data, tuple(OutputDrift.from_dict(d) for d in drift), None, None)
+    gates = evaluate_gates(drift, None, min_cosine=0.99)
+    model = ModelInfo(path="m.onnx", format="onnx", precision="int8", size_bytes=1,
+                      sha256="0" * 64, backend="test")
+    md = render_markdown(CompareResult(ReportHeader.now("compare"), model, model, ev,
+                                       {"available": False, "reason": "off", "layers": []},
+                                       Gates.from_dict(gates)).to_dict())
+    assert "NN agree" in md and "top-1 agree" not in md and "KL" not in md
+    assert "sentence_embedding: embedding (inferred" in md
+    assert "worst samples by cosine: #7" in md
+    assert "1 of 30 samples below 0.99: 7" in md
