@@ -13,8 +13,9 @@ Two entry points, both used by ``edgeopt compare`` and by the converter's report
   (binary) ROC AUC for float and quantized side by side, the drop, and a paired bootstrap
   confidence interval on each drop.
 
-Arrays are stacked over samples along axis 0 (one row per sample). A metric that does not apply to an output's shape
-or values is left out of ``metrics`` and listed in ``skipped`` with the reason — never a crash.
+Arrays are stacked over samples along axis 0 (one row per sample). A metric that does not
+apply to an output's shape or values is left out of ``metrics`` and listed in ``skipped`` with
+the reason — never a crash.
 Non-finite floats (an exact match has SQNR ``inf``) are kept as Python floats here; the report
 writer encodes them for JSON. No tensorflow import here: this module must stay cheap.
 """
@@ -304,7 +305,8 @@ def per_sample_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     sqnr[undefined], cos[undefined], rel[undefined] = np.nan, np.nan, np.nan
     values = {
         "sqnr_db": sqnr, "cosine": np.clip(cos, -1.0, 1.0),
-        "max_abs_error": np.max(np.abs(diff), axis=1), "mean_abs_error": np.mean(np.abs(diff), axis=1),
+        "max_abs_error": np.max(np.abs(diff), axis=1),
+        "mean_abs_error": np.mean(np.abs(diff), axis=1),
         "rmse": np.sqrt(noise / r.shape[1]), "relative_error": rel,
     }
     return {
@@ -369,7 +371,8 @@ def _retrieval_metrics(ref: np.ndarray, cand: np.ndarray, out: dict, skipped: di
     k = min(5, n - 1)
     top_ref = np.argsort(-s_ref, axis=1, kind="stable")[:, :k]
     top_cand = np.argsort(-s_cand, axis=1, kind="stable")[:, :k]
-    shared = [len(set(a) & set(b)) for a, b in zip(top_ref.tolist(), top_cand.tolist(), strict=True)]
+    shared = [len(set(a) & set(b))
+              for a, b in zip(top_ref.tolist(), top_cand.tolist(), strict=True)]
     out["retrieval_top5_overlap"] = float(np.mean(shared) / k)
     off = ~np.eye(n, dtype=bool)
     ranks = [np.argsort(np.argsort(s[off].reshape(n, n - 1), axis=1), axis=1).astype(np.float64)

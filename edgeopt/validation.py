@@ -217,7 +217,8 @@ def check_onnx(path: Path, checked: dict[str, int] | None = None) -> list[Findin
             if why:
                 out.append(Finding(Status.FAILED, "scale", node.name or scale_name,
                                    f"{label}: scale {scale_name!r} of {tensor!r} {why}; "
-                                   f"keep it float (--keep-float '{_onnx_regex(node, producers)}')"))
+                                   "keep it float (--keep-float "
+                                   f"'{_onnx_regex(node, producers)}')"))
             if zp_name:
                 zp = arr(zp_name)
                 zwhy = zero_point_problem(zp, str(zp.dtype), arr(scale_name).size)
@@ -330,7 +331,8 @@ def check_tflite(path: Path, checked: dict[str, int] | None = None) -> list[Find
                                        f"tensor {t.name!r}: zero point {zwhy}"))
             if t.constant_bytes and t.dtype in ("float32", "float16"):
                 data = np.frombuffer(model.buffer_data(t), dtype=np.dtype(t.dtype))
-                is_weight = any((op, pos) in _TFLITE_WEIGHTS for op, pos in readers.get(t.index, []))
+                is_weight = any((op, pos) in _TFLITE_WEIGHTS
+                                for op, pos in readers.get(t.index, []))
                 weights += int(is_weight)
                 why = _nonfinite(data)
                 if why and (is_weight or np.isnan(data).any()):

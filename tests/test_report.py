@@ -179,7 +179,8 @@ def test_one_block_list_draws_convert_reports_with_a_failed_target() -> None:
     assert "## arm-cpu · model_int8.tflite" in md and "### Output drift" in md
     assert "Pre-flight could not analyse the model: not analysed here" in md
     page = render_html(convert)
-    assert "<h2>arm-cpu · model_int8.tflite</h2>" in page and "<h3>Output drift (per sample: mean, p5, worst)</h3>" in page
+    assert "<h2>arm-cpu · model_int8.tflite</h2>" in page
+    assert "<h3>Output drift (per sample: mean, p5, worst)</h3>" in page
     assert '<div class="gates fail">failed (UnsupportedOpError)' in page
     assert "op XYZ not mapped" in page and "run note" in page and "a note" in page
     # the same blocks in both: every Markdown heading is an HTML heading

@@ -327,8 +327,9 @@ def test_nan_weight_is_named(tmp_path: Path) -> None:
 
 
 def test_constant_integer_inputs_are_not_warned_about(tmp_path: Path) -> None:
-    from edgeopt.calibration import open_calibration
     from edgeopt_runtime.spec import TensorSpec
+
+    from edgeopt.calibration import open_calibration
 
     np.savez(tmp_path / "c.npz", ids=np.arange(32, dtype=np.int64).reshape(4, 8),
              token_type_ids=np.zeros((4, 8), np.int64), x=np.ones((4, 2), np.float32))
@@ -398,7 +399,6 @@ def test_tflite_artifact_validation_names_absurd_scale_and_nan_weight(
 
 def test_tflite_artifact_per_layer_is_available_and_ranked(tflite_pair: dict[str, Path]) -> None:
     from edgeopt.layers import tflite_artifact_layer_report
-
     from tests.runtime.conftest_verify import CONV_SHAPE
 
     rng = np.random.default_rng(0)
@@ -413,8 +413,7 @@ def test_tflite_artifact_per_layer_is_available_and_ranked(tflite_pair: dict[str
 
 def test_report_of_an_embedding_shows_retrieval_not_class_metrics() -> None:
     from edgeopt.report import render_markdown
-    from edgeopt.results import (CompareResult, DataInfo, Evaluation, Gates, ModelInfo,
-                                 ReportHeader)
+    from edgeopt.results import CompareResult, DataInfo, Evaluation, Gates, ModelInfo, ReportHeader
 
     rng = np.random.default_rng(2)
     ref = rng.normal(size=(30, 16))

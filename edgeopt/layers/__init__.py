@@ -228,9 +228,8 @@ def tflite_artifact_layer_report(float_model: str | Path, quant_model: str | Pat
     The keep-float gain is not measured for TFLite (it needs a re-quantization: ``edgeopt tune``
     measures it); rows rank by NaN/inf origin, then own error.
     """
-    from .tflite_tensors import tflite_artifact_rows
-
     from . import onnx_graph as og
+    from .tflite_tensors import tflite_artifact_rows
 
     samples = list(samples)
     if not samples:

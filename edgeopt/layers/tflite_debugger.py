@@ -1,4 +1,4 @@
-"""Per-layer error of TFLite int8 from the float source: ``tf.lite.experimental.QuantizationDebugger``.
+"""Per-layer error of TFLite int8 from the float source (TFLite's QuantizationDebugger).
 
 The debug model runs every quantized op next to its float twin fed with the *same* dequantized
 inputs, so each layer's error is its own, not the accumulated error of the layers before it. It
