@@ -140,8 +140,18 @@ def prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
         assert real is not None
         np.savez(calib, **real.calib)
         np.savez(val, **real.val)
-        return real.onnx, calib, val
+        return _self_contained(real.onnx, work / "model.onnx"), calib, val
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def _self_contained(src: Path, dst: Path) -> Path:
+    """One-file copy of an export with external data (the runtime loads self-contained ONNX
+    files only; the model is far below protobuf's 2 GiB)."""
+    import onnx
+
+    if not dst.is_file():
+        onnx.save(onnx.load(str(src)), str(dst))
+    return dst
 
 
 # ------------------------------------------------------------------------------ runs
@@ -159,7 +169,10 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgeopt.cli", *args]
 
 
-def measure(name: str, samples: list[int], work: Path,
+RUNS = ("convert", "layers", "compare")
+
+
+def measure(name: str, samples: list[int], work: Path, runs: tuple[str, ...] = RUNS,
             log: Any = sys.stderr) -> list[dict[str, Any]]:
     model, calib, val = prepare(name, work / name)
     rows = []
@@ -175,13 +188,14 @@ def measure(name: str, samples: list[int], work: Path,
     base_out = work / name / "out-0"
     common = ["convert", str(model), "--target", "arm-cpu", "--format", "onnx", "--calib",
               str(calib), "--val", str(val), "--force", "--latency-runs", "3"]
-    run("convert", _cli(*common, "--out", str(base_out), "--layer-samples", "0",
-                        "--allow-invalid"))
+    if "convert" in runs or not base_out.is_dir():
+        run("convert", _cli(*common, "--out", str(base_out), "--layer-samples", "0",
+                            "--allow-invalid"))
     artifact = next(base_out.glob("*/*.onnx"), None)
-    for n in samples:
+    for n in samples if "layers" in runs else ():
         run("convert+layers", _cli(*common, "--out", str(work / name / f"out-{n}"),
                                    "--layer-samples", str(n), "--allow-invalid"), n)
-    for n in samples:
+    for n in samples if "compare" in runs else ():
         if artifact is None:
             break
         run("compare", _cli("compare", str(model), str(artifact), "--data", str(val),
@@ -215,13 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--samples", default="8,32", help="comma list of --layer-samples values")
+    ap.add_argument("--runs", default=",".join(RUNS),
+                    help="comma list of: convert (baseline), layers (convert+layers), compare")
     ap.add_argument("--workdir", type=Path, help="keep models, data and outputs here")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args(argv)
     samples = [int(s) for s in args.samples.split(",")]
     with tempfile.TemporaryDirectory(prefix="edgeopt_layermem_") as tmp:
         work = args.workdir or Path(tmp)
-        rows = [r for m in args.models.split(",") for r in measure(m.strip(), samples, work)]
+        runs = tuple(r.strip() for r in args.runs.split(","))
+        rows = [r for m in args.models.split(",")
+                for r in measure(m.strip(), samples, work, runs)]
     result = {"rows": rows, "ratio_to_convert": ratios(rows)}
     if args.json:
         print(json.dumps(result, indent=1))
