@@ -34,6 +34,9 @@ from .results import OutputDrift, Status
 MAX_SCALE = ABSURD / 255.0  # an int8 step of ~3.9e5: the range rule of edgeopt.recipes.ranges
 MIN_SCALE = 1e-30  # below float32's normal range once multiplied by another scale
 MAX_FINDINGS = 50  # per artifact: a broken model repeats one cause on every layer
+# Median per-sample SQNR below this: the quantization noise carries more energy than the signal
+# on most samples — the output no longer says what the float one does (0 dB: noise = signal).
+NOISE_FLOOR_DB = 0.0
 
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
                "uint16": (0, 65535), "int4": (-8, 7), "uint4": (0, 15),
@@ -74,7 +77,7 @@ class Finding:
     """One problem: what was checked, where, why it matters and what to do."""
 
     status: Status  # FAILED (broken) or DEGRADED (runs, numbers untrustworthy)
-    check: str  # "scale" | "zero-point" | "weights" | "outputs" | "reference" | "file"
+    check: str  # "scale" | "zero-point" | "weights" | "outputs" | "reference" | "file" | "drift"
     where: str  # tensor / node / output name
     message: str
 
@@ -379,6 +382,16 @@ def check_outputs(drift: Sequence[OutputDrift], *,
             out.append(Finding(Status.DEGRADED, "reference", d.name,
                                f"output {d.name!r}: {d.degenerate}; drift cannot be measured "
                                "against it"))
+            continue
+        median = d.sample_stat("sqnr_db", "median")
+        if not bad and median is not None and np.isfinite(median) and median < NOISE_FLOOR_DB:
+            cos = d.sample_stat("cosine", "mean")
+            out.append(Finding(Status.DEGRADED, "drift", d.name,
+                               f"output {d.name!r}: quantization noise exceeds the signal on "
+                               f"most samples (median per-sample SQNR {median:.1f} dB, mean "
+                               f"cosine {cos:.3f}): the quantized model does not compute what "
+                               "the float one does; the per-layer section ranks the causes, "
+                               "`edgeopt tune` searches a recipe that meets a budget"))
     return out
 
 

@@ -468,3 +468,19 @@ def test_keep_float_gain_reads_the_relu_that_ort_fused_away(tmp_path: Path) -> N
     assert {"r1", "r2"} <= set(gains) and min(gains.values()) > -1.0, gains
     row = next(r for r in rep["layers"] if r["tensor"] == "r2")
     assert "conv2" in row["keep_float"] and "relu2" in row["keep_float"]  # one layer
+
+
+def test_noise_above_signal_is_degraded_not_ok() -> None:
+    """mpnet-base's default int8 (cosine 0.17, SQNR < 0 dB) must not be reported as ok."""
+    from edgeopt.validation import check_outputs
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(40, 32))
+    noisy = ref + rng.normal(scale=1.5, size=ref.shape)
+    fine = ref + rng.normal(scale=0.1, size=ref.shape)
+    d_bad, d_ok = (OutputDrift.from_dict(compare_outputs([ref], [c], ["sentence_embedding"])[0])
+                   for c in (noisy, fine))
+    (f,) = check_outputs([d_bad])
+    assert f.status is Status.DEGRADED and f.check == "drift"
+    assert "median per-sample SQNR" in f.message
+    assert check_outputs([d_ok]) == []
