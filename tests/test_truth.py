@@ -273,6 +273,11 @@ def test_dynamic_artifact_per_layer_ranks_the_fragile_layer_with_its_gain(tmp_pa
     top = rep["layers"][0]
     assert top["tensor"] == "f_mm" and top["gain_db"] > 10 and top["rank_gain"] == 1
     assert "per-channel" in top["suggestion"] and top["keep_float"].startswith("^(model/fragile")
+    # ops a dynamic artifact runs in float are said to, never suggested, ranked after the MatMuls
+    floats = [r for r in rep["layers"] if r["quantized"] is False]
+    assert floats and all("runs in float" in r["suggestion"] for r in floats)
+    assert all(r["quantized"] for r in rep["layers"] if r["op"] == "MatMul")
+    assert all(r.get("gain_db") is None for r in floats)
 
     class G:
         def __init__(self, name: str, pattern: str) -> None:

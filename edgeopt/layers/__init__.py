@@ -211,6 +211,7 @@ def _gain_candidates(rows: Sequence[dict[str, Any]], top: int) -> list[dict[str,
         return []
     origins = _causes(rows)
     finite = [r for r in rows if not r.get("nonfinite") and not r.get("broken_scale")
+              and r.get("quantized") is not False
               and r.get("sqnr_db") is not None and math.isfinite(r["sqnr_db"])]
     finite.sort(key=lambda r: r["sqnr_db"])
     return (origins + finite)[:top]

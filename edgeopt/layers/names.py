@@ -77,6 +77,9 @@ def suggestion(row: dict[str, Any], *, fmt: str, scheme: str) -> str:
         why = row.get("scale_problem") or "its quantized value is NaN/inf where float is finite"
         return (f"NaN/inf starts here ({why}): {flag}; a -inf / -FLT_MAX mask must stay "
                 "float")
+    if row.get("quantized") is False:
+        return ("runs in float in this artifact: its error is noise from the quantized ops "
+                "upstream (nothing to keep float here; see the rows feeding it)")
     if op in _FRAGILE_OPS:
         return f"{flag} (softmax / normalisation ops rarely survive int8)"
     if scheme == "static" and fmt == "onnx" and op in ("MatMul", "Gemm"):

@@ -295,6 +295,28 @@ def upstream(name: str, f: Graph, matched: set[str]) -> set[str]:
     return found
 
 
+def runs_quantized(q: Graph, match: Match, float_names: set[str], depth: int = 6) -> bool:
+    """Whether the quantized graph computes ``match``'s tensor with quantized arithmetic: its
+    value is re-quantized (a Q/DQ twin), or a quantization op lies between it and the nearest
+    tensors both graphs share (a QDQ op reads DequantizeLinear outputs; a dynamic MatMul is
+    ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul``). A GELU of a dynamic model is
+    not: it runs in float on float inputs, and keeping it float changes nothing."""
+    if match.cand != match.tensor:
+        return True
+    stack, seen = [(match.tensor, 0)], set()
+    while stack:
+        name, d = stack.pop()
+        node = q.producers.get(name)
+        if node is None or id(node) in seen or d > depth:
+            continue
+        seen.add(id(node))
+        if node.op_type in QUANT_OPS:
+            return True
+        stack += [(i, d + 1) for i in node.input
+                  if i and i not in q.inits and i not in float_names]
+    return False
+
+
 def rows(f: Graph, q: Graph, found: Sequence[Match], measured: Measured,
          source_layers: Sequence[str]) -> list[dict[str, Any]]:
     """One row per matched tensor: own and cumulative error, NaN/inf origin, keep-float regex."""
@@ -324,6 +346,7 @@ def rows(f: Graph, q: Graph, found: Sequence[Match], measured: Measured,
             "nonfinite": e.nonfinite_samples,
             "origin": bool(e.nonfinite_samples) and not bad_up,
             "gain_db": None,
+            "quantized": runs_quantized(q, m, names),
             # the layer's nodes and, when its output is re-quantized for its readers, those
             "keep_float": onnx_regex([n.name for n in nodes] + readers),
         }
