@@ -656,6 +656,10 @@ def _layers_section(ctx: _Context, built: Built, float_path: Path) -> dict[str, 
         return None
     if built.precision == "float32":
         return layers.unavailable("float32 artifact: nothing is quantized")
+    layouts = built.details.get("layouts") or {}
+    if layouts.get("inputs") or layouts.get("outputs"):
+        return layers.unavailable("converted from NCHW by onnx2tf: the samples are in the "
+                                  "source's layout, the TFLite pair in NHWC (not matched yet)")
     ctx.say(f"per-layer analysis of {built.path.name} ({ctx.layer_samples} samples)")
     try:
         samples = list(itertools.islice(ctx.samples, ctx.layer_samples))
