@@ -265,7 +265,7 @@ def _calibrated_tensors(data: bytes) -> dict[str, Any]:
             ranges[name] = (float(np.min(q.min)), float(np.max(q.max)))
     codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     ops = []
-    for op in graph.operators:
+    for op in graph.operators or ():
         code = model.operatorCodes[op.opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         ops.append((codes.get(builtin, str(builtin)),

@@ -91,6 +91,10 @@ def _dtype_problem(
         )
     if dtype.fields is not None or dtype.kind not in "biuf":
         return f"unsupported dtype {dtype}: save a numeric array"
+    if dtype.kind == "f" and preprocessing is not None and not preprocessing.applies_to_floats:
+        from .preprocessing import float_refusal
+
+        return float_refusal(dtype.name)
     if dtype == want or (want.kind == "f" and dtype.kind == "f"):
         return None
     if want.kind == "f" and preprocessing is None:
