@@ -314,7 +314,7 @@ def _run_compare(
     log.info("running %d samples through both models", samples.count)
     ev = evaluate(ref, cand, samples, options=EvalOptions(latency_runs=latency_runs),
                   label="compare")
-    notes = list(ref_info.notes) + list(ev.notes)
+    notes = list(ev.notes)  # the reference's own notes stay with it (informational)
     layers = _per_layer_section(ref, cand, samples, source or ref_info.source, calib,
                                 layer_samples, seed, notes, per_layer)
     gate_dict = evaluate_gates([o.to_dict() for o in ev.drift],
@@ -324,7 +324,7 @@ def _run_compare(
     ref_model = model_info(ref)
     if ref_info.origin != "file":
         ref_model = replace(ref_model, path=ref_info.shown_path,
-                            notes=ref_model.notes + ref_info.notes[:1])
+                            notes=ref_model.notes + ref_info.notes)
     return CompareResult(
         header=ReportHeader.now("compare"), reference=ref_model,
         candidate=model_info(cand), evaluation=ev, per_layer=layers,

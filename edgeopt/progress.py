@@ -425,14 +425,18 @@ def use(console: Console) -> Iterator[Console]:
     token = _current.set(console)
     handler = _ConsoleHandler(console)
     logger = logging.getLogger("edgeopt")
-    old_level = logger.level
+    old_level, old_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    # the console is the one place these records go (a framework may have configured the root
+    # logger, which would print them a second time, unformatted)
+    logger.propagate = False
     try:
         yield console
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        logger.propagate = old_propagate
         _current.reset(token)
         console.close()
 
