@@ -767,8 +767,8 @@ def _with_memory(ctx: _Context, profile: TargetProfile, tdir: Path,
     from .memory import measure
 
     shapes = {k: v.shape for k, v in ctx.samples.first().items()}
-    with progress.task(f"{profile.name}: measuring memory", len(artifacts), unit="model"):
-        heads = measure([(tdir / a.file, a.format, shapes) for a in artifacts])
+    with progress.task(f"{profile.name}: measuring memory", len(artifacts), unit="model") as step:
+        heads = measure([(tdir / a.file, a.format, shapes) for a in artifacts], step.update)
     out = []
     for art, head in zip(artifacts, heads, strict=True):
         notes = art.notes

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +74,11 @@ def _command(path: Path, fmt: str, shapes: Mapping[str, Sequence[int]]) -> list[
 
 
 def measure(models: Sequence[tuple[Path, str, Mapping[str, Sequence[int]]]],
-            ) -> list[MemoryHeadline]:
+            done: Callable[[], None] | None = None) -> list[MemoryHeadline]:
     """Profile each ``(model file, format, input shapes for dynamic dims)`` in its own child.
 
-    Never raises for a model the child cannot profile: that headline carries the error.
+    ``done()`` is called as each child's result is collected (progress). Never raises for a
+    model the child cannot profile: that headline carries the error.
     """
     procs = []
     for path, fmt, shapes in models:
@@ -87,7 +88,12 @@ def measure(models: Sequence[tuple[Path, str, Mapping[str, Sequence[int]]]],
                                           stdin=subprocess.DEVNULL))
         except OSError as exc:
             procs.append(exc)
-    return [_collect(p, path) for p, (path, _f, _s) in zip(procs, models, strict=True)]
+    heads = []
+    for p, (path, _f, _s) in zip(procs, models, strict=True):
+        heads.append(_collect(p, path))
+        if done is not None:
+            done()
+    return heads
 
 
 def _collect(proc: subprocess.Popen[str] | OSError, path: Path) -> MemoryHeadline:
