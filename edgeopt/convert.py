@@ -726,6 +726,7 @@ def _convert_job(ctx: _Context, plan: _Plan, job: _Job, tdir: Path, name: str,
     method = ctx.method or profile.quantization.calibration_method
     shapes, shape_note = _format_shapes(plan.shapes, job.backend.name, ctx.calib)
     ctx.check()
+    ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
     calib = progress.Passes(ctx.calib, f"{what}: calibrating", ctx.calib.count)
     t0 = time.perf_counter()
     with progress.task(f"{what}: converting", unit="step"):

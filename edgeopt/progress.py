@@ -199,6 +199,10 @@ class Console:
         self._line(f"warning: {text}", shown=True)
         return True
 
+    def notice(self, message: str) -> None:
+        """A line shown at every verbosity, without a label (``interrupted by SIGINT; ...``)."""
+        self._line(message, shown=True)
+
     def error(self, message: str) -> None:
         """An error line (always shown; the log gets it too)."""
         self._line(f"error: {message}", shown=True)

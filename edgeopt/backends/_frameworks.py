@@ -121,3 +121,14 @@ def stdout_to_stderr(what: str = "a framework call") -> Iterator[None]:
         if console is not None:
             said = [sink.getvalue()] + [f"{w.category.__name__}: {w.message}" for w in caught]
             console.framework_output(what, "\n".join(x for x in said if x))
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """The whole text and traceback of a framework's exception, for the log file (``--log-file``,
+    ``--verbose``): the one-line message the user sees keeps only its key line."""
+    import traceback
+
+    from .. import progress
+
+    progress.log(f"{what} failed with {type(exc).__name__}:\n"
+                 + "".join(traceback.format_exception(exc)).rstrip())

@@ -31,7 +31,7 @@ from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource
 from ..targets import KeepFloatPolicy, Scheme, TargetProfile
 from . import Backend, BuildRequest, Built, Shapes, keep_float_names, register_backend
-from ._frameworks import import_tf, stdout_to_stderr
+from ._frameworks import import_tf, log_failure, stdout_to_stderr
 from ._tfgraph import SIGNATURE, saved_model
 
 _EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -171,6 +171,7 @@ def _convert(converter: Any, source: ModelSource, precision: str) -> bytes:
     except Exception as exc:  # ConverterError, RuntimeError, ValueError from the calibrator
         if type(exc).__name__ in ("MemoryError",):
             raise
+        log_failure(f"TFLite {precision} conversion of {source.path}", exc)
         raise UnsupportedOpError(
             f"{source.path}: TFLite {precision} conversion failed: {_error_summary(exc)}"
         ) from None
@@ -180,7 +181,7 @@ def _error_summary(exc: BaseException) -> str:
     text = str(exc)
     found = _ERROR_LINE.findall(text)
     line = found[0] if found else (text.strip().splitlines() or [type(exc).__name__])[-1]
-    return line.strip()[:300]
+    return line.strip()  # whole: the cause is often at the end of a long line
 
 
 def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: dict,

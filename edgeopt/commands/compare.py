@@ -116,6 +116,6 @@ def command(models: tuple[Path, ...], data: Path, labels_path: Path | None,
             click.echo(f"report: {paths['html']} (also {paths['json'].name}, "
                        f"{paths['md'].name})")
         for r in result.gates.failed:
-            console.error(f"gate failed: {r.message}")
+            console.notice(f"gate failed: {r.message}")
     if result.gates.failed:
         raise SystemExit(1)

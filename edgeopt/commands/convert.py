@@ -193,7 +193,7 @@ def command(
                 measure_memory=measure_memory,
             )
         except Interrupted as exc:
-            console.error(f"{exc}; temporary files removed, nothing written to {out}")
+            console.notice(f"{exc}; temporary files removed, nothing written to {out}")
             raise SystemExit(128 + exc.signum) from None
         except StrictError as exc:  # everything was written: show it, then fail
             failed, report = exc, exc.report
@@ -216,15 +216,15 @@ def _exit_code(report: Any, strict_failed: Any, console: Any) -> int:
     result = report.result
     if result.any_failed:
         bad = [t for t in result.targets if t.status.value != "ok" or t.failures]
-        console.error(f"{len(bad)} of {len(result.targets)} target(s) did not fully convert "
+        console.notice(f"{len(bad)} of {len(result.targets)} target(s) did not fully convert "
                       f"({', '.join(f'{t.name}: {t.status.value}' for t in bad)}); the rest "
                       "was written: see the report")
         code = 1
     binding = [g for g in result.gates.failed if g.facts.get("binding")]
     for g in binding:
-        console.error(f"gate failed: {g.message}")
+        console.notice(f"gate failed: {g.message}")
         code = 1
     if strict_failed is not None:
-        console.error(str(strict_failed))
+        console.notice(str(strict_failed))
         code = max(code, strict_failed.exit_code)
     return code

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,8 +53,11 @@ def test_one_failing_format_keeps_the_other(tmp_path: Path,
 
     onnx = get_backend("onnx")
 
-    def broken(request: object) -> object:
-        raise UnsupportedOpError("tf2onnx: " + "op FancyOp has no ONNX equivalent; " * 20)
+    def broken(request: Any) -> object:
+        # a framework message naming the run's scratch files, as converters' messages do
+        raise UnsupportedOpError(
+            f"tf2onnx: cannot write {request.out_path} from {request.workdir / 'f.onnx'}: "
+            + "op FancyOp has no ONNX equivalent; " * 20)
 
     monkeypatch.setattr(type(onnx), "build", lambda self, request: broken(request))
     out = tmp_path / "out"
@@ -64,7 +68,12 @@ def test_one_failing_format_keeps_the_other(tmp_path: Path,
     assert t["status"] == "partial" and [a["format"] for a in t["artifacts"]] == ["tflite"]
     (f,) = t["failures"]
     assert f["format"] == "onnx" and f["error_type"] == "UnsupportedOpError"
-    assert len(f["error"]) > 300  # the whole message, not cut at 300 characters
+    assert len(f["error"]) > 600  # the whole message, not cut at 300 characters
+    # no staging path: the output file is named under OUT, a scratch file by its origin
+    assert ".edgeopt-tmp" not in f["error"] and "_work" not in f["error"]
+    assert str(out / "arm-cpu" / "model_int8.onnx") in f["error"]
+    assert f"a file converted from {M.keras_file()}" in f["error"]
+    assert ".edgeopt-tmp" not in r.stderr
     assert (out / "arm-cpu" / "model_int8.tflite").is_file()
     assert not list((out / "arm-cpu").glob("model_int8.onnx"))
     assert "failed" in (out / "report.md").read_text()
@@ -178,3 +187,25 @@ def test_user_profile_op_names_and_memory_budget(tmp_path: Path) -> None:
     (mem,) = [g for g in gates if g["gate"] == "memory_budget"]
     assert not mem["passed"] and mem["value_mib"] > 0.5 and "OVER" in mem["message"]
     assert "gate failed:" in r.stderr and (out / "b" / "model_int8.tflite").is_file()
+
+
+def test_a_model_the_runtime_refuses_is_a_conversion_problem(tmp_path: Path) -> None:
+    """The converter's own output refused by the runtime's checks is not called corrupt."""
+    import types
+
+    from edgeopt_runtime.errors import UnsupportedOpError
+
+    from edgeopt.convert import _load_built
+
+    stage = tmp_path / ".out.edgeopt-tmp-1"
+    (stage / "_work").mkdir(parents=True)
+    bad = stage / "arm-cpu" / "model_int8.tflite"
+    bad.parent.mkdir()
+    bad.write_bytes(b"TFL3" + bytes(60))
+    ctx = types.SimpleNamespace(work=stage / "_work", stage=stage, out=tmp_path / "out",
+                                source=types.SimpleNamespace(path=Path("model.keras")))
+    with pytest.raises(UnsupportedOpError) as err:
+        _load_built(ctx, bad, "tflite")
+    text = str(err.value)
+    assert "TFLite converter produced a tflite model that edgeopt_runtime cannot load" in text
+    assert "corrupt" not in text and ".edgeopt-tmp" not in text and "model.keras" in text
