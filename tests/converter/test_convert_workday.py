@@ -209,3 +209,17 @@ def test_a_model_the_runtime_refuses_is_a_conversion_problem(tmp_path: Path) -> 
     text = str(err.value)
     assert "TFLite converter produced a tflite model that edgeopt_runtime cannot load" in text
     assert "corrupt" not in text and ".edgeopt-tmp" not in text and "model.keras" in text
+
+
+def test_inspect_the_source_model(tmp_path: Path) -> None:
+    r = _cli("inspect", M.keras_file(), "--target", "edgetpu", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (rep,) = doc["reports"]  # the Edge TPU takes TFLite int8 only
+    assert rep["format"] == "tflite" and "as convert builds it" in rep["model"]
+    assert rep["summary"]["verdict"].startswith("all") and "synthetic" in rep["notes"][0]
+    assert {o["op"] for o in rep["ops"]} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    r = _cli("inspect", M.keras_file(), "--target", "arm-cpu")
+    assert r.exit_code == 0, r.stderr
+    assert "(tflite int8, as convert builds it)" in r.stdout
+    assert "(onnx int8, as convert builds it)" in r.stdout
