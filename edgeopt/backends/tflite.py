@@ -172,9 +172,26 @@ def _convert(converter: Any, source: ModelSource, precision: str) -> bytes:
         if type(exc).__name__ in ("MemoryError",):
             raise
         log_failure(f"TFLite {precision} conversion of {source.path}", exc)
+        summary = _error_summary(exc)
         raise UnsupportedOpError(
-            f"{source.path}: TFLite {precision} conversion failed: {_error_summary(exc)}"
+            f"{source.path}: TFLite {precision} conversion failed: {summary}"
+            f"{_read_variable_hint(source) if 'READ_VARIABLE' in summary else ''}"
         ) from None
+
+
+def _read_variable_hint(source: ModelSource) -> str:
+    """READ_VARIABLE failing while calibrating: a SavedModel whose weights are resource
+    variables read at run time (Keras 3 ``tf.saved_model.save(model)``) with a dynamic batch;
+    the converter freezes them once the batch is fixed (measured: the same SavedModel converts
+    with --input-shape NAME=1,...)."""
+    fixes = " ".join(
+        f"--input-shape {s.name}=" + ",".join("1" if i == 0 and d is None else
+                                              "?" if d is None else str(d)
+                                              for i, d in enumerate(s.shape))
+        for s in source.inputs)
+    return (f"; the SavedModel reads its weights as resource variables, which the TFLite "
+            f"converter does not freeze with a dynamic batch: fix the batch with {fixes} "
+            "(replace any ? by the size), or save the model with model.export(DIR) or as .keras")
 
 
 def _error_summary(exc: BaseException) -> str:

@@ -223,3 +223,20 @@ def test_inspect_the_source_model(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     assert "(tflite int8, as convert builds it)" in r.stdout
     assert "(onnx int8, as convert builds it)" in r.stdout
+
+
+def test_keras3_savedmodel_read_variable_says_how_to_fix_it(tmp_path: Path) -> None:
+    """A Keras 3 model saved with tf.saved_model.save: TFLite calibration fails on
+    READ_VARIABLE with a dynamic batch; the one line says to fix the batch, and that works."""
+    import tensorflow as tf
+
+    sm = tmp_path / "k3sm"
+    tf.saved_model.save(M.keras_model(), str(sm))
+    r = _cli("convert", sm, "--target", "arm-cpu", "--format", "tflite", "--calib",
+             M.calib_npz(), "--out", tmp_path / "o", "--no-memory", "--latency-runs", 2)
+    assert r.exit_code == 2, r.stderr  # the only artifact asked for failed: nothing written
+    assert "READ_VARIABLE" in r.stderr and "--input-shape inputs=1,8,8,3" in r.stderr
+    r = _cli("convert", sm, "--target", "arm-cpu", "--format", "tflite", "--calib",
+             M.calib_npz(), "--out", tmp_path / "o", "--no-memory", "--latency-runs", 2,
+             "--input-shape", "inputs=1,8,8,3")
+    assert r.exit_code == 0, r.stderr
