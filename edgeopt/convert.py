@@ -359,12 +359,13 @@ def _plans(source: ModelSource, profiles: list[TargetProfile], opts: _RunOptions
         except EdgeOptError as exc:
             if FAIL_FAST:
                 raise
-            progress.warn(f"{profile.name}: FAILED ({type(exc).__name__}): {exc}")
             refused[i] = (TargetResult.failed(
                 profile.name, profile.description, _profile_path(profile), str(exc),
                 error_type=type(exc).__name__), exc)
     if not plans:
-        raise next(iter(refused.values()))[1]
+        raise _nothing_built([e for _t, e in refused.values()])
+    for record, exc in refused.values():  # the others go on; say so now, not only at the end
+        progress.info(f"{record.name}: FAILED ({type(exc).__name__}): {exc}")
     return plans, refused
 
 
@@ -607,7 +608,7 @@ def _attempt_target(
         failures = exc.failures if isinstance(exc, _FormatsFailed) else ()
         error_type = failures[0].error_type if failures else type(exc).__name__
         if not failures:
-            progress.warn(f"{profile.name}: FAILED ({error_type}): {exc}")
+            progress.info(f"{profile.name}: FAILED ({error_type}): {exc}")
         failed = TargetResult.failed(
             profile.name, profile.description, _profile_path(profile), str(exc),
             error_type=error_type, skipped=plan.skipped,
@@ -679,7 +680,7 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
             exc = _public(ctx, exc)
             for leftover in tdir.glob(f"model_{job.precision}*{job.backend.extension}"):
                 leftover.unlink(missing_ok=True)
-            progress.warn(f"{profile.name}/{name}: FAILED ({type(exc).__name__}): {exc}")
+            progress.info(f"{profile.name}/{name}: FAILED ({type(exc).__name__}): {exc}")
             failures.append(ArtifactFailure(name, job.backend.name, job.precision, str(exc),
                                             type(exc).__name__))
             errors.append(exc)
