@@ -20,8 +20,8 @@ SYNTHETIC_SAMPLES = 8
 def is_source(path: Path) -> bool:
     """A source model rather than a model file / artifact directory (``.onnx`` files are
     inspected as they are)."""
-    if path.is_dir():
-        return not (path / "manifest.json").exists()
+    if path.is_dir():  # a SavedModel; any other folder is read as an artifact (manifest.json)
+        return (path / "saved_model.pb").is_file() and not (path / "manifest.json").exists()
     return path.suffix.lower() in (".keras", ".h5", ".hdf5")
 
 
