@@ -42,6 +42,7 @@ from .backends import Backend, BuildRequest, Built, Shapes, get_backend
 from .calibration import CalibrationSource, Preprocessing, open_calibration
 from .evaluate import (
     DEFAULT_LATENCY_RUNS,
+    DEFAULT_MAX_EVAL,
     HOST_THREADS,
     EvalData,
     EvalOptions,
@@ -160,7 +161,7 @@ def convert(
     latency_runs: int = DEFAULT_LATENCY_RUNS,
     strict: bool = False,
     rewrite: Iterable[str] = (),
-    max_eval: int | None = None,
+    max_eval: int | None = DEFAULT_MAX_EVAL,
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     keep_reference: bool | None = None,
     measure_memory: bool = True,
@@ -195,13 +196,22 @@ def convert(
         rewrite: ``("edgetpu",)``: on Edge TPU targets, replace ONNX ops the Edge TPU lacks by
             exact compositions it maps (HardSwish -> x * relu6(x + 3) / 6, ...) and report
             the mapped-op count before and after; ONNX sources only.
+        max_eval: measure drift on at most this many samples (a seeded subset); None: all
+            (the CLI's default; the API keeps ``DEFAULT_MAX_EVAL`` for sweep / tune callers).
+        input_shapes: ``{name: dims}`` or ``["name=1,224,224,3"]`` for the inputs' dynamic dims.
+        keep_reference: keep the float references in ``OUT/<target>/reference/`` (None: when
+            small, ``edgeopt.reference.AUTO_MAX_BYTES``).
+        measure_memory: measure each artifact's peak working set in a child process.
+
+    Every target and format is attempted: a failure is a ``failed`` target or an
+    ``ArtifactFailure`` of a ``partial`` one and the run goes on (``FAIL_FAST``).
 
     Returns:
         The report (also written to ``out/report.json``, ``.md`` and ``.html``).
 
     Raises:
-        EdgeOptError: (subclasses) bad model, data, target, options or output directory, or a
-            conversion the target forbids. Nothing is left under ``out`` in that case.
+        EdgeOptError: (subclasses) bad model, data, target, options or output directory, or
+            nothing at all could be built. Nothing is left under ``out`` in that case.
         StrictError: ``strict`` and an accelerator check failed; ``out`` is complete and the
             exception's ``report`` holds the ``ConvertReport``.
     """
@@ -276,6 +286,7 @@ def _convert_claimed(model: str | Path, profiles: list[TargetProfile], calib: st
         )
     inputs = _input_specs(source, opts.input_shapes)
     plans, refused = _plans(source, profiles, opts)
+    say("checking calibration data")
     calib_src = open_calibration(
         calib, inputs, num=opts.num_calib, seed=opts.seed,
         preprocessing=opts.preprocessing, allow_synthetic=opts.allow_synthetic,
@@ -743,7 +754,7 @@ def _convert_job(ctx: _Context, plan: _Plan, job: _Job, tdir: Path, name: str,
     if float_path is None:
         with progress.task(f"{what}: float reference", unit="step"):
             float_path = job.backend.build_float(ctx.source, shapes, ctx.work)
-    ctx.say(f"{what}: measuring {name} against the float model")
+    ctx.say(f"{profile.name}: measuring {name} against the float model")
     accel = accelerators.for_target(profile, built.format)
     art, entry, prediction = _measure(ctx, profile, accel, built, float_path,
                                       seconds, _used_method(job, method))
