@@ -122,7 +122,8 @@ def resolve_reference(reference: Path | None, candidate: rt.Model, candidate_pat
                 f"(`edgeopt compare MODEL.keras {candidate_path} --data ...`), or compare a "
                 "convert output folder (OUT/<target>) that kept its float reference")
         path = kept_refs.find(candidate_path, fmt)
-        model = ModelRef(path, threads=threads, isolate=isolate).load()
+        model = _candidate_layouts(ModelRef(path, threads=threads, isolate=isolate).load(),
+                                   candidate)
         return Reference(model, "kept", str(path), notes=(
             f"reference: the float {fmt} model this artifact was measured against when it was "
             f"converted ({path.relative_to(candidate_path)}, sha256-checked)",))
@@ -162,8 +163,19 @@ def _from_source(reference: Path, candidate: rt.Model, candidate_path: Path, wor
              f"does (input shapes {_shapes_text(shapes)})"]
     notes += _same_as_measured(candidate_path, fmt, sha256_file(float_path))
     model = ModelRef(float_path, threads=threads).load()  # our own output: no probe needed
+    model = _candidate_layouts(model, candidate)
     return Reference(model, "source", str(reference),
                      source=reference if source.is_tensorflow else None, notes=tuple(notes))
+
+
+def _candidate_layouts(model: rt.Model, candidate: rt.Model) -> rt.Model:
+    """A float TFLite made from an NCHW (ONNX) source is NHWC inside, like the candidate, whose
+    manifest says how apps feed it in the source's layout: feed the reference the same way
+    (as convert measured it, ``convert._in_source_layout``)."""
+    layouts = getattr(candidate, "layouts", None)
+    if layouts is None or getattr(model, "layouts", None) is not None:
+        return model
+    return model.with_layouts(layouts)
 
 
 def reference_shapes(source: Any, candidate: rt.Model,
