@@ -36,9 +36,14 @@ TOOLS = ("edgeopt", "edgeopt-runtime", "numpy", "onnxruntime", "ai-edge-litert",
 
 
 class Status(StrEnum):
-    """Outcome of one target of a convert run (values appear verbatim in the JSON)."""
+    """Outcome of one target of a convert run (values appear verbatim in the JSON).
+
+    ``partial``: some formats / precisions of the target were built, others failed (the
+    target's ``failures``). Readers treat a status they do not know like any non-``ok`` one.
+    """
 
     OK = "ok"
+    PARTIAL = "partial"
     FAILED = "failed"
 
 
@@ -156,6 +161,8 @@ class DataInfo:
     labels: LabelsInfo | None = None
     rows: tuple[int, ...] | None = None
     warnings: tuple[str, ...] = ()
+    # per input: value statistics before preprocessing (None: none applied) and as model input
+    statistics: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"role": self.role, "source": self.source, "format": self.format,
@@ -164,6 +171,8 @@ class DataInfo:
                "labels": _opt(self.labels), "warnings": list(self.warnings)}
         if self.rows is not None:
             out["rows"] = list(self.rows)
+        if self.statistics is not None:
+            out["statistics"] = {k: dict(v) for k, v in self.statistics.items()}
         return out
 
 
@@ -439,6 +448,8 @@ class ArtifactResult:
     post_build: Mapping[str, Any] | None = None
     post_build_key: str | None = None  # the JSON key of that block (``edgetpu_compiler``)
     notes: tuple[str, ...] = ()
+    # the memory headline (``edgeopt.memory.MemoryHeadline.to_dict``); None: not measured
+    memory: Mapping[str, Any] | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -453,10 +464,27 @@ class ArtifactResult:
                "details": dict(self.details), "preflight": dict(self.preflight),
                "calibration_method": self.calibration_method,
                "conversion_seconds": self.conversion_seconds,
-               "runtime": _opt(self.runtime), "notes": list(self.notes)}
+               "runtime": _opt(self.runtime), "notes": list(self.notes),
+               "memory": dict(self.memory) if self.memory is not None else None}
         if self.post_build is not None and self.post_build_key:
             out[self.post_build_key] = dict(self.post_build)
         return out
+
+
+@dataclass(frozen=True)
+class ArtifactFailure:
+    """One format / precision of a target that could not be built or measured."""
+
+    file: str
+    format: str
+    precision: str
+    error: str
+    error_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "format": self.format, "precision": self.precision,
+                "status": Status.FAILED.value, "error": self.error,
+                "error_type": self.error_type}
 
 
 @dataclass(frozen=True)
@@ -474,14 +502,15 @@ class TargetResult:
     wall_seconds: float = 0.0
     error: str | None = None
     error_type: str | None = None
+    failures: tuple[ArtifactFailure, ...] = ()  # formats / precisions that failed
 
     @classmethod
     def failed(cls, name: str, description: str, profile_path: str | None, error: str, *,
                error_type: str, skipped: Sequence[str] = (), wall_seconds: float = 0.0,
-               ) -> TargetResult:
+               failures: Sequence[ArtifactFailure] = ()) -> TargetResult:
         """A target that produced nothing usable: no directory, no artifacts, the reason."""
         return cls(name, Status.FAILED, description, profile_path, None, (), tuple(skipped),
-                   {}, wall_seconds, error, error_type)
+                   {}, wall_seconds, error, error_type, tuple(failures))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status.value, "error": self.error,
@@ -490,7 +519,8 @@ class TargetResult:
                 "artifacts": [a.to_dict() for a in self.artifacts],
                 "skipped": list(self.skipped),
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
-                "wall_seconds": self.wall_seconds}
+                "wall_seconds": self.wall_seconds,
+                "failures": [f.to_dict() for f in self.failures]}
 
 
 @dataclass(frozen=True)
@@ -516,6 +546,11 @@ class ConvertResult:
     @property
     def failed_targets(self) -> tuple[TargetResult, ...]:
         return tuple(t for t in self.targets if t.status is Status.FAILED)
+
+    @property
+    def any_failed(self) -> bool:
+        """Whether any target or any format of a target failed (the CLI then exits 1)."""
+        return any(t.status is Status.FAILED or t.failures for t in self.targets)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.header.to_dict(),

@@ -29,7 +29,7 @@ from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource, clean_onnx
 from ..targets import OnnxScheme, QuantFormat, QuantType, TargetProfile
 from . import Backend, BuildRequest, Built, Shapes, keep_float_names, register_backend
-from ._frameworks import import_onnx, import_tf2onnx, stdout_to_stderr
+from ._frameworks import import_onnx, import_tf2onnx, log_failure, stdout_to_stderr
 
 TF2ONNX_OPSET = 17
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need the axis attribute
@@ -207,9 +207,10 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
         raise
     except Exception as exc:  # ORT raises ValueError / RuntimeError / its own Fail types
         text = str(exc).strip().splitlines()
+        log_failure(f"ONNX {recipe.precision} quantization of {req.source.path}", exc)
         raise UnsupportedOpError(
             f"{req.source.path}: ONNX {recipe.precision} quantization failed: "
-            f"{text[0][:300] if text else type(exc).__name__}"
+            f"{text[0] if text else type(exc).__name__}"
         ) from None
     details["excluded_nodes"] = len(exclude)
     return first
@@ -333,13 +334,14 @@ def _check_runs(req: BuildRequest, sample: dict[str, np.ndarray] | None,
         session.run(None, sample)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail / RuntimeException types
         text = str(exc).strip().splitlines()
+        log_failure(f"running the ONNX {req.precision} model of {req.source.path}", exc)
         why = text[-1].split("Status Message:")[-1].strip() if text else type(exc).__name__
         name, value = _largest_weight(float_path)
         hint = (f"; the float model holds a weight of magnitude {value:.3g} ({name!r}): is the "
                 "source corrupt?" if value > LARGE_WEIGHT else "")
         raise UnsupportedOpError(
             f"{req.source.path}: the ONNX {req.precision} model does not run in ONNX Runtime: "
-            f"{why[:200]}{hint}"
+            f"{why}{hint}"
         ) from None
 
 
@@ -454,9 +456,10 @@ def _from_tf(source: ModelSource, shapes: Shapes) -> Any:
             model, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=TF2ONNX_OPSET)
     except Exception as exc:  # tf2onnx raises ValueError / KeyError / RuntimeError
         text = str(exc).strip().splitlines()
+        log_failure(f"tf2onnx conversion of {source.path}", exc)
         raise UnsupportedOpError(
             f"{source.path}: tf2onnx could not convert the model: "
-            f"{text[0][:300] if text else type(exc).__name__}"
+            f"{text[0] if text else type(exc).__name__}"
         ) from None
     return model
 
