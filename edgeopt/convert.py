@@ -18,8 +18,10 @@ Note: the module itself is callable (``edgeopt.convert(...)`` works even after
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import signal
 import sys
 import time
 import types
@@ -33,7 +35,7 @@ import numpy as np
 from edgeopt_runtime.errors import EdgeOptError, TargetError
 from edgeopt_runtime.manifest import ModelEntry, sha256_file
 
-from . import accelerators
+from . import accelerators, signals
 from .accelerators import Accelerator, StrictError
 from .artifact import model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
@@ -61,6 +63,7 @@ from .results import (
     Status,
     TargetResult,
 )
+from .signals import Interrupted
 from .sources import ModelSource, load_source
 from .targets import (
     CalibrationMethod,
@@ -108,6 +111,8 @@ class ConvertReport:
 class _Job:
     backend: Backend
     precision: str
+    recipe: Any = None  # a Recipe chosen by the tuning loop (None: the profile's)
+    prebuilt: Any = None  # the tuning loop's Candidate holding that recipe's built file
 
 
 @dataclass
@@ -116,6 +121,7 @@ class _Plan:
     jobs: list[_Job]
     skipped: list[str]
     shapes: Shapes = field(default_factory=dict)
+    tune: tuple[dict[str, Any], ...] | None = None  # search records (--auto)
 
 
 @dataclass
@@ -150,6 +156,7 @@ def convert(
     preprocessing: Preprocessing | None = None,
     latency_runs: int = DEFAULT_LATENCY_RUNS,
     strict: bool = False,
+    auto: Any = None,
 ) -> ConvertReport:
     """Calibrate and quantize a float model for one or more targets.
 
@@ -178,6 +185,10 @@ def convert(
             ``edgetpu_compiler`` is installed, ops it left on the CPU or a failed compile), ops
             the GPU delegate cannot run. The report's ``gates`` hold the per-artifact checks
             either way.
+        auto: ``edgeopt.tune.TuneOptions``: search each target's recipe space for the
+            artifact that meets the accuracy budget (``edgeopt tune`` / ``convert --auto``);
+            needs ``val``. Each target then gets one artifact per format, the chosen one,
+            and its search record (``targets[].tune``, ``OUT/<target>/tune.json``).
 
     Returns:
         The report (also written to ``out/report.json``, ``.md`` and ``.html``).
@@ -193,6 +204,8 @@ def convert(
     patterns = _patterns(keep_float)
     method = _method(calib_method)
     check_numbers(latency_runs=latency_runs, num_calib=num_calib, seed=seed)
+    if auto is not None:
+        _check_auto(val, calib, allow_synthetic)
     profiles = _profiles(targets)
     out = Path(out)
     with claim_output(out, force):  # OUT usable, and no other run writing it (lock file)
@@ -200,7 +213,7 @@ def convert(
             model, profiles, calib, val=val, wanted=wanted, patterns=patterns, method=method,
             calib_method=calib_method, num_calib=num_calib, seed=seed, out=out,
             allow_synthetic=allow_synthetic, trust_model=trust_model, say=say,
-            preprocessing=preprocessing, latency_runs=latency_runs, strict=strict,
+            preprocessing=preprocessing, latency_runs=latency_runs, strict=strict, auto=auto,
         )
 
 
@@ -209,7 +222,7 @@ def _convert_claimed(
     val: str | Path | None, wanted: set[str] | None, patterns: tuple[re.Pattern[str], ...],
     method: CalibrationMethod | None, calib_method: str | None, num_calib: int | None,
     seed: int, out: Path, allow_synthetic: bool, trust_model: bool, say: Progress,
-    preprocessing: Preprocessing | None, latency_runs: int, strict: bool,
+    preprocessing: Preprocessing | None, latency_runs: int, strict: bool, auto: Any = None,
 ) -> ConvertReport:
     """``convert`` once OUT is claimed: load, plan, check the data, build, swap into place."""
     say(f"loading {model}")
@@ -245,12 +258,20 @@ def _convert_claimed(
         ctx = _Context(
             source, calib_src, samples, method, patterns, work, step, latency_runs, out
         )
+        tuner = _tuner(auto, plans, ctx, eval_spec, trust_model, preprocessing, calib,
+                       num_calib, seed, say)
         results = []
-        for plan in plans:
-            target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
-            results.append(target)
-            if error is not None and FAIL_FAST:
-                raise error
+        with tuner if tuner is not None else contextlib.nullcontext():
+            for plan in plans:
+                if tuner is not None:
+                    if tuner.stopped:  # Ctrl-C ended an earlier target's search
+                        results.append(_not_tuned(plan))
+                        continue
+                    _tune_plan(tuner, plan, ctx, stage)
+                target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
+                results.append(target)
+                if error is not None and FAIL_FAST:
+                    raise error
         gates = accelerators.accelerator_gates(
             [(a.to_dict(), accelerators.for_target(p.profile, a.format))
              for p, t in zip(plans, results, strict=True) for a in t.artifacts], strict)
@@ -259,6 +280,7 @@ def _convert_claimed(
             "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
             "latency_runs": latency_runs, "host_threads": HOST_THREADS, "strict": strict,
             "max_eval": DEFAULT_MAX_EVAL,
+            **({"auto": auto.to_dict()} if auto is not None else {}),
         })
         report = ConvertReport(record, out)
         from .report import write_report
@@ -431,15 +453,21 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
     entries: list[ModelEntry] = []
     for job in plan.jobs:
         name = f"model_{job.precision}{job.backend.extension}"
-        ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
         method = ctx.method or profile.quantization.calibration_method
         t0 = time.perf_counter()
-        built = job.backend.build(BuildRequest(
-            source=ctx.source, profile=profile, precision=job.precision,
-            input_shapes=plan.shapes, workdir=ctx.work, out_path=tdir / name,
-            calib=ctx.calib, calib_method=method, keep_float=ctx.keep_float,
-        ))
-        seconds = round(time.perf_counter() - t0, 3)
+        if job.prebuilt is not None:  # the tuning loop's chosen candidate: already built
+            ctx.say(f"{profile.name}: installing the tuned {job.backend.name} {job.precision}")
+            built, seconds = _install(job, tdir / name)
+            method = job.recipe.calibration_method
+        else:
+            ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
+            built = job.backend.build(BuildRequest(
+                source=ctx.source, profile=profile, precision=job.precision,
+                input_shapes=plan.shapes, workdir=ctx.work, out_path=tdir / name,
+                calib=ctx.calib, calib_method=method, keep_float=ctx.keep_float,
+                recipe=job.recipe,
+            ))
+            seconds = round(time.perf_counter() - t0, 3)
         float_path = job.backend.build_float(ctx.source, plan.shapes, ctx.work)
         ctx.say(f"{profile.name}: measuring {name} against the float model")
         accel = accelerators.for_target(profile, built.format)
@@ -466,14 +494,92 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
         preprocessing=ctx.calib.preprocessing,
         tools=_tools(),
     )
+    if plan.tune is not None:
+        _write_tune_record(tdir, plan.tune)
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
     return TargetResult(
         name=profile.name, status=Status.OK, description=profile.description,
         profile_path=_profile_path(profile), directory=profile.name,
         artifacts=tuple(_with_runtime(a, tdir, profile) for a in artifacts),
         skipped=tuple(plan.skipped), input_shapes={k: list(v) for k, v in plan.shapes.items()},
-        wall_seconds=round(time.perf_counter() - started, 3),
+        wall_seconds=round(time.perf_counter() - started, 3), tune=plan.tune,
     )
+
+
+# ------------------------------------------------------------------------------ --auto
+
+
+def _check_auto(val: str | Path | None, calib: str | Path | None,
+                allow_synthetic: bool) -> None:
+    """Tuning measures candidates on held-out data: it needs --val (and real --calib)."""
+    if val is None:
+        raise OptionError("tuning needs validation data: pass --val (a labelled .npz for "
+                          "--max-drop); candidates are judged on it, not on the calibration "
+                          "samples they were calibrated with")
+    if calib is None or allow_synthetic:
+        raise OptionError("tuning needs real calibration data: pass --calib (synthetic "
+                          "calibration would tune for random inputs)")
+
+
+def _tuner(auto: Any, plans: list[_Plan], ctx: _Context, data: EvalData, trust_model: bool,
+           preprocessing: Preprocessing | None, calib: str | Path | None,
+           num_calib: int | None, seed: int, say: Progress) -> Any:
+    """The tuning run of ``auto`` (``edgeopt.tune.driver.TuneRun``), or None without it."""
+    if auto is None:
+        return None
+    from .tune.candidate import SourceRef
+    from .tune.driver import TuneRun
+
+    ref = SourceRef(ctx.source.path, ctx.source.sha256, trust_model,
+                    None if calib is None else str(calib), num_calib, seed, preprocessing)
+    searches = sum(len({j.backend.name for j in p.jobs}) for p in plans)
+    return TuneRun(auto, searches, ref, data, say=say)
+
+
+def _tune_plan(tuner: Any, plan: _Plan, ctx: _Context, stage: Staging) -> None:
+    """Replace the plan's jobs with the chosen candidate of each format; keep the records.
+
+    Raises:
+        Interrupted: Ctrl-C before any candidate was evaluated (nothing to write).
+        TargetError: no candidate of any format could be built and evaluated.
+    """
+    backends = list({j.backend.name: j.backend for j in plan.jobs}.values())
+    found = tuner.target(ctx.source, ctx.calib, ctx.samples, plan.profile, plan.shapes,
+                         ctx.work, tuple(p.pattern for p in ctx.keep_float), backends)
+    if found.interrupted:  # write what was found; a second Ctrl-C still aborts
+        stage.signum = None
+        signals.note(None)
+    if not found.choices:
+        if found.interrupted:
+            raise Interrupted(signal.SIGINT)
+        raise TargetError(f"target {plan.profile.name!r}: tuning found no candidate that "
+                          f"builds and runs ({'; '.join(found.errors)})")
+    plan.jobs = [_Job(b, c.recipe.precision, c.recipe, c) for b, c in found.choices]
+    plan.tune = tuple(found.records)
+
+
+def _not_tuned(plan: _Plan) -> TargetResult:
+    """A target whose search never started because Ctrl-C ended an earlier one."""
+    p = plan.profile
+    return TargetResult.failed(p.name, p.description, _profile_path(p),
+                               "not tuned: interrupted (Ctrl-C) before this target's search "
+                               "started", error_type="Interrupted", skipped=plan.skipped)
+
+
+def _install(job: _Job, dest: Path) -> tuple[Built, float]:
+    """Copy the chosen candidate's file into the target folder as its artifact."""
+    cand = job.prebuilt
+    shutil.copyfile(cand.path, dest)
+    built = Built(dest, job.backend.name, job.precision, dict(cand.details), list(cand.notes))
+    return built, float(cand.build_seconds)
+
+
+def _write_tune_record(tdir: Path, records: tuple[dict[str, Any], ...]) -> None:
+    """``OUT/<target>/tune.json``: every candidate tried, per format (report.json has it too)."""
+    from .report import dumps
+
+    (tdir / "tune.json").write_text(dumps({"schema": "edgeopt.tune/1", "searches":
+                                           list(records)}), encoding="utf-8")
 
 
 def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> ArtifactResult:

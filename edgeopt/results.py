@@ -474,6 +474,9 @@ class TargetResult:
     wall_seconds: float = 0.0
     error: str | None = None
     error_type: str | None = None
+    # ``edgeopt tune`` / ``convert --auto``: the search record of each format (every candidate
+    # tried, the chosen one and why; ``edgeopt.tune.driver.record``); None for plain convert
+    tune: tuple[Mapping[str, Any], ...] | None = None
 
     @classmethod
     def failed(cls, name: str, description: str, profile_path: str | None, error: str, *,
@@ -490,7 +493,8 @@ class TargetResult:
                 "artifacts": [a.to_dict() for a in self.artifacts],
                 "skipped": list(self.skipped),
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
-                "wall_seconds": self.wall_seconds}
+                "wall_seconds": self.wall_seconds,
+                **({"tune": [dict(r) for r in self.tune]} if self.tune is not None else {})}
 
 
 @dataclass(frozen=True)

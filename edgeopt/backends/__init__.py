@@ -64,6 +64,9 @@ class Built:
     precision: str
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The float model the quantizer read (ONNX: after transforms and ORT's pre-processing), in
+    # the request's workdir; the tuning loop's per-layer signal compares against it.
+    float_model: Path | None = None
 
 
 class Backend(Protocol):

@@ -13,8 +13,16 @@ runs 2.2-2.3x faster than float, with int8 activations only 1.3x — see targets
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +81,8 @@ class OnnxBackend:
         """Build ``req``'s recipe: pre-process, transforms (checked in float), exclusions,
         then ORT static / dynamic / weight-only quantization."""
         recipe = req.resolved(self.name)
+        # absolute: ORT's pre-processing runs in a scratch working directory (_scratch_cwd)
+        req = replace(req, workdir=req.workdir.absolute(), out_path=req.out_path.absolute())
         float_path = self.build_float(req.source, req.input_shapes, req.workdir)
         details: dict[str, Any] = {"recipe": recipe.to_dict(), "recipe_key": recipe.key()}
         notes: list[str] = []
@@ -106,7 +116,30 @@ class OnnxBackend:
             if recipe.mode == "static" else None,
             ops=dict(op_counts(req.out_path)),
         )
-        return Built(req.out_path, self.name, recipe.precision, details, notes)
+        return Built(req.out_path, self.name, recipe.precision, details, notes, float_model=pre)
+
+
+@contextlib.contextmanager
+def _scratch_cwd(workdir: Path) -> Iterator[None]:
+    """Run ORT's pre-processing with the working directory in a scratch folder.
+
+    ``quant_pre_process``'s symbolic shape inference saves ``sym_shape_infer_temp.onnx`` plus a
+    ``<uuid>`` external-data file into the *current* directory when it gives up (it does on
+    real transformers: ~90 MB of weights for a MiniLM), and none of that may land in the
+    user's folder. Only file-to-file steps run here, with absolute paths (calibration data is
+    opened by relative paths elsewhere), and the scratch folder (inside ``workdir``) is removed
+    afterwards. The working directory is process-wide: builds in one process are never
+    concurrent (the tuning loop runs parallel candidates in worker processes).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ort-cwd-", dir=workdir))
+    previous = os.getcwd()
+    os.chdir(scratch)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _samples(req: BuildRequest, limit: int) -> list[dict[str, np.ndarray]]:
@@ -131,6 +164,17 @@ def _transform(req: BuildRequest, recipe: Recipe, pre: Path, details: dict[str, 
     from ..recipes import transforms as tr
 
     onnx = import_onnx()
+    # Keyed by the transforms alone: candidates that differ only in keep-float or quantization
+    # options (the tuning loop's reverts) reuse the rewritten graph and its float check.
+    key = hashlib.sha256(json.dumps([pre.name, [t.to_dict() for t in recipe.transforms]],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    out = req.workdir / f"{pre.stem}_t{key}.onnx"
+    meta = out.with_suffix(".json")
+    if out.is_file() and meta.is_file():
+        saved = json.loads(meta.read_text())
+        notes += saved["notes"]
+        details["transforms"] = saved["details"]
+        return out, list(saved["float_nodes"])
     samples = _samples(req, TRANSFORM_SAMPLES)
     if not samples:
         raise CalibrationError(f"{req.source.path}: recipe transforms "
@@ -140,10 +184,16 @@ def _transform(req: BuildRequest, recipe: Recipe, pre: Path, details: dict[str, 
         result = tr.apply(onnx.load(str(pre)), recipe.transforms, samples)
     except tr.TransformError as exc:
         raise UnsupportedOpError(f"{req.source.path}: {exc}") from None
-    out = req.workdir / f"{pre.stem}_t{recipe.key()}.onnx"
-    onnx.save(result.model, str(out))
+    # temp name + rename: parallel candidates may rewrite the same graph at the same time
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.onnx")
+    onnx.save(result.model, str(tmp))
+    os.replace(tmp, out)
     notes += result.notes
     details["transforms"] = result.details
+    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}")
+    tmp_meta.write_text(json.dumps({"notes": result.notes, "details": result.details,
+                                    "float_nodes": list(result.float_nodes)}, default=str))
+    os.replace(tmp_meta, meta)
     return out, result.float_nodes
 
 
@@ -488,17 +538,24 @@ def _preprocess(float_path: Path, workdir: Path, details: dict[str, Any]) -> Pat
         return out
     attempts = (("symbolic", False), ("onnx-shape-only", True))
     mode = "none"
+    # temp name + rename: parallel candidates of the tuning loop pre-process the same model
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.onnx")
     for name, skip_symbolic in attempts:
         try:
-            with stdout_to_stderr(), _quiet_ort_logging():
-                quant_pre_process(str(float_path), str(out), skip_symbolic_shape=skip_symbolic)
+            with stdout_to_stderr(), _quiet_ort_logging(), _scratch_cwd(workdir):
+                quant_pre_process(str(float_path.absolute()), str(tmp.absolute()),
+                                  skip_symbolic_shape=skip_symbolic)
             mode = name
             break
         except Exception:  # ImportError (no sympy), "Incomplete symbolic shape inference", ...
-            out.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
     if mode == "none":
-        out.write_bytes(float_path.read_bytes())
-    (workdir / f"{out.name}.mode").write_text(mode)
+        tmp.write_bytes(float_path.read_bytes())
+    mode_file = workdir / f"{out.name}.mode"  # written first: readers check `out` only
+    mode_tmp = mode_file.with_name(f".{mode_file.name}.{os.getpid()}")
+    mode_tmp.write_text(mode)
+    os.replace(mode_tmp, mode_file)
+    os.replace(tmp, out)
     details["preprocess"] = mode
     return out
 

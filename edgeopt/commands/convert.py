@@ -13,6 +13,9 @@ from typing import Any
 
 import click
 
+from edgeopt.commands.tune import EXIT_INTERRUPTED, auto_options, tune_options
+from edgeopt.commands.tune import exit_code as tune_exit_code
+from edgeopt.commands.tune import summary_lines as tune_lines
 from edgeopt.limits import MAX_LATENCY_RUNS, MAX_SEED, CalibrationLimits
 
 _FORMATS = ["tflite", "onnx", "all"]
@@ -126,12 +129,17 @@ def _progress(enabled: bool) -> Any:
               "the whole graph on its accelerator: Edge TPU partition incomplete or compile "
               "failed, ops the GPU delegate cannot run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--auto", is_flag=True,
+              help="Tune: search each target's recipes for the fastest artifact meeting the "
+              "budget given by --max-drop / --min-cosine / --min-sqnr (needs --val); "
+              "the same as `edgeopt tune`.")
+@tune_options
 def command(
     model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
     keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
-    strict: bool, as_json: bool,
+    strict: bool, as_json: bool, auto: bool = False, **tuning: Any,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
@@ -143,13 +151,15 @@ def command(
     from edgeopt.report import convert_summary_lines, dumps
 
     failed: StrictError | None = None
+    tune_spec = auto_options(tuning, auto)
     try:
         report = convert(
             model, list(targets), calib, val=val, formats=fmt, calib_method=calib_method,
             num_calib=num_calib, seed=seed, keep_float=keep_float, out=out, force=force,
             allow_synthetic=allow_synthetic, trust_model=trust_model,
-            progress=_progress(sys.stderr.isatty()), latency_runs=latency_runs,
-            preprocessing=parse_preprocess(preprocess), strict=strict,
+            progress=_progress(sys.stderr.isatty() or tune_spec is not None),
+            latency_runs=latency_runs, preprocessing=parse_preprocess(preprocess),
+            strict=strict, auto=tune_spec,
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",
@@ -160,9 +170,18 @@ def command(
     if as_json:
         click.echo(dumps(report.data), nl=False)
     else:
-        for line in convert_summary_lines(report.data):
+        for line in convert_summary_lines(report.data) + tune_lines(report.data):
             click.echo(line)
         click.echo(f"wrote {out}/ (report: {out / 'report.md'}, {out / 'report.html'})")
     if failed is not None:
         click.echo(f"edgeopt: {failed}", err=True)
         raise SystemExit(failed.exit_code)
+    code = tune_exit_code(report.data) if tune_spec is not None else 0
+    if code == EXIT_INTERRUPTED:
+        click.echo(f"edgeopt: interrupted: the best candidate found so far is in {out}/ "
+                   "(marked interrupted in the report)", err=True)
+    elif code:
+        click.echo(f"edgeopt: budget not met: the most accurate candidate found is in {out}/ "
+                   "(marked 'budget not met' in the report)", err=True)
+    if code:
+        raise SystemExit(code)

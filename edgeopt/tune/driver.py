@@ -1,0 +1,396 @@
+"""The tuning loop around the search core, for ``convert(..., auto=TuneOptions)``.
+
+Per (target, format) — in the order ``convert`` plans them — a :class:`Tuner`:
+
+1. builds the float model in that format (the backend's ``build_float``, cached in the run's
+   workdir), runs it once over the validation samples (``edgeopt.evaluate.run_reference``:
+   the reference outputs every candidate is compared with), and refuses budgets the data
+   cannot support (``--max-drop`` without labels, labels the float model disagrees with);
+2. reads the model's shape and layer groups (``edgeopt.tune.space``) and the target's
+   starting recipes;
+3. runs ``edgeopt.tune.search`` with a batch runner that sends each candidate to the executor
+   (``edgeopt.executors``: serial, a process pool for ``-j N``, Ray) as
+   ``Task(evaluate_recipe, (recipe, workspace))`` and then times it here, one candidate at a
+   time, interleaved with the float model at the target's threads
+   (``edgeopt.evaluate.measure_latency``); latency the search compares is the candidate's
+   ratio to float times the first float p50, so host load between candidates cancels out;
+4. returns the search record (every candidate, the chosen one and why) and the chosen
+   candidate, which ``convert`` installs into ``OUT/<target>/`` like any artifact.
+
+The evaluation and time limits of a run are shared by its searches (``TuneOptions.share``).
+Ctrl-C during a search ends it with status ``interrupted`` and the best candidate so far; the
+remaining searches do not run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import signals
+from ..evaluate import EvalData, EvalSamples, ModelRef, Pairing, measure_latency, run_reference
+from ..recipes import Recipe
+from ..results import LatencyPair
+from ..targets import KeepFloatPolicy, TargetProfile
+from . import search
+from .candidate import Candidate, SourceRef, Workspace, candidate_of, evaluate_recipe, share
+from .candidate import with_latency as timed
+from .options import TuneOptionError, TuneOptions
+from .progress import SearchProgress, duration
+from .space import ModelShape, model_shape, starting_points
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class TargetInput:
+    """What convert hands the tuner for one target (already loaded and checked)."""
+
+    source: Any  # ModelSource
+    source_ref: SourceRef
+    calib: Any  # CalibrationSource
+    samples: EvalSamples
+    data: EvalData
+    profile: TargetProfile
+    shapes: dict[str, tuple[int | None, ...]]
+    work: Path
+    keep_float: tuple[str, ...] = ()
+
+
+@dataclass
+class FormatSearch:
+    """One finished search: its record (JSON-ready) and the candidate to install."""
+
+    format: str
+    status: search.Status
+    record: dict[str, Any]
+    best: Candidate | None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status is search.Status.INTERRUPTED
+
+
+@dataclass
+class TargetTuning:
+    """What the searches of one target gave: (backend, chosen candidate) per format."""
+
+    choices: list[tuple[Any, Candidate]]
+    records: list[dict[str, Any]]
+    errors: list[str]
+    interrupted: bool
+
+
+@dataclass
+class TuneRun:
+    """The searches of one tuning run, on one executor (a context manager)."""
+
+    options: TuneOptions
+    searches: int  # how many (target, format) searches the run will do
+    source_ref: SourceRef
+    data: EvalData
+    say: Say | None = None
+    stopped: bool = False  # Ctrl-C ended a search: the remaining ones do not run
+    _done: int = 0
+    _evaluations: int = 0
+    _seconds: float = 0.0
+    _executor: Any = field(default=None, repr=False)
+
+    def __enter__(self) -> TuneRun:
+        from ..executors import make_executor
+
+        self._executor = make_executor(self.options.executor, self.options.jobs,
+                                       ray_address=self.options.ray_address)
+        self._executor.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.__exit__(*exc)
+
+    def target(self, source: Any, calib: Any, samples: EvalSamples, profile: TargetProfile,
+               shapes: dict[str, tuple[int | None, ...]], work: Path,
+               keep_float: tuple[str, ...], backends: Sequence[Any]) -> TargetTuning:
+        """Search every format of one target (stops after an interrupted one)."""
+        inp = TargetInput(source, self.source_ref, calib, samples, self.data, profile, shapes,
+                          work, keep_float)
+        out = TargetTuning([], [], [], False)
+        for backend in backends:
+            found = self.search(inp, backend.name)
+            out.records.append(found.record)
+            if found.best is not None:
+                out.choices.append((backend, found.best))
+            else:
+                out.errors.append(f"{backend.name}: {found.record['reason']}")
+            if found.interrupted:
+                out.interrupted = self.stopped = True
+                break
+        return out
+
+    # ------------------------------------------------------------------ one search
+
+    def search(self, inp: TargetInput, fmt: str) -> FormatSearch:
+        """Tune ``inp.profile`` in format ``fmt``.
+
+        Raises:
+            TuneOptionError: the budget cannot be evaluated on this data.
+            EdgeOptError: the float model cannot be built or run on the data.
+        """
+        from ..backends import get_backend
+
+        opts, profile = self.options, inp.profile
+        title = f"{profile.name}/{fmt}"
+        limits = opts.share(self.searches - self._done, self._evaluations, self._seconds)
+        progress = SearchProgress(f"tune {title}", limits, say=self.say)
+        progress.say(f"tune {title}: building and running the float reference")
+        backend = get_backend(fmt)
+        float_path = backend.build_float(inp.source, inp.shapes, inp.work)
+        ref = ModelRef.host_cpu(float_path).load()
+        reference = run_reference(ref, inp.samples)
+        float_task = check_budget(opts.budget, reference, inp.samples)
+        shape = model_shape(inp.source, fmt, float_path)
+        starts = [r.with_keep_float(inp.keep_float) if inp.keep_float else r
+                  for r in starting_points(profile, fmt, shape)]
+        if not starts:
+            raise TuneOptionError(f"target {profile.name!r} admits no {fmt} recipe to tune "
+                                  "([recipes] in its profile); drop --format or widen it")
+        threads = opts.threads_for(profile.runtime.threads)
+        partition_aware = (profile.recipes.keep_float is KeepFloatPolicy.PARTITION_SPLIT
+                           or _gated(profile, fmt))
+        cand_dir = inp.work / "tune" / f"{profile.name}-{fmt}"
+        cand_dir.mkdir(parents=True, exist_ok=True)
+        ws = Workspace(inp.source_ref, profile, fmt, dict(inp.shapes), inp.data, reference,
+                       float_path, inp.work, cand_dir, opts.budget, shape.groups,
+                       opts.ranking_samples, partition_aware)
+        share(inp.source_ref, inp.source, inp.calib)  # the serial executor reuses them
+        timer = _Timer(float_path, threads, opts.latency_runs, inp.samples.first())
+        progress.say(f"tune {title}: {len(starts)} starting recipe(s), {len(shape.groups)} "
+                     f"layer group(s); {shape.evidence}; budget {opts.budget.describe()}, "
+                     f"limits {_limits_text(limits)}, candidates timed at {threads} thread(s)")
+        batch = _Batch(search.through_executor(self._executor, evaluate_recipe, ws), timer)
+
+        def on_trial(i: int, trial: search.Trial) -> None:
+            progress.evaluated(_trial_line(trial, opts.budget))
+
+        core = search.Search(starts, shape.groups, batch, opts.budget, objective=opts.objective,
+                             limits=limits, partition_aware=partition_aware,
+                             parallel=max(1, opts.jobs or 1), progress=progress.say,
+                             on_trial=on_trial)
+        try:
+            result = core.run()
+        finally:
+            progress.close()
+        self._done += 1
+        self._evaluations += result.evaluations
+        self._seconds += result.seconds
+        best = candidate_of(result.best.evaluation) if result.best else None
+        rec = record(fmt, result, shape, opts, limits, threads, timer, float_task)
+        progress.say(f"tune {title}: {result.status.value} after {result.evaluations} "
+                     f"evaluation(s) in {duration(result.seconds)}: {rec['chosen_reason']}")
+        return FormatSearch(fmt, result.status, rec, best)
+
+
+def _gated(profile: TargetProfile, fmt: str) -> bool:
+    """Whether the target's accelerator is a device of its own (Edge TPU, GPU): then how much
+    of the graph it runs decides before latency."""
+    from ..accelerators import for_target
+
+    try:
+        return bool(for_target(profile, fmt).gated)
+    except KeyError:
+        return False
+
+
+def _limits_text(limits: search.Limits) -> str:
+    parts = []
+    if limits.evaluations is not None:
+        parts.append(f"{limits.evaluations} evaluations")
+    if limits.seconds is not None:
+        parts.append(duration(limits.seconds))
+    return " / ".join(parts) or "none"
+
+
+# ------------------------------------------------------------------------------ budget checks
+
+
+def check_budget(budget: search.Budget, reference: Any, samples: EvalSamples) -> dict | None:
+    """Refuse budgets the data cannot support; the float model's task metrics (or None).
+
+    Raises:
+        TuneOptionError: ``--max-drop`` without labels or without a class-score output, or
+            labels the float model itself disagrees with (it does no better than always
+            predicting the most frequent label: a wrong labels file, wrong preprocessing or
+            a model that is not a classifier).
+    """
+    from ..drift import task_metrics
+
+    labels = samples.labels
+    if labels is None:
+        if budget.metric is search.Metric.MAX_DROP:
+            raise TuneOptionError(
+                f"--max-drop needs labels: the validation data {samples.spec.path} holds no "
+                "'labels' or 'y' array aligned with its samples; add one, or use --min-cosine "
+                "/ --min-sqnr")
+        return None
+    refs = reference.outputs.stacked()
+    task = task_metrics(refs, refs, labels, n_boot=0)
+    if "metrics" not in task:
+        if budget.metric is search.Metric.MAX_DROP:
+            raise TuneOptionError(f"--max-drop: no model output reads as class scores "
+                                  f"({task['skipped'].get('all')}); use --min-cosine / "
+                                  "--min-sqnr")
+        return None
+    acc = float(task["metrics"]["accuracy"]["float"])
+    y = np.asarray(labels).reshape(-1)
+    if y.ndim == 1 and y.size and np.issubdtype(y.dtype, np.integer):
+        majority = float(np.bincount(y.astype(np.int64)).max() / y.size)
+        chance = max(majority, 1.0 / max(2, int(task["num_classes"])))
+        if budget.metric is search.Metric.MAX_DROP and acc <= chance + 0.01:
+            raise TuneOptionError(
+                f"the float model itself gets {100 * acc:.1f} % of the {y.size} validation "
+                f"labels right, no better than always answering the most frequent label "
+                f"({100 * chance:.1f} %): the labels disagree with the model (wrong labels "
+                "file, sample order or --preprocess?), so an accuracy-drop budget means "
+                "nothing; fix the labels or use --min-cosine / --min-sqnr")
+    return {"accuracy": acc, "num_samples": int(task["num_samples"]),
+            "num_classes": int(task["num_classes"])}
+
+
+# ------------------------------------------------------------------------------ batch + timing
+
+
+class _Timer:
+    """Times candidates against the float model, interleaved, at the search's threads."""
+
+    def __init__(self, float_path: Path, threads: int, runs: int,
+                 feeds: dict[str, np.ndarray]) -> None:
+        self.reference = ModelRef.host_cpu(float_path, threads=threads).load()
+        self.threads, self.runs, self.feeds = threads, runs, feeds
+        self.base_ms: float | None = None  # the first float p50: the scale of every latency
+
+    def time(self, path: Path) -> tuple[LatencyPair, float]:
+        cand = ModelRef.host_cpu(path, threads=self.threads).load()
+        pairing = Pairing.of(self.reference.inputs, self.reference.outputs, cand.inputs,
+                             cand.outputs)
+        lat = measure_latency(self.reference, cand, self.feeds, pairing, runs=self.runs,
+                              warmup=max(2, min(5, self.runs // 5)))
+        if self.base_ms is None:
+            self.base_ms = lat.reference.p50_ms
+        ratio = lat.candidate.p50_ms / lat.reference.p50_ms if lat.reference.p50_ms else 1.0
+        return lat, self.base_ms * ratio
+
+
+class _Batch:
+    """The search's batch runner: evaluate through the executor, then time each candidate
+    here; a recipe evaluated before is not evaluated again."""
+
+    def __init__(self, inner: search.Batch, timer: _Timer) -> None:
+        self.inner, self.timer = inner, timer
+        self.seen: dict[str, search.Evaluation] = {}
+
+    def __call__(self, recipes: Sequence[Recipe]) -> list[search.Evaluation]:
+        fresh = list(dict.fromkeys(r for r in recipes if r.key() not in self.seen))
+        results = self.inner(fresh) if fresh else []
+        _raise_if_signalled()
+        for r, ev in zip(fresh, results, strict=True):
+            c = candidate_of(ev)
+            if ev.error is None and c is not None:
+                try:
+                    lat, ms = self.timer.time(c.path)
+                    ev = timed(c, lat, ms)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an untimeable candidate is failed
+                    ev = search.failed(r, exc)
+                _raise_if_signalled()
+            self.seen[r.key()] = ev
+        return [self.seen[r.key()] for r in recipes]
+
+
+def _raise_if_signalled() -> None:
+    """A framework may have swallowed Ctrl-C inside a candidate (TF turns it into a
+    SystemError, which then reads as a failed build): stop the search all the same."""
+    signum = signals.received()
+    if signum is not None:
+        raise signals.Interrupted(signum)
+
+
+def _trial_line(trial: search.Trial, budget: search.Budget) -> str:
+    ev = trial.evaluation
+    head = ev.recipe.label()
+    if trial.reverted:
+        head += f" (float: {', '.join(trial.reverted[-3:])}" + \
+            (f" +{len(trial.reverted) - 3}" if len(trial.reverted) > 3 else "") + ")"
+    if ev.error:
+        return f"{head}: failed: {ev.error}"
+    c = candidate_of(ev)
+    acc = "n/a" if ev.accuracy is None else f"{ev.accuracy:.5g}"
+    verdict = "meets" if budget.met(ev.accuracy) else "misses"
+    speed = ""
+    if c is not None and c.latency is not None and c.latency.speedup_p50:
+        speed = f", {c.latency.speedup_p50:.2f}x float"
+    parts = f", {ev.partitions} partition(s)" if ev.partitions is not None else ""
+    return f"{head}: {budget.metric.value} {acc} ({verdict}){speed}{parts}"
+
+
+# ------------------------------------------------------------------------------ the record
+
+
+def record(fmt: str, result: search.SearchResult, shape: ModelShape, opts: TuneOptions,
+           limits: search.Limits, threads: int, timer: _Timer,
+           float_task: dict | None) -> dict[str, Any]:
+    """The search record of one (target, format): JSON-ready, every candidate a row."""
+    doc = result.to_dict()
+    budget = opts.budget
+    for row, trial in zip(doc["trials"], result.trials, strict=True):
+        c = candidate_of(trial.evaluation)
+        row["met"] = trial.evaluation.error is None and budget.met(trial.evaluation.accuracy)
+        row.update(c.row() if c is not None else {})
+    doc.update(
+        format=fmt, budget={"metric": budget.metric.value, "threshold": budget.threshold,
+                            "text": budget.describe()},
+        objective=opts.objective.value, threads=threads,
+        limits={"evaluations": limits.evaluations, "seconds": limits.seconds},
+        executor={"name": opts.executor, "jobs": opts.jobs},
+        model=shape.to_dict(), float={"p50_ms": timer.base_ms, "task": float_task},
+        chosen_reason=chosen_reason(result, opts, threads),
+        budget_met=result.best is not None and result.best.evaluation.error is None
+        and budget.met(result.best.evaluation.accuracy))
+    return doc
+
+
+def chosen_reason(result: search.SearchResult, opts: TuneOptions, threads: int) -> str:
+    """Why the chosen candidate was chosen, in one sentence."""
+    budget = opts.budget
+    best = result.best
+    if best is None:
+        return f"no candidate could be built and evaluated ({result.reason})"
+    ev = best.evaluation
+    c = candidate_of(ev)
+    acc = "n/a" if ev.accuracy is None or (isinstance(ev.accuracy, float) and
+                                           math.isnan(ev.accuracy)) else f"{ev.accuracy:.5g}"
+    speed = (f"{c.latency.speedup_p50:.2f}x float p50 at {threads} thread(s)"
+             if c is not None and c.latency is not None and c.latency.speedup_p50 else
+             "latency not measured")
+    what = f"{budget.metric.value} {acc}, {speed}, {ev.size_bytes or 0} bytes"
+    if result.status is search.Status.INTERRUPTED:
+        return f"interrupted (Ctrl-C): the best candidate found so far ({what})"
+    if result.status is not search.Status.MET:
+        return (f"budget not met ({budget.describe()}): {result.reason}; the most accurate "
+                f"candidate is returned ({what})")
+    met = [t for t in result.trials
+           if t.evaluation.error is None and budget.met(t.evaluation.accuracy)]
+    goal = "smallest" if opts.objective is search.Objective.SIZE else "fastest"
+    parts = ""
+    if ev.partitions is not None:
+        parts = f", {ev.partitions} accelerator partition(s) (fewest first)"
+    return (f"{goal} of {len(met)} candidate(s) meeting {budget.describe()}{parts} "
+            f"({what}); candidates within 3 % of it count as equally "
+            f"{'small' if goal == 'smallest' else 'fast'} and the most accurate wins")
+
+
