@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,7 @@ def convert(
     latency_runs: int = DEFAULT_LATENCY_RUNS,
     strict: bool = False,
     auto: Any = None,
+    recipes: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Calibrate and quantize a float model for one or more targets.
 
@@ -188,7 +189,11 @@ def convert(
         auto: ``edgeopt.tune.TuneOptions``: search each target's recipe space for the
             artifact that meets the accuracy budget (``edgeopt tune`` / ``convert --auto``);
             needs ``val``. Each target then gets one artifact per format, the chosen one,
-            and its search record (``targets[].tune``, ``OUT/<target>/tune.json``).
+            and its search record (``targets[].tune``, ``OUT/<target>/tune.json``) and the
+            chosen recipes (``OUT/<target>/recipe.toml``).
+        recipes: format -> ``edgeopt.recipes.Recipe`` (``--recipe FILE``, e.g. the
+            ``recipe.toml`` a tune run wrote): build exactly these, one artifact per format
+            in it, instead of the profile's defaults (``keep_float`` is added to them).
 
     Returns:
         The report (also written to ``out/report.json``, ``.md`` and ``.html``).
@@ -206,6 +211,9 @@ def convert(
     check_numbers(latency_runs=latency_runs, num_calib=num_calib, seed=seed)
     if auto is not None:
         _check_auto(val, calib, allow_synthetic)
+        if recipes:
+            raise OptionError("--recipe builds a given recipe and --auto searches for one: "
+                              "use one of them")
     profiles = _profiles(targets)
     out = Path(out)
     with claim_output(out, force):  # OUT usable, and no other run writing it (lock file)
@@ -214,6 +222,7 @@ def convert(
             calib_method=calib_method, num_calib=num_calib, seed=seed, out=out,
             allow_synthetic=allow_synthetic, trust_model=trust_model, say=say,
             preprocessing=preprocessing, latency_runs=latency_runs, strict=strict, auto=auto,
+            recipes=recipes,
         )
 
 
@@ -223,11 +232,14 @@ def _convert_claimed(
     method: CalibrationMethod | None, calib_method: str | None, num_calib: int | None,
     seed: int, out: Path, allow_synthetic: bool, trust_model: bool, say: Progress,
     preprocessing: Preprocessing | None, latency_runs: int, strict: bool, auto: Any = None,
+    recipes: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """``convert`` once OUT is claimed: load, plan, check the data, build, swap into place."""
     say(f"loading {model}")
     source = load_source(model, trust_model=trust_model)
     plans = [_plan(source, p, wanted, patterns) for p in profiles]
+    if recipes:
+        plans = [_with_recipes(p, recipes, patterns) for p in plans]
     say("checking calibration data")
     calib_src = open_calibration(
         calib, list(source.inputs), num=num_calib, seed=seed,
@@ -496,6 +508,7 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
     )
     if plan.tune is not None:
         _write_tune_record(tdir, plan.tune)
+        _write_recipe_file(tdir, plan)
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
     return TargetResult(
         name=profile.name, status=Status.OK, description=profile.description,
@@ -572,6 +585,37 @@ def _install(job: _Job, dest: Path) -> tuple[Built, float]:
     shutil.copyfile(cand.path, dest)
     built = Built(dest, job.backend.name, job.precision, dict(cand.details), list(cand.notes))
     return built, float(cand.build_seconds)
+
+
+def _with_recipes(plan: _Plan, recipes: Mapping[str, Any],
+                  patterns: tuple[re.Pattern[str], ...]) -> _Plan:
+    """``plan`` building the given recipes (``--recipe``), one job per format in both.
+
+    Raises:
+        TargetError: the target produces none of the recipe file's formats.
+    """
+    backends = {j.backend.name: j.backend for j in plan.jobs}
+    extra = tuple(p.pattern for p in patterns)
+    jobs = [_Job(backends[fmt], r.precision, r.with_keep_float(extra) if extra else r)
+            for fmt, r in recipes.items() if fmt in backends]
+    if not jobs:
+        raise TargetError(f"target {plan.profile.name!r} builds {', '.join(backends)} here, "
+                          f"the recipe file has {', '.join(recipes)} only")
+    skipped = list(plan.skipped) + [f"{fmt}: not in the recipe file" for fmt in backends
+                                    if fmt not in recipes]
+    return _Plan(plan.profile, jobs, skipped, plan.shapes)
+
+
+def _write_recipe_file(tdir: Path, plan: _Plan) -> None:
+    """``OUT/<target>/recipe.toml``: the chosen recipe per format, for ``convert --recipe``."""
+    from .recipes.file import write
+
+    chosen = {j.backend.name: j.recipe for j in plan.jobs if j.recipe is not None}
+    if chosen:
+        write(tdir / "recipe.toml", chosen, header=(
+            f"The recipe(s) `edgeopt tune` chose for target {plan.profile.name}.\n"
+            f"Rebuild: edgeopt convert MODEL --target {plan.profile.name} --calib CALIB "
+            f"--recipe {plan.profile.name}/recipe.toml"))
 
 
 def _write_tune_record(tdir: Path, records: tuple[dict[str, Any], ...]) -> None:

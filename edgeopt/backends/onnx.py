@@ -121,7 +121,8 @@ class OnnxBackend:
 
 @contextlib.contextmanager
 def _scratch_cwd(workdir: Path) -> Iterator[None]:
-    """Run ORT's pre-processing with the working directory in a scratch folder.
+    """Run an ORT step (pre-processing, quantization) with the working directory in a scratch
+    folder.
 
     ``quant_pre_process``'s symbolic shape inference saves ``sym_shape_infer_temp.onnx`` plus a
     ``<uuid>`` external-data file into the *current* directory when it gives up (it does on
@@ -214,18 +215,20 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
     try:
         with stdout_to_stderr(), _quiet_ort_logging():
             if recipe.mode == "dynamic":
-                q.quantize_dynamic(
-                    str(pre), str(req.out_path),
-                    per_channel=recipe.per_channel,
-                    reduce_range=recipe.reduce_range,
-                    weight_type=_qtype(q, recipe.weight_type),
-                    nodes_to_exclude=exclude,
-                    op_types_to_quantize=list(recipe.op_types) or None,
-                    extra_options={"MatMulConstBOnly": True},
-                )
+                with _scratch_cwd(req.workdir):
+                    q.quantize_dynamic(
+                        str(pre), str(req.out_path),
+                        per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range,
+                        weight_type=_qtype(q, recipe.weight_type),
+                        nodes_to_exclude=exclude,
+                        op_types_to_quantize=list(recipe.op_types) or None,
+                        extra_options={"MatMulConstBOnly": True},
+                    )
                 first = next(iter(_samples(req, 1)), None)
             elif recipe.mode == "weight-only":
-                _weight_only(pre, req.out_path, recipe, exclude, details)
+                with _scratch_cwd(req.workdir):
+                    _weight_only(pre, req.out_path, recipe, exclude, details)
                 first = next(iter(_samples(req, 1)), None)
             else:
                 reader = _Reader(req)
@@ -239,19 +242,20 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
                     notes.append(range_summary(bad) + hint)
                 cache = req.workdir / f"calib_{recipe.key()}_{req.out_path.stem}.json"
                 q_cal.save_tensors_data(ranges, cache)
-                q.quantize_static(
-                    str(pre), str(req.out_path), None,
-                    quant_format=q.QuantFormat.QDQ
-                    if recipe.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
-                    per_channel=recipe.per_channel,
-                    reduce_range=recipe.reduce_range,
-                    activation_type=_qtype(q, recipe.activation_type),
-                    weight_type=_qtype(q, recipe.weight_type),
-                    nodes_to_exclude=exclude,
-                    op_types_to_quantize=list(recipe.op_types) or None,
-                    calibrate_method=_method(q, recipe.calibration_method.value),
-                    calibration_cache_path=str(cache),
-                )
+                with _scratch_cwd(req.workdir):  # ranges are computed: no data read here
+                    q.quantize_static(
+                        str(pre), str(req.out_path), None,
+                        quant_format=q.QuantFormat.QDQ
+                        if recipe.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
+                        per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range,
+                        activation_type=_qtype(q, recipe.activation_type),
+                        weight_type=_qtype(q, recipe.weight_type),
+                        nodes_to_exclude=exclude,
+                        op_types_to_quantize=list(recipe.op_types) or None,
+                        calibrate_method=_method(q, recipe.calibration_method.value),
+                        calibration_cache_path=str(cache.absolute()),
+                    )
                 first = reader.first
     except (CalibrationError, UnsupportedOpError):
         raise

@@ -68,6 +68,15 @@ def parse_preprocess(items: tuple[str, ...]) -> Any:
     return Preprocessing.from_dict(fields)
 
 
+def _recipes(path: Path | None) -> Any:
+    """``--recipe FILE``: format -> Recipe (None without it); a bad file is a RecipeError."""
+    if path is None:
+        return None
+    from edgeopt.recipes.file import read
+
+    return read(path)
+
+
 def _max_samples() -> int:
     """The ``--num-calib`` bound (``EDGEOPT_CALIB_MAX_SAMPLES`` raises it; a bad value is
     reported by the conversion itself, in one line)."""
@@ -129,6 +138,9 @@ def _progress(enabled: bool) -> Any:
               "the whole graph on its accelerator: Edge TPU partition incomplete or compile "
               "failed, ops the GPU delegate cannot run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Build the recipe(s) in FILE (e.g. OUT/<target>/recipe.toml written by "
+              "`edgeopt tune`) instead of the target's defaults: one artifact per format in it.")
 @click.option("--auto", is_flag=True,
               help="Tune: search each target's recipes for the fastest artifact meeting the "
               "budget given by --max-drop / --min-cosine / --min-sqnr (needs --val); "
@@ -139,7 +151,8 @@ def command(
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
     keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
-    strict: bool, as_json: bool, auto: bool = False, **tuning: Any,
+    strict: bool, as_json: bool, recipe_file: Path | None = None, auto: bool = False,
+    **tuning: Any,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
@@ -159,7 +172,7 @@ def command(
             allow_synthetic=allow_synthetic, trust_model=trust_model,
             progress=_progress(sys.stderr.isatty() or tune_spec is not None),
             latency_runs=latency_runs, preprocessing=parse_preprocess(preprocess),
-            strict=strict, auto=tune_spec,
+            strict=strict, auto=tune_spec, recipes=_recipes(recipe_file),
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",

@@ -65,7 +65,7 @@ def model_shape(source: Any, fmt: str, float_path: Path) -> ModelShape:
 
         model = onnx.load(str(float_path), load_external_data=False)
         found = detect(model)
-        evidence = (f"ONNX graph: {found.attention} attention Softmax, {found.layer_norms} "
+        evidence = (f"ONNX graph: {found.layers} attention Softmax, {found.layer_norms} "
                     f"LayerNorms, {found.weight_matmuls} weight MatMuls" if found else
                     "ONNX graph: no attention-shaped Softmax with LayerNorms")
         if found is None and source.is_tensorflow:
