@@ -55,11 +55,29 @@ def prepare(name: str, folder: Path) -> tuple[Path, Path, Path]:
     return model.onnx, folder / "calib.npz", folder / "val.npz"
 
 
+def prepare_keras(folder: Path) -> tuple[Path, Path, Path]:
+    """The Keras post-LN encoder of ``benchmarks.models`` (seeded, 4 layers, d 256) and
+    uniform calib / val embeddings, as a user of a Keras model would hand them over."""
+    from benchmarks.models import get
+
+    spec = get("transformer_encoder")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "encoder.keras"
+    if not path.is_file():
+        spec.build(0).save(path)
+    rng = np.random.default_rng(0)
+    lo, hi = spec.value_range
+    for name, n in (("calib", 64), ("val", 64)):
+        np.savez(folder / f"{name}.npz", **{spec.input_name: rng.uniform(
+            lo, hi, (n, *spec.input_shape)).astype(np.float32)})
+    return path, folder / "calib.npz", folder / "val.npz"
+
+
 def run_tune(edgeopt: list[str], model: Path, calib: Path, val: Path, out: Path,
-             min_cosine: float, budget: str, target: str) -> dict[str, Any]:
+             min_cosine: float, budget: str, target: str, fmt: str) -> dict[str, Any]:
     cmd = [*edgeopt, "tune", str(model), "--target", target, "--calib", str(calib),
            "--val", str(val), "--min-cosine", str(min_cosine), "--budget", budget,
-           "--out", str(out), "--force", "--json"]
+           "--format", fmt, "--out", str(out), "--force", "--json"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=out.parent)
@@ -75,9 +93,25 @@ def run_tune(edgeopt: list[str], model: Path, calib: Path, val: Path, out: Path,
 
 
 def check(model: Path, val: Path, artifact: Path, plan: timing.Plan) -> dict[str, Any]:
-    """Independent per-sentence cosine and interleaved 1-thread speed-up of ``artifact``."""
+    """Independent per-sample cosine and interleaved 1-thread speed-up of ``artifact``
+    (ONNX: ONNX Runtime against the exported model; TFLite: edgeopt_runtime against the float
+    ``.tflite`` edgeopt shipped beside the artifact's report)."""
     data = np.load(val)
     feeds = [{k: data[k][i:i + 1] for k in data.files} for i in range(len(data[data.files[0]]))]
+    if artifact.suffix == ".tflite":
+        import edgeopt_runtime as rt
+
+        ref_m = rt.load(_float_tflite(model, artifact), threads=1)
+        cand_m = rt.load(artifact, threads=1)
+
+        def first(m: Any, f: dict[str, np.ndarray]) -> np.ndarray:
+            return next(iter(m.run(f).values()))
+
+        ref = np.concatenate([first(ref_m, f) for f in feeds])
+        got = np.concatenate([first(cand_m, f) for f in feeds])
+        one = feeds[0]
+        fns = {"float": lambda: ref_m.run(one), "tuned": lambda: cand_m.run(one)}
+        return _timed(ref, got, fns, plan, artifact)
     ref_s, cand_s = _session(model), _session(artifact)
     names = {i.name for i in cand_s.get_inputs()}
     ref = np.concatenate([ref_s.run(None, f)[0] for f in feeds])
@@ -86,6 +120,21 @@ def check(model: Path, val: Path, artifact: Path, plan: timing.Plan) -> dict[str
     one = feeds[0]
     fns = {"float": lambda: ref_s.run(None, one),
            "tuned": lambda: cand_s.run(None, {k: v for k, v in one.items() if k in names})}
+    return _timed(ref, got, fns, plan, artifact)
+
+
+def _float_tflite(model: Path, artifact: Path) -> Path:
+    """The float TFLite model of a Keras source (built once, beside the benchmark data)."""
+    from edgeopt.backends import get_backend
+    from edgeopt.sources import load_source
+
+    src = load_source(model)
+    shapes = {s.name: (1, *s.shape[1:]) for s in src.inputs}
+    return get_backend("tflite").build_float(src, shapes, model.parent / "float-work")
+
+
+def _timed(ref: np.ndarray, got: np.ndarray, fns: dict[str, Any], plan: timing.Plan,
+           artifact: Path) -> dict[str, Any]:
     samples = timing.interleaved(fns, plan, cpu=True)
     r = timing.ratio(samples["float"], samples["tuned"], cpu=True)
     return {"cosine": stats(cosines(ref, got)), "speedup": r["speedup"], "spread": r["spread"],
@@ -96,7 +145,8 @@ def check(model: Path, val: Path, artifact: Path, plan: timing.Plan) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tune_transformer")
-    p.add_argument("--model", default="minilm-l6", choices=["minilm-l6", "mpnet-base"])
+    p.add_argument("--model", default="minilm-l6",
+                   choices=["minilm-l6", "mpnet-base", "keras-encoder"])
     p.add_argument("--target", default="arm-cpu")
     p.add_argument("--min-cosine", type=float, default=None,
                    help="default 0.99 (minilm-l6) / 0.98 (mpnet-base)")
@@ -105,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--out", type=Path, default=None, help="write the JSON document here")
     args = p.parse_args(argv)
-    why = tm.missing()
+    keras = args.model == "keras-encoder"
+    why = None if keras else tm.missing()
     if why:
         print(json.dumps({"skipped": why}))
         return 0
-    goal = args.min_cosine or (0.99 if args.model == "minilm-l6" else 0.98)
+    goal = args.min_cosine or {"minilm-l6": 0.99, "mpnet-base": 0.98}.get(args.model, 0.999)
     folder = tm.CACHE / args.model / "tune-bench"
-    model, calib, val = prepare(args.model, folder)
+    model, calib, val = prepare_keras(folder) if keras else prepare(args.model, folder)
     for p in folder.iterdir():  # litter of an earlier run would read as this run's
         if p.name == "sym_shape_infer_temp.onnx" or p.suffix == ".data":
             p.unlink()
@@ -119,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                [sys.executable, "-c", "from edgeopt.cli import main; main()"])
     out = folder / "out"
     load0 = os.getloadavg()
-    run = run_tune(edgeopt, model, calib, val, out, goal, args.budget, args.target)
+    fmt = "tflite" if keras else "onnx"
+    run = run_tune(edgeopt, model, calib, val, out, goal, args.budget, args.target, fmt)
     doc: dict[str, Any] = {"schema": "edgeopt.bench.tune/1", "model": args.model,
                            "target": args.target, "min_cosine": goal, "budget": args.budget,
                            "exit_code": run["exit_code"], "wall_s": run["wall_s"],
@@ -137,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "latency_ms", "size_bytes", "met", "error")}
                          | {"speedup": (t.get("latency") or {}).get("speedup_p50")}
                          for t in rec.get("trials") or []]
-        arts = [a for a in target.get("artifacts") or [] if a.get("format") == "onnx"]
+        arts = [a for a in target.get("artifacts") or [] if a.get("format") == fmt]
         if arts:
             artifact = out / target["directory"] / arts[0]["file"]
             doc["check"] = check(model, val, artifact, timing.Plan(rounds=args.rounds))

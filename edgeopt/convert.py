@@ -559,12 +559,13 @@ def _tune_plan(tuner: Any, plan: _Plan, ctx: _Context, stage: Staging) -> None:
     backends = list({j.backend.name: j.backend for j in plan.jobs}.values())
     found = tuner.target(ctx.source, ctx.calib, ctx.samples, plan.profile, plan.shapes,
                          ctx.work, tuple(p.pattern for p in ctx.keep_float), backends)
+    signum = signals.received() or signal.SIGINT
     if found.interrupted:  # write what was found; a second Ctrl-C still aborts
         stage.signum = None
         signals.note(None)
     if not found.choices:
         if found.interrupted:
-            raise Interrupted(signal.SIGINT)
+            raise Interrupted(signum)
         raise TargetError(f"target {plan.profile.name!r}: tuning found no candidate that "
                           f"builds and runs ({'; '.join(found.errors)})")
     plan.jobs = [_Job(b, c.recipe.precision, c.recipe, c) for b, c in found.choices]

@@ -46,6 +46,9 @@ def search_blocks(title: str, rec: Mapping[str, Any]) -> list[Block]:
               f"{rec['threads']} thread(s) against the float model, interleaved"),
              (True, f"model: {model.get('evidence')}; {model.get('layer_groups')} layer "
               "group(s)")]
+    note = ((rec.get("float") or {}).get("task") or {}).get("note")
+    if note:
+        items.append((False, note))
     if status != "met":
         items.append((status == "met", f"search stopped: {rec['reason']}"))
     blocks: list[Block] = [Heading(f"Tuning: {title}", 2),

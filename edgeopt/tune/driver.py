@@ -246,19 +246,42 @@ def check_budget(budget: search.Budget, reference: Any, samples: EvalSamples) ->
                                   "--min-sqnr")
         return None
     acc = float(task["metrics"]["accuracy"]["float"])
-    y = np.asarray(labels).reshape(-1)
-    if y.ndim == 1 and y.size and np.issubdtype(y.dtype, np.integer):
-        majority = float(np.bincount(y.astype(np.int64)).max() / y.size)
-        chance = max(majority, 1.0 / max(2, int(task["num_classes"])))
-        if budget.metric is search.Metric.MAX_DROP and acc <= chance + 0.01:
-            raise TuneOptionError(
-                f"the float model itself gets {100 * acc:.1f} % of the {y.size} validation "
-                f"labels right, no better than always answering the most frequent label "
-                f"({100 * chance:.1f} %): the labels disagree with the model (wrong labels "
-                "file, sample order or --preprocess?), so an accuracy-drop budget means "
-                "nothing; fix the labels or use --min-cosine / --min-sqnr")
+    chance, answers = _chance_agreement(refs, labels, task)
+    # Cohen's kappa of the float predictions against the labels: 0 = no better than a
+    # predictor that ignores the input (random labels, a shuffled file), 1 = perfect. A model
+    # that gives one answer to every sample has kappa 0 whatever the labels: its drop is
+    # still measurable (the int8 model must keep that answer), so it is noted, not refused.
+    kappa = (acc - chance) / (1.0 - chance) if chance < 1.0 else 1.0
+    note = None
+    if answers == 1:
+        note = ("the float model gives the same class to every validation sample: an "
+                "accuracy drop says little about this data; --min-cosine is stricter")
+    elif budget.metric is search.Metric.MAX_DROP and kappa <= 0.1:
+        raise TuneOptionError(
+            f"the float model itself gets {100 * acc:.1f} % of the {task['num_samples']} "
+            f"validation labels right, no better than chance for its own answer frequencies "
+            f"({100 * chance:.1f} %): the labels disagree with the model (wrong labels "
+            "file, sample order or --preprocess?), so an accuracy-drop budget means "
+            "nothing; fix the labels or use --min-cosine / --min-sqnr")
     return {"accuracy": acc, "num_samples": int(task["num_samples"]),
-            "num_classes": int(task["num_classes"])}
+            "num_classes": int(task["num_classes"]), "kappa": round(kappa, 4),
+            **({"note": note} if note else {})}
+
+
+def _chance_agreement(refs: Any, labels: Any, task: dict) -> tuple[float, int]:
+    """Accuracy expected if the float model's predictions were independent of the labels
+    (sum over classes of P(predicted k) * P(label k)), and how many classes it predicts."""
+    from ..drift import _as_list, _predict, _scores
+
+    outs = _as_list(refs)
+    scores = _scores(outs[task["output"]] if isinstance(task.get("output"), int) else outs[0])
+    pred = np.asarray(_predict(scores)).reshape(-1)
+    y = np.asarray(labels)
+    y = (np.argmax(y, axis=1) if y.ndim == 2 else y.reshape(-1)).astype(np.int64)
+    n = max(int(pred.max(initial=0)), int(y.max(initial=0))) + 1
+    p = np.bincount(pred.astype(np.int64), minlength=n) / max(1, pred.size)
+    q = np.bincount(y, minlength=n) / max(1, y.size)
+    return float(np.dot(p, q)), int(np.count_nonzero(p))
 
 
 # ------------------------------------------------------------------------------ batch + timing

@@ -9,7 +9,8 @@ evaluates several recipes at once (serially, or through ``edgeopt.executors``).
 
 Algorithm (NNCF's ``quantize_with_accuracy_control``, with limits and partitions added):
 
-1. Evaluate every starting point (one batch). The best one meeting the budget is the incumbent.
+1. Evaluate every starting point (``parallel`` per batch). The best one meeting the budget is
+   the incumbent.
 2. For each start that misses the budget but would beat the incumbent on the objective if it
    met it (fastest first), and whose recipe has a keep-float set: greedy revert. Rank its
    layer groups by the per-layer signal of the current candidate; revert the top group
@@ -263,8 +264,13 @@ class Search:
     # ------------------------------------------------------------------ steps
 
     def _starts(self) -> None:
+        """Every starting point, ``parallel`` at a time: the limits and Ctrl-C apply between
+        batches (a transformer candidate takes minutes; six of them in one batch would run
+        past a time limit and show no progress)."""
         recipes = list(dict.fromkeys(self.starts))  # Recipe is hashable: no repeats
-        self._evaluate(recipes, step="start")
+        step = max(1, self.parallel)
+        for k in range(0, len(recipes), step):
+            self._evaluate(recipes[k:k + step], step="start")
 
     def _walk_order(self) -> list[int]:
         """Start candidates that miss the budget, by objective (best first)."""

@@ -38,7 +38,7 @@ def _run(args: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedProcess[s
 
 def _tune_args(*extra: str, out: str = "out") -> list[str]:
     return ["tune", "mlp.onnx", "--target", TARGET, "--calib", "calib.npz", "--val",
-            "val.npz", "--out", out, *extra]
+            "val.npz", "--out", out, "--latency-runs", "5", *extra]
 
 
 @pytest.fixture(scope="module")
