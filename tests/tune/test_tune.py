@@ -123,11 +123,15 @@ def test_chosen_recipe_rebuilds_with_convert(tuned: dict[str, Any]) -> None:
 
 
 def test_budget_not_met_exits_1_with_best_written(inputs: Path) -> None:
-    proc = _run(_tune_args("--min-cosine", "0.99999", "--budget", "2", "--json",
+    # -j 2: candidates built and evaluated in a local process pool (the start, then two
+    # reverts at once), timed here one at a time
+    proc = _run(_tune_args("--min-cosine", "0.99999", "--budget", "3", "-j", "2", "--json",
                            out="notmet"), inputs)
     assert proc.returncode == 1, proc.stderr
     rec = _record(json.loads(proc.stdout))
-    assert not rec["budget_met"] and rec["status"] == "limit" and rec["evaluations"] == 2
+    assert not rec["budget_met"] and rec["status"] == "limit" and rec["evaluations"] == 3
+    assert rec["executor"] == {"name": "process", "jobs": 2}
+    assert [t["step"] for t in rec["trials"]] == ["start", "lookahead", "lookahead"]
     best = rec["trials"][rec["best"]]
     assert best["accuracy"] == max(t["accuracy"] for t in rec["trials"])  # most accurate
     assert (inputs / "notmet" / "cpu-static" / "model_int8.onnx").is_file()
