@@ -129,7 +129,8 @@ def test_failures_are_values_refusals_cached_tune_runs(matrix: dict[str, Any],
     out = tmp_path / "out"
     shutil.copytree(matrix["root"] / "out-serial", out)
     recipes = ('[[recipe]]\nname = "default"\n\n[[recipe]]\nname = "keep-fc"\n'
-               'keep_float = ["fc"]\n\n[[recipe]]\nname = "tuned"\ntune = { max_drop = 0.5, budget = 2 }\n')
+               'keep_float = ["fc"]\n\n[[recipe]]\nname = "tuned"\n'
+               'tune = { max_drop = 0.5, budget = 2 }\n')
     sweep = _models.write_sweep(tmp_path, {"conv": matrix["models"]["conv"]}, extra=SETTINGS,
                                 targets=[str(_models.SWEEP_TARGETS / "cpu-s8.toml"),
                                          str(_models.SWEEP_TARGETS / "strict-s8.toml")],
