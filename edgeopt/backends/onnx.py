@@ -120,7 +120,7 @@ class OnnxBackend:
 
 
 @contextlib.contextmanager
-def _scratch_cwd(workdir: Path) -> Iterator[None]:
+def _scratch_cwd(workdir: Path, model: Path | None = None) -> Iterator[Path | None]:
     """Run an ORT step (pre-processing, quantization) with the working directory in a scratch
     folder.
 
@@ -131,16 +131,36 @@ def _scratch_cwd(workdir: Path) -> Iterator[None]:
     opened by relative paths elsewhere), and the scratch folder (inside ``workdir``) is removed
     afterwards. The working directory is process-wide: builds in one process are never
     concurrent (the tuning loop runs parallel candidates in worker processes).
+
+    With ``model``, yields a private link to it inside the scratch folder (its external-data
+    files linked beside it): ``quantize_static`` / ``quantize_dynamic`` write
+    ``<model>-inferred.onnx`` next to their input and delete it afterwards, so parallel
+    candidates quantizing the same pre-processed model would delete each other's file.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ort-cwd-", dir=workdir))
     previous = os.getcwd()
+    private = None
+    if model is not None:
+        private = scratch / model.name
+        for f in [model.name, *_external_files(model)]:
+            os.symlink((model.parent / f).absolute(), scratch / f)
     os.chdir(scratch)
     try:
-        yield
+        yield private
     finally:
         os.chdir(previous)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _external_files(model: Path) -> list[str]:
+    """The external-data files ``model``'s initializers name (relative to its folder)."""
+    onnx = import_onnx()
+    proto = onnx.load(str(model), load_external_data=False)
+    names = {e.value for t in proto.graph.initializer
+             if t.data_location == onnx.TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    return sorted(n for n in names if "/" not in n and n != model.name)
 
 
 def _samples(req: BuildRequest, limit: int) -> list[dict[str, np.ndarray]]:
@@ -215,9 +235,9 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
     try:
         with stdout_to_stderr(), _quiet_ort_logging():
             if recipe.mode == "dynamic":
-                with _scratch_cwd(req.workdir):
+                with _scratch_cwd(req.workdir, pre) as private:
                     q.quantize_dynamic(
-                        str(pre), str(req.out_path),
+                        str(private), str(req.out_path),
                         per_channel=recipe.per_channel,
                         reduce_range=recipe.reduce_range,
                         weight_type=_qtype(q, recipe.weight_type),
@@ -227,8 +247,8 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
                     )
                 first = next(iter(_samples(req, 1)), None)
             elif recipe.mode == "weight-only":
-                with _scratch_cwd(req.workdir):
-                    _weight_only(pre, req.out_path, recipe, exclude, details)
+                with _scratch_cwd(req.workdir, pre) as private:
+                    _weight_only(private, req.out_path, recipe, exclude, details)
                 first = next(iter(_samples(req, 1)), None)
             else:
                 reader = _Reader(req)
@@ -242,9 +262,10 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
                     notes.append(range_summary(bad) + hint)
                 cache = req.workdir / f"calib_{recipe.key()}_{req.out_path.stem}.json"
                 q_cal.save_tensors_data(ranges, cache)
-                with _scratch_cwd(req.workdir):  # ranges are computed: no data read here
+                # ranges are computed: no calibration data is read in there
+                with _scratch_cwd(req.workdir, pre) as private:
                     q.quantize_static(
-                        str(pre), str(req.out_path), None,
+                        str(private), str(req.out_path), None,
                         quant_format=q.QuantFormat.QDQ
                         if recipe.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
                         per_channel=recipe.per_channel,

@@ -88,7 +88,7 @@ def _row(r: Mapping[str, Any], rec: Mapping[str, Any]) -> list[str]:
     cos, snr = samples.get("cosine") or {}, samples.get("sqnr_db") or {}
     lat = r.get("latency") or {}
     acc = ((r.get("task") or {}).get("metrics") or {}).get("accuracy") or {}
-    floats = r.get("float_layers") or list(r.get("reverted") or [])
+    floats = list(r.get("reverted") or []) or r.get("float_layers") or []
     shown = ", ".join(floats[:3]) + (f" +{len(floats) - 3}" if len(floats) > 3 else "")
     if r.get("error"):
         result = "failed"
