@@ -110,17 +110,20 @@ def _command() -> click.Command:
     from edgeopt.commands.convert import command as convert_command
 
     def callback(**kwargs: Any) -> Any:
-        return convert_command.callback(auto=True, **kwargs)  # type: ignore[misc]
+        return convert_command.callback(auto=True, recipe_file=None,  # type: ignore[misc]
+                                        **kwargs)
 
     return click.Command(
         "tune", callback=callback,
-        params=[p for p in convert_command.params if p.name != "auto"],
+        params=[p for p in convert_command.params if p.name not in ("auto", "recipe_file")],
         help="Find the fastest artifact of MODEL that meets an accuracy budget, per --target.\n\n"
         "Candidates from each target's recipe space (starting points chosen for the model: "
         "transformer or not) are built, run on --val against the float model and timed; "
         "layer groups ranked by per-layer error go back to float until the budget holds "
         "(greedy revert with step back). Writes OUT/<target>/ like `edgeopt convert`, the "
-        "search record in OUT/<target>/tune.json and the report's Tuning section.\n\n"
+        "search record in OUT/<target>/tune.json, the chosen recipe in "
+        "OUT/<target>/recipe.toml (`edgeopt convert --recipe` rebuilds it) and the "
+        "report's Tuning section.\n\n"
         "Example: edgeopt tune model.onnx --target arm-cpu --calib calib.npz --val val.npz "
         "--min-cosine 0.99 --out tuned\n\n"
         "Exit codes: 0 met, 1 budget not met (best found written), 2 bad input, 130 "
