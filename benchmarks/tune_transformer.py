@@ -18,7 +18,10 @@ Usage (torch / transformers are only needed for the export and the tokenizer, be
         [--model minilm-l6] [--min-cosine 0.99] [--budget 15m] [--out result.json]
 
 The ``edgeopt`` CLI is run with ``--edgeopt`` (default: this repository's, through
-``sys.executable -c 'from edgeopt.cli import main; main()'``).
+``sys.executable -c 'from edgeopt.cli import main; main()'``); point it at the project's own
+venv (``--edgeopt .venv/bin/edgeopt``) when the torch venv lacks edgeopt's dependencies.
+``--model keras-encoder`` (TFLite, no torch needed) tunes the seeded Keras encoder of
+``benchmarks.models`` with ``--min-cosine 0.999``.
 """
 
 from __future__ import annotations

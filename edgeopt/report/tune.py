@@ -99,7 +99,8 @@ def _row(r: Mapping[str, Any], rec: Mapping[str, Any]) -> list[str]:
     return [str(r["index"] + 1), r["step"], r["label"], shown or "—", fmt(r.get("accuracy"), 5),
             fmt(cos.get("min"), 5), fmt(cos.get("p5"), 5), fmt(cos.get("mean"), 5),
             fmt(snr.get("min")), fmt(None if acc.get("drop") is None else 100 * acc["drop"]),
-            speedup(lat.get("speedup_p50")), fmt(r.get("latency_ms")),
+            speedup((r.get("confirmed") or {}).get("speedup_p50") or lat.get("speedup_p50")),
+            fmt(r.get("latency_ms")),
             fmt_bytes(r.get("size_bytes")), fmt(r.get("partitions")), result]
 
 

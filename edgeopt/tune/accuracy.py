@@ -55,6 +55,10 @@ class SampleStats:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: min / p5 / median / mean per metric, NaN count, the worst samples."""
+        with np.errstate(invalid="ignore"):  # exact candidates: SQNR +inf on every sample
+            return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"samples": len(self.cosine)}
         for name, vals in (("cosine", self.cosine), ("sqnr_db", self.sqnr_db)):
             a = np.asarray(vals, dtype=np.float64)
@@ -64,7 +68,7 @@ class SampleStats:
             filled = np.where(bad, worst, a)
             out[name] = {
                 "min": float(filled.min()) if a.size else None,
-                "p5": float(np.percentile(filled, 5)) if a.size else None,
+                "p5": float(np.percentile(filled, 5, method="lower")) if a.size else None,
                 "median": float(np.median(fin)) if fin.size else None,
                 "mean": float(fin[np.isfinite(fin)].mean()) if np.isfinite(fin).any() else None,
                 "nan": int(bad.sum()),
