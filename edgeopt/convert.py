@@ -135,6 +135,7 @@ class _Context:
     say: Progress
     latency_runs: int
     out: Path  # the final output folder (report paths and hints name it, not the staging one)
+    rewrites: tuple[str, ...] = ()
 
 
 def convert(
@@ -156,6 +157,7 @@ def convert(
     preprocessing: Preprocessing | None = None,
     latency_runs: int = DEFAULT_LATENCY_RUNS,
     strict: bool = False,
+    rewrite: Iterable[str] = (),
     auto: Any = None,
     recipes: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
@@ -186,6 +188,9 @@ def convert(
             ``edgetpu_compiler`` is installed, ops it left on the CPU or a failed compile), ops
             the GPU delegate cannot run. The report's ``gates`` hold the per-artifact checks
             either way.
+        rewrite: ``("edgetpu",)``: on Edge TPU targets, replace ONNX ops the Edge TPU lacks by
+            exact compositions it maps (HardSwish -> x * relu6(x + 3) / 6, ...) and report
+            the mapped-op count before and after; ONNX sources only.
         auto: ``edgeopt.tune.TuneOptions``: search each target's recipe space for the
             artifact that meets the accuracy budget (``edgeopt tune`` / ``convert --auto``);
             needs ``val``. Each target then gets one artifact per format, the chosen one,
@@ -216,13 +221,17 @@ def convert(
                               "use one of them")
     profiles = _profiles(targets)
     out = Path(out)
+    rewrites = _rewrites(rewrite)
+    if auto is not None and rewrites:
+        raise OptionError("--rewrite is not supported with --auto / edgeopt tune yet: tune "
+                          "candidates are built without graph rewrites; drop --rewrite")
     with claim_output(out, force):  # OUT usable, and no other run writing it (lock file)
         return _convert_claimed(
             model, profiles, calib, val=val, wanted=wanted, patterns=patterns, method=method,
             calib_method=calib_method, num_calib=num_calib, seed=seed, out=out,
             allow_synthetic=allow_synthetic, trust_model=trust_model, say=say,
-            preprocessing=preprocessing, latency_runs=latency_runs, strict=strict, auto=auto,
-            recipes=recipes,
+            preprocessing=preprocessing, latency_runs=latency_runs, strict=strict,
+            rewrites=rewrites, auto=auto, recipes=recipes,
         )
 
 
@@ -231,12 +240,19 @@ def _convert_claimed(
     val: str | Path | None, wanted: set[str] | None, patterns: tuple[re.Pattern[str], ...],
     method: CalibrationMethod | None, calib_method: str | None, num_calib: int | None,
     seed: int, out: Path, allow_synthetic: bool, trust_model: bool, say: Progress,
-    preprocessing: Preprocessing | None, latency_runs: int, strict: bool, auto: Any = None,
+    preprocessing: Preprocessing | None, latency_runs: int, strict: bool,
+    rewrites: tuple[str, ...] = (), auto: Any = None,
     recipes: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """``convert`` once OUT is claimed: load, plan, check the data, build, swap into place."""
     say(f"loading {model}")
     source = load_source(model, trust_model=trust_model)
+    if rewrites and source.format != "onnx":
+        raise OptionError(
+            f"--rewrite {rewrites[0]} rewrites ONNX graphs (PyTorch exports) before onnx2tf; "
+            f"{model} is a {source.format} model: drop --rewrite (for Keras MobileNetV3, "
+            "minimalistic=True avoids HARD_SWISH)"
+        )
     plans = [_plan(source, p, wanted, patterns) for p in profiles]
     if recipes:
         plans = [_with_recipes(p, recipes, patterns) for p in plans]
@@ -268,7 +284,8 @@ def _convert_claimed(
             say(message)
 
         ctx = _Context(
-            source, calib_src, samples, method, patterns, work, step, latency_runs, out
+            source, calib_src, samples, method, patterns, work, step, latency_runs, out,
+            rewrites,
         )
         tuner = _tuner(auto, plans, ctx, eval_spec, trust_model, preprocessing, calib,
                        num_calib, seed, say)
@@ -291,7 +308,7 @@ def _convert_claimed(
             "formats": sorted(wanted) if wanted else "all", "calib_method": calib_method,
             "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
             "latency_runs": latency_runs, "host_threads": HOST_THREADS, "strict": strict,
-            "max_eval": DEFAULT_MAX_EVAL,
+            "max_eval": DEFAULT_MAX_EVAL, "rewrite": list(rewrites),
             **({"auto": auto.to_dict()} if auto is not None else {}),
         })
         report = ConvertReport(record, out)
@@ -331,6 +348,16 @@ def _patterns(keep_float: Iterable[str]) -> tuple[re.Pattern[str], ...]:
                 f"--keep-float {text!r} is not a valid regular expression: {exc}"
             ) from None
     return tuple(out)
+
+
+def _rewrites(names: Iterable[str]) -> tuple[str, ...]:
+    from .backends.onnx2tf import REWRITES
+
+    found = tuple(dict.fromkeys(names))
+    bad = [n for n in found if n not in REWRITES]
+    if bad:
+        raise OptionError(f"unknown --rewrite {bad[0]!r}; use one of {', '.join(REWRITES)}")
+    return found
 
 
 def _method(name: str | None) -> CalibrationMethod | None:
@@ -477,10 +504,12 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
                 source=ctx.source, profile=profile, precision=job.precision,
                 input_shapes=plan.shapes, workdir=ctx.work, out_path=tdir / name,
                 calib=ctx.calib, calib_method=method, keep_float=ctx.keep_float,
-                recipe=job.recipe,
+                rewrites=ctx.rewrites, recipe=job.recipe,
             ))
             seconds = round(time.perf_counter() - t0, 3)
-        float_path = job.backend.build_float(ctx.source, plan.shapes, ctx.work)
+        # ONNX sources through onnx2tf: the checked float TFLite the artifact was made from
+        float_path = built.float_path or job.backend.build_float(ctx.source, plan.shapes,
+                                                                 ctx.work)
         ctx.say(f"{profile.name}: measuring {name} against the float model")
         accel = accelerators.for_target(profile, built.format)
         art, entry, prediction = _measure(ctx, profile, accel, built, float_path,
@@ -659,6 +688,20 @@ def _used_method(job: _Job, method: CalibrationMethod) -> str | None:
     return method.value if job.backend.name == "onnx" else "minmax"
 
 
+def _in_source_layout(
+    entry: ModelEntry, quant: rt.Model, ref: rt.Model, layouts: dict[str, Any]
+) -> tuple[ModelEntry, rt.Model, rt.Model]:
+    """The manifest entry with each converted tensor's ``layout``, and both models fed and
+    read in the source's layout (``edgeopt_runtime.layout``)."""
+    from edgeopt_runtime.layout import IOLayouts, annotate
+
+    entry = replace(entry, inputs=annotate(entry.inputs, layouts.get("inputs") or {}),
+                    outputs=annotate(entry.outputs, layouts.get("outputs") or {}))
+    wrapped = [m.with_layouts(IOLayouts.from_dict(layouts, m.inputs, m.outputs))
+               for m in (quant, ref)]
+    return entry, wrapped[0], wrapped[1]
+
+
 def _measure(
     ctx: _Context, profile: TargetProfile, accel: Accelerator, built: Built, float_path: Path,
     seconds: float, calibration_method: str | None,
@@ -672,6 +715,11 @@ def _measure(
     quant = ModelRef.host_cpu(built.path).load()
     ref_model = ModelRef.host_cpu(float_path).load()
     entry = model_entry(built.path, built.format, built.precision, quant)
+    layouts = built.details.get("layouts")
+    if layouts and (layouts.get("inputs") or layouts.get("outputs")):
+        # converted from NCHW (onnx2tf): the manifest says how, and both models are fed and
+        # compared in the source's layout, as apps will use them
+        entry, quant, ref_model = _in_source_layout(entry, quant, ref_model, layouts)
     evaluation: Evaluation = evaluate(
         ref_model, quant, ctx.samples, options=EvalOptions(latency_runs=ctx.latency_runs),
         data_warnings=False,

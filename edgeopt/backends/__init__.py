@@ -43,6 +43,7 @@ class BuildRequest:
     calib: Iterable[Sample] | None = None
     calib_method: CalibrationMethod = CalibrationMethod.MINMAX
     keep_float: tuple[re.Pattern[str], ...] = ()
+    rewrites: tuple[str, ...] = ()  # e.g. ("edgetpu",): exact op rewrites (ONNX sources)
     # Every quantization choice as one value. None: the profile's choices for ``precision``
     # with ``calib_method`` and ``keep_float`` (what ``convert`` builds); see ``resolved``.
     recipe: Recipe | None = None
@@ -67,6 +68,9 @@ class Built:
     # The float model the quantizer read (ONNX: after transforms and ORT's pre-processing), in
     # the request's workdir; the tuning loop's per-layer signal compares against it.
     float_model: Path | None = None
+    # the float model this one was quantized from, when it is not ``build_float``'s (ONNX
+    # sources through onnx2tf: the float TFLite of the converted graph)
+    float_path: Path | None = None
 
 
 class Backend(Protocol):

@@ -47,11 +47,10 @@ class TFLiteBackend:
     extension = ".tflite"
 
     def refuses(self, source: ModelSource) -> str | None:
-        if source.format == "onnx":
-            return (
-                "ONNX sources cannot be converted to TFLite by edgeopt (no ONNX-to-TF converter "
-                "is bundled); convert the original Keras/SavedModel model, or use onnx2tf first"
-            )
+        if source.format == "onnx":  # through onnx2tf (edgeopt.backends.onnx2tf)
+            from .onnx2tf import missing_helpers
+
+            return missing_helpers()
         return None
 
     def precisions(self, profile: TargetProfile) -> list[str]:
@@ -59,7 +58,14 @@ class TFLiteBackend:
         return list(dict.fromkeys(s.value for s in order))
 
     def build_float(self, source: ModelSource, input_shapes: Shapes, workdir: Path) -> Path:
-        out = workdir / f"float32_{_shape_tag(input_shapes)}.tflite"
+        if source.format == "onnx":
+            from .onnx2tf import convert_onnx
+
+            conv = convert_onnx(source, input_shapes, workdir)
+            return self.build_float(conv.source, conv.shapes, workdir)
+        # a SavedModel made in workdir (onnx2tf) gets its own float model per folder
+        made = f"_{source.path.parent.name}" if workdir in source.path.parents else ""
+        out = workdir / f"float32_{_shape_tag(input_shapes)}{made}.tflite"
         if not out.is_file():
             converter = _converter(source, input_shapes, workdir)
             out.write_bytes(_convert(converter, source, "float32"))
@@ -69,6 +75,10 @@ class TFLiteBackend:
         """Build ``req``'s recipe (``int8`` / ``int16x8`` / ``float16`` / ``dynamic`` /
         ``float32``); int8 calibrates once, keeps float what the recipe names and every tensor
         whose calibrated range is unquantizable, then quantizes the calibrated model."""
+        if req.source.format == "onnx":
+            from .onnx2tf import build_via_onnx2tf
+
+            return build_via_onnx2tf(self, req)
         tf = import_tf()
         recipe = req.resolved(self.name)
         converter = _converter(req.source, req.input_shapes, req.workdir)
@@ -202,6 +212,9 @@ def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: d
         deny = list(dict.fromkeys([*deny, *(o for outs in touching for o in outs)]))
         details["kept_float_ranges"] = [b.to_dict() for b in bad]
         notes.append(range_summary(bad))
+        # an inf calibrated range makes mlir_quantize segfault even for denylisted ops (a
+        # damaged ONNX source with a 2.2e38 bias: MEAN's range (0, inf)); these stay float
+        calibrated = _without_ranges(calibrated, wanted_bad)
     try:
         with stdout_to_stderr():
             data = tfl_convert.mlir_quantize(
@@ -219,6 +232,19 @@ def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: d
             f"{req.source.path}: int8 quantization {what}failed: {_error_summary(exc)}"
         ) from None
     return bytes(data), set(deny), bad
+
+
+def _without_ranges(data: bytes, names: set[str]) -> bytes:
+    """The calibrated model with the calibration statistics of ``names`` removed (primary
+    subgraph), so the quantizer leaves those tensors float instead of reading their range."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    for t in model.subgraphs[0].tensors:
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        if name in names:
+            t.quantization = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _calibrated_tensors(data: bytes) -> dict[str, Any]:

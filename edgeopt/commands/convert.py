@@ -137,6 +137,10 @@ def _progress(enabled: bool) -> Any:
               help="Exit 1 (report and artifacts still written) when a target would not run "
               "the whole graph on its accelerator: Edge TPU partition incomplete or compile "
               "failed, ops the GPU delegate cannot run.")
+@click.option("--rewrite", multiple=True, type=click.Choice(["edgetpu"]),
+              help="ONNX sources on Edge TPU targets: replace ops the Edge TPU lacks "
+              "(HardSwish, LeakyRelu, Neg) by exact compositions it maps; the report gives "
+              "the mapped-op count before and after.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Build the recipe(s) in FILE (e.g. OUT/<target>/recipe.toml written by "
@@ -151,8 +155,8 @@ def command(
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
     keep_float: tuple[str, ...],
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
-    strict: bool, as_json: bool, recipe_file: Path | None = None, auto: bool = False,
-    **tuning: Any,
+    strict: bool, rewrite: tuple[str, ...], as_json: bool, recipe_file: Path | None = None,
+    auto: bool = False, **tuning: Any,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
@@ -172,7 +176,7 @@ def command(
             allow_synthetic=allow_synthetic, trust_model=trust_model,
             progress=_progress(sys.stderr.isatty() or tune_spec is not None),
             latency_runs=latency_runs, preprocessing=parse_preprocess(preprocess),
-            strict=strict, auto=tune_spec, recipes=_recipes(recipe_file),
+            strict=strict, rewrite=rewrite, auto=tune_spec, recipes=_recipes(recipe_file),
         )
     except Interrupted as exc:
         click.echo(f"edgeopt: {exc}; temporary files removed, nothing written to {out}",

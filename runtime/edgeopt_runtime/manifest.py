@@ -19,8 +19,8 @@ Schema ``edgeopt.manifest/1`` (JSON object)::
           "precision": "int8" | "uint8" | "float16" | "dynamic" | "float32" | "int16x8" | "weight-only",
           "sha256": "<hex>",
           "size_bytes": 12345,
-          "inputs":  [TensorSpec...],   # see edgeopt_runtime.model.TensorSpec.to_dict
-          "outputs": [TensorSpec...]
+          "inputs":  [TensorSpec...],   # see edgeopt_runtime.model.TensorSpec.to_dict, plus
+          "outputs": [TensorSpec...]    # optional "layout" (edgeopt_runtime.layout)
         }
       ],
       "source": {"path": "...", "format": "keras", "sha256": "<hex>"},

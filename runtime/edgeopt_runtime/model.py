@@ -20,6 +20,7 @@ from . import backends, delegates
 from .backends import LoadOptions, Runner
 from .errors import DelegateError, EdgeOptError, InputError, ModelLoadError
 from .files import MAX_MODEL_BYTES, read_capped
+from .layout import IOLayouts
 from .manifest import MANIFEST_NAME, Manifest, ModelEntry, read_manifest
 from .manifest_schema import MAX_THREADS
 from .spec import Dequantizer, Quantizer, QuantParams, TensorSpec
@@ -62,6 +63,7 @@ class Model:
         manifest: Manifest | None = None,
         entry: ModelEntry | None = None,
         notes: list[str] | None = None,
+        layouts: IOLayouts | None = None,
     ) -> None:
         self._runner = runner
         self.path = path
@@ -72,6 +74,13 @@ class Model:
         self.inputs = _with_manifest_quant(runner.inputs, entry.inputs if entry else [])
         self.outputs = _with_manifest_quant(runner.outputs, entry.outputs if entry else [])
         self._feeds = [_Feed(s, runner.ties) for s in self.inputs]
+        # Layouts (edgeopt_runtime.layout): inputs/outputs are shown and fed in the source's
+        # layout (NCHW from PyTorch); _feeds keep the model's own for raw=True and checks.
+        self.layouts = layouts if layouts is not None or entry is None else IOLayouts.from_specs(
+            entry.inputs, entry.outputs, self.inputs, self.outputs, str(path))
+        if self.layouts is not None:
+            self.inputs = self.layouts.source_specs(self.inputs, "inputs")
+            self.outputs = self.layouts.source_specs(self.outputs, "outputs")
         self._by_name = {f.spec.name: i for i, f in enumerate(self._feeds)}
         self._out_q = [
             Dequantizer(s.quantization) if s.is_quantized else None for s in self.outputs
@@ -80,7 +89,8 @@ class Model:
         self._any_out_q = any(q is not None for q in self._out_q)
         single = self.inputs[0] if len(self.inputs) == 1 else None
         self._fast_shape = (
-            tuple(single.shape) if single is not None and not single.is_dynamic else None
+            tuple(single.shape)
+            if single is not None and not single.is_dynamic and self.layouts is None else None
         )
 
     # -- facts -------------------------------------------------------------------------------
@@ -104,6 +114,15 @@ class Model:
     def runner(self) -> Runner:
         """The backend runner (raw interpreter / session access for benchmarks)."""
         return self._runner
+
+    def with_layouts(self, layouts: IOLayouts | None) -> Model:
+        """This model fed and read in ``layouts`` (e.g. a converter's float TFLite in its
+        source's NCHW; None: the manifest's, if any), sharing the runner and so its
+        interpreter pool: as safe from many threads as the original."""
+        model = Model(self._runner, self.path, manifest=self.manifest, entry=self.entry,
+                      notes=self.notes, layouts=layouts)
+        model.probe_ns = self.probe_ns
+        return model
 
     def info(self) -> dict[str, Any]:
         """Backend, delegate, threads and model facts, for reports."""
@@ -130,7 +149,9 @@ class Model:
             feeds: a dict ``{input_name: array}``, a list in input order, or a single array for a
                 single-input model. Float arrays are quantized to integer model inputs
                 (round-to-nearest, saturating) unless ``raw``.
-            raw: pass integer arrays straight through and return integer outputs untouched.
+            raw: pass integer arrays straight through and return integer outputs untouched; a
+                model with ``layouts`` then also takes and returns its own layout (NHWC)
+                instead of the source's (NCHW).
 
         Returns:
             ``Outputs``: output name -> array (float for quantized outputs unless ``raw``).
@@ -151,6 +172,8 @@ class Model:
             results = self._runner.run([feeds])
         else:
             results = self._runner.run(self.prepare(feeds, raw=raw))
+            if self.layouts is not None and not raw:
+                results = self.layouts.to_source(results)
         if raw or not self._any_out_q:
             return Outputs(zip(self._out_names, results, strict=True))
         return Outputs(
@@ -159,12 +182,16 @@ class Model:
         )
 
     def prepare(self, feeds: Any, *, raw: bool = False) -> list[np.ndarray]:
-        """Check feeds and convert them to what the runner takes (arrays in input order).
+        """Check feeds and convert them to what the runner takes (arrays in input order, in
+        the model's own layout: source-layout feeds of a model with ``layouts`` are transposed
+        unless ``raw``).
 
         Raises:
             InputError: as ``run``.
         """
         arrays = self._arrays(feeds)
+        if self.layouts is not None and not raw:
+            arrays = self.layouts.to_model(arrays, self.inputs)
         return [self._prepare(f, a, raw) for f, a in zip(self._feeds, arrays, strict=True)]
 
     def run_batch(self, feeds: Any, *, raw: bool = False) -> Outputs:

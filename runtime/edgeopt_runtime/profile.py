@@ -64,7 +64,7 @@ class ProfileResult:
     op_profile: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     created: str = field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")  # noqa: UP017 (3.10)
     )
 
     def to_dict(self) -> dict[str, Any]:

@@ -204,9 +204,15 @@ def test_tflite_per_tensor_when_profile_says_so(tmp_path: Path) -> None:
     assert conv["in_scales"][1] == 1
 
 
-def test_tflite_refuses_onnx_sources() -> None:
+def test_tflite_takes_onnx_sources_through_onnx2tf(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    assert get_backend("tflite").refuses(_source("onnx-dynamic")) is None
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxsim" else real(name, *a))
     why = get_backend("tflite").refuses(_source("onnx-dynamic"))
-    assert why and "ONNX sources cannot be converted to TFLite" in why
+    assert why and "onnxsim not installed" in why and "pip install onnx2tf==" in why
 
 
 # ------------------------------------------------------------------------------------ ONNX

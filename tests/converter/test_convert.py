@@ -66,6 +66,8 @@ def converted(kind: str) -> ConvertReport:
         targets,
         str(M.calib_npz(_layout(kind))),
         val=str(M.val_npz(_layout(kind))),
+        # ONNX -> TFLite (onnx2tf) has its own tests: tests/converter/test_onnx2tf.py
+        formats="all" if kind in TF_KINDS else "onnx",
         num_calib=NUM_CALIB,
         out=out,
         force=kind == "h5",
@@ -208,13 +210,6 @@ def test_force_replaced_earlier_output() -> None:
     assert read_manifest(out / "arm-cpu").models[0].file == "model_int8.tflite"
 
 
-def test_onnx_source_skips_tflite_with_a_note() -> None:
-    report = converted("onnx-dynamic")
-    arm = report["targets"][0]
-    assert arm["skipped"] and "ONNX sources cannot be converted to TFLite" in arm["skipped"][0]
-    assert any("skipped tflite" in n for n in report["notes"])
-
-
 def test_synthetic_calibration_is_marked_loudly_and_keep_float_applies(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = edgeopt.convert(
@@ -339,16 +334,12 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[dict[str, Any], type[EdgeOptError],
             TargetError,
             "produces tflite only",
         ),
-        "onnx to tflite-only target": (
-            {**good, "model": str(M.onnx_dynamic_file()), "targets": ["edgetpu"]},
-            TargetError,
-            "ONNX sources cannot be converted to TFLite",
+        "rewrite on a keras source": (
+            {**good, "targets": ["edgetpu"], "rewrite": ["edgetpu"]},
+            OptionError,
+            "rewrites ONNX graphs",
         ),
-        "onnx with --format tflite": (
-            {**good, "model": str(M.onnx_dynamic_file()), "formats": "tflite"},
-            TargetError,
-            "cannot be converted",
-        ),
+        "unknown rewrite": ({**good, "rewrite": ["gpu"]}, OptionError, "unknown --rewrite"),
         "duplicate target": (
             {**good, "targets": ["arm-cpu", "arm-cpu"]},
             OptionError,

@@ -99,8 +99,8 @@ def _bad(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                 "--keep-float", "fc"], "float_fallback = false"),
         "forbidden op": ([str(M.cos_savedmodel_dir()), "--target", "edgetpu", "--calib",
                           str(cos_calib)], "COS"),
-        "onnx to edgetpu": ([str(M.onnx_dynamic_file()), "--target", "edgetpu", "--calib",
-                             str(M.calib_npz("chw"))], "cannot be converted to TFLite"),
+        "rewrite keras": ([keras, "--target", "edgetpu", "--calib", calib, "--rewrite",
+                           "edgetpu"], "rewrites ONNX graphs"),
     }
 
 
