@@ -18,9 +18,11 @@ Note: the module itself is callable (``edgeopt.convert(...)`` works even after
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import shutil
+import signal
 import sys
 import time
 import types
@@ -35,7 +37,7 @@ from edgeopt_runtime.errors import EdgeOptError, TargetError
 from edgeopt_runtime.manifest import ModelEntry, sha256_file
 from edgeopt_runtime.spec import TensorSpec
 
-from . import accelerators, progress
+from . import accelerators, progress, signals
 from .accelerators import Accelerator, StrictError
 from .artifact import model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
@@ -64,6 +66,7 @@ from .results import (
     Status,
     TargetResult,
 )
+from .signals import Interrupted
 from .sources import ModelSource, load_source
 from .targets import (
     CalibrationMethod,
@@ -113,6 +116,8 @@ class ConvertReport:
 class _Job:
     backend: Backend
     precision: str
+    recipe: Any = None  # a Recipe chosen by the tuning loop (None: the profile's)
+    prebuilt: Any = None  # the tuning loop's Candidate holding that recipe's built file
 
 
 @dataclass
@@ -121,6 +126,7 @@ class _Plan:
     jobs: list[_Job]
     skipped: list[str]
     shapes: Shapes = field(default_factory=dict)
+    tune: tuple[dict[str, Any], ...] | None = None  # search records (--auto)
 
 
 @dataclass
@@ -165,6 +171,8 @@ def convert(
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     keep_reference: bool | None = None,
     measure_memory: bool = True,
+    auto: Any = None,
+    recipes: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Calibrate and quantize a float model for one or more targets.
 
@@ -202,6 +210,14 @@ def convert(
         keep_reference: keep the float references in ``OUT/<target>/reference/`` (None: when
             small, ``edgeopt.reference.AUTO_MAX_BYTES``).
         measure_memory: measure each artifact's peak working set in a child process.
+        auto: ``edgeopt.tune.TuneOptions``: search each target's recipe space for the
+            artifact that meets the accuracy budget (``edgeopt tune`` / ``convert --auto``);
+            needs ``val``. Each target then gets one artifact per format, the chosen one,
+            and its search record (``targets[].tune``, ``OUT/<target>/tune.json``) and the
+            chosen recipes (``OUT/<target>/recipe.toml``).
+        recipes: format -> ``edgeopt.recipes.Recipe`` (``--recipe FILE``, e.g. the
+            ``recipe.toml`` a tune run wrote): build exactly these, one artifact per format
+            in it, instead of the profile's defaults (``keep_float`` is added to them).
 
     Every target and format is attempted: a failure is a ``failed`` target or an
     ``ArtifactFailure`` of a ``partial`` one and the run goes on (``FAIL_FAST``).
@@ -223,15 +239,24 @@ def convert(
     if max_eval is not None and (isinstance(max_eval, bool) or not isinstance(max_eval, int)
                                  or max_eval < 1):
         raise OptionError(f"--max-eval must be a whole number >= 1, got {max_eval!r}")
+    if auto is not None:
+        _check_auto(val, calib, allow_synthetic)
+        if recipes:
+            raise OptionError("--recipe builds a given recipe and --auto searches for one: "
+                              "use one of them")
     profiles = _profiles(targets)
     out = Path(out)
+    rewrites = _rewrites(rewrite)
+    if auto is not None and rewrites:
+        raise OptionError("--rewrite is not supported with --auto / edgeopt tune yet: tune "
+                          "candidates are built without graph rewrites; drop --rewrite")
     opts = _RunOptions(
         wanted=wanted, patterns=patterns, method=method, calib_method=calib_method,
         num_calib=num_calib, seed=seed, allow_synthetic=allow_synthetic,
         trust_model=trust_model, preprocessing=preprocessing, latency_runs=latency_runs,
         strict=strict, max_eval=max_eval, input_shapes=input_shapes,
         keep_reference=keep_reference, measure_memory=measure_memory,
-        rewrites=_rewrites(rewrite))
+        rewrites=rewrites, auto=auto, recipes=recipes)
     with claim_output(out, force):  # OUT usable, and no other run writing it (lock file)
         return _convert_claimed(model, profiles, calib, val, out, say, opts)
 
@@ -256,6 +281,8 @@ class _RunOptions:
     keep_reference: bool | None
     measure_memory: bool
     rewrites: tuple[str, ...] = ()
+    auto: Any = None  # edgeopt.tune.TuneOptions (--auto / edgeopt tune)
+    recipes: Mapping[str, Any] | None = None  # --recipe FILE
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -265,6 +292,7 @@ class _RunOptions:
             "host_threads": HOST_THREADS, "strict": self.strict, "max_eval": self.max_eval,
             "keep_reference": _reference_policy(self.keep_reference),
             "measure_memory": self.measure_memory, "rewrite": list(self.rewrites),
+            **({"auto": self.auto.to_dict()} if self.auto is not None else {}),
         }
 
 
@@ -286,6 +314,8 @@ def _convert_claimed(model: str | Path, profiles: list[TargetProfile], calib: st
         )
     inputs = _input_specs(source, opts.input_shapes)
     plans, refused = _plans(source, profiles, opts)
+    if opts.recipes:
+        plans = [_with_recipes(p, opts.recipes, opts.patterns) for p in plans]
     say("checking calibration data")
     calib_src = open_calibration(
         calib, inputs, num=opts.num_calib, seed=opts.seed,
@@ -328,13 +358,20 @@ def _convert_claimed(model: str | Path, profiles: list[TargetProfile], calib: st
         results: list[tuple[TargetResult, EdgeOptError | None]] = [
             refused.get(i, (None, None)) for i in range(len(profiles))]  # type: ignore[misc]
         errors: list[EdgeOptError] = [e for _t, e in refused.values()]
-        for plan in plans:
-            target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
-            results[_index(profiles, plan.profile)] = (target, error)
-            if error is not None:
-                errors.append(error)
-                if FAIL_FAST:
-                    raise error
+        tuner = _tuner(opts, plans, ctx, eval_spec, calib, say)
+        with tuner if tuner is not None else contextlib.nullcontext():
+            for plan in plans:
+                if tuner is not None:
+                    if tuner.stopped:  # Ctrl-C ended an earlier target's search
+                        results[_index(profiles, plan.profile)] = (_not_tuned(plan), None)
+                        continue
+                    _tune_plan(tuner, plan, ctx, stage)
+                target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
+                results[_index(profiles, plan.profile)] = (target, error)
+                if error is not None:
+                    errors.append(error)
+                    if FAIL_FAST:
+                        raise error
         targets = [t for t, _e in results]
         if not any(t.artifacts for t in targets):
             raise _nothing_built(errors)
@@ -716,6 +753,9 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
         tools=_tools(),
         reference=kept.write(tdir),
     )
+    if plan.tune is not None:
+        _write_tune_record(tdir, plan.tune)
+        _write_recipe_file(tdir, plan)
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
     _, why_not = kept.decide()
     notes = (why_not,) if why_not else ()
@@ -727,6 +767,7 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
                         for a in (_with_runtime(a, tdir, profile) for a in artifacts)),
         skipped=tuple(plan.skipped), input_shapes={k: list(v) for k, v in plan.shapes.items()},
         wall_seconds=round(time.perf_counter() - started, 3), failures=tuple(failures),
+        tune=plan.tune,
     )
 
 
@@ -738,17 +779,22 @@ def _convert_job(ctx: _Context, plan: _Plan, job: _Job, tdir: Path, name: str,
     method = ctx.method or profile.quantization.calibration_method
     shapes, shape_note = _format_shapes(plan.shapes, job.backend.name, ctx.calib)
     ctx.check()
-    ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
-    calib = progress.Passes(ctx.calib, f"{what}: calibrating", ctx.calib.count)
-    t0 = time.perf_counter()
-    with progress.task(f"{what}: converting", unit="step"):
-        built = job.backend.build(BuildRequest(
-            source=ctx.source, profile=profile, precision=job.precision,
-            input_shapes=shapes, workdir=ctx.work, out_path=tdir / name,
-            calib=calib, calib_method=method, keep_float=ctx.keep_float,
-            rewrites=ctx.rewrites,
-        ))
-    seconds = round(time.perf_counter() - t0, 3)
+    if job.prebuilt is not None:  # the tuning loop's chosen candidate: already built
+        ctx.say(f"{profile.name}: installing the tuned {job.backend.name} {job.precision}")
+        built, seconds = _install(job, tdir / name)
+        method = job.recipe.calibration_method
+    else:
+        ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
+        calib = progress.Passes(ctx.calib, f"{what}: calibrating", ctx.calib.count)
+        t0 = time.perf_counter()
+        with progress.task(f"{what}: converting", unit="step"):
+            built = job.backend.build(BuildRequest(
+                source=ctx.source, profile=profile, precision=job.precision,
+                input_shapes=shapes, workdir=ctx.work, out_path=tdir / name,
+                calib=calib, calib_method=method, keep_float=ctx.keep_float,
+                rewrites=ctx.rewrites, recipe=job.recipe,
+            ))
+        seconds = round(time.perf_counter() - t0, 3)
     # ONNX sources through onnx2tf: the checked float TFLite the artifact was made from
     float_path = built.float_path
     if float_path is None:
@@ -789,6 +835,114 @@ def _with_memory(ctx: _Context, profile: TargetProfile, tdir: Path,
             notes += (f"memory not measured: {_public_text(ctx, head.error)}",)
         out.append(replace(art, memory=head.to_dict(), notes=notes))
     return out
+
+
+# ------------------------------------------------------------------------------ --auto
+
+
+def _check_auto(val: str | Path | None, calib: str | Path | None,
+                allow_synthetic: bool) -> None:
+    """Tuning measures candidates on held-out data: it needs --val (and real --calib)."""
+    if val is None:
+        raise OptionError("tuning needs validation data: pass --val (a labelled .npz for "
+                          "--max-drop); candidates are judged on it, not on the calibration "
+                          "samples they were calibrated with")
+    if calib is None or allow_synthetic:
+        raise OptionError("tuning needs real calibration data: pass --calib (synthetic "
+                          "calibration would tune for random inputs)")
+
+
+def _tuner(opts: _RunOptions, plans: list[_Plan], ctx: _Context, data: EvalData,
+           calib: str | Path | None, say: Progress) -> Any:
+    """The tuning run of ``opts.auto`` (``edgeopt.tune.driver.TuneRun``), or None without it."""
+    if opts.auto is None:
+        return None
+    from .tune.candidate import SourceRef
+    from .tune.driver import TuneRun
+
+    ref = SourceRef(ctx.source.path, ctx.source.sha256, opts.trust_model,
+                    None if calib is None else str(calib), opts.num_calib, opts.seed,
+                    opts.preprocessing)
+    searches = sum(len({j.backend.name for j in p.jobs}) for p in plans)
+    return TuneRun(opts.auto, searches, ref, data, say=say)
+
+
+def _tune_plan(tuner: Any, plan: _Plan, ctx: _Context, stage: Staging) -> None:
+    """Replace the plan's jobs with the chosen candidate of each format; keep the records.
+
+    Raises:
+        Interrupted: Ctrl-C before any candidate was evaluated (nothing to write).
+        TargetError: no candidate of any format could be built and evaluated.
+    """
+    backends = list({j.backend.name: j.backend for j in plan.jobs}.values())
+    found = tuner.target(ctx.source, ctx.calib, ctx.samples, plan.profile, plan.shapes,
+                         ctx.work, tuple(p.pattern for p in ctx.keep_float), backends)
+    signum = signals.received() or signal.SIGINT
+    if found.interrupted:  # write what was found; a second Ctrl-C still aborts
+        stage.signum = None
+        signals.note(None)
+    if not found.choices:
+        if found.interrupted:
+            raise Interrupted(signum)
+        raise TargetError(f"target {plan.profile.name!r}: tuning found no candidate that "
+                          f"builds and runs ({'; '.join(found.errors)})")
+    plan.jobs = [_Job(b, c.recipe.precision, c.recipe, c) for b, c in found.choices]
+    plan.tune = tuple(found.records)
+
+
+def _not_tuned(plan: _Plan) -> TargetResult:
+    """A target whose search never started because Ctrl-C ended an earlier one."""
+    p = plan.profile
+    return TargetResult.failed(p.name, p.description, _profile_path(p),
+                               "not tuned: interrupted (Ctrl-C) before this target's search "
+                               "started", error_type="Interrupted", skipped=plan.skipped)
+
+
+def _install(job: _Job, dest: Path) -> tuple[Built, float]:
+    """Copy the chosen candidate's file into the target folder as its artifact."""
+    cand = job.prebuilt
+    shutil.copyfile(cand.path, dest)
+    built = Built(dest, job.backend.name, job.precision, dict(cand.details), list(cand.notes))
+    return built, float(cand.build_seconds)
+
+
+def _with_recipes(plan: _Plan, recipes: Mapping[str, Any],
+                  patterns: tuple[re.Pattern[str], ...]) -> _Plan:
+    """``plan`` building the given recipes (``--recipe``), one job per format in both.
+
+    Raises:
+        TargetError: the target produces none of the recipe file's formats.
+    """
+    backends = {j.backend.name: j.backend for j in plan.jobs}
+    extra = tuple(p.pattern for p in patterns)
+    jobs = [_Job(backends[fmt], r.precision, r.with_keep_float(extra) if extra else r)
+            for fmt, r in recipes.items() if fmt in backends]
+    if not jobs:
+        raise TargetError(f"target {plan.profile.name!r} builds {', '.join(backends)} here, "
+                          f"the recipe file has {', '.join(recipes)} only")
+    skipped = list(plan.skipped) + [f"{fmt}: not in the recipe file" for fmt in backends
+                                    if fmt not in recipes]
+    return _Plan(plan.profile, jobs, skipped, plan.shapes)
+
+
+def _write_recipe_file(tdir: Path, plan: _Plan) -> None:
+    """``OUT/<target>/recipe.toml``: the chosen recipe per format, for ``convert --recipe``."""
+    from .recipes.file import write
+
+    chosen = {j.backend.name: j.recipe for j in plan.jobs if j.recipe is not None}
+    if chosen:
+        write(tdir / "recipe.toml", chosen, header=(
+            f"The recipe(s) `edgeopt tune` chose for target {plan.profile.name}.\n"
+            f"Rebuild: edgeopt convert MODEL --target {plan.profile.name} --calib CALIB "
+            f"--recipe {plan.profile.name}/recipe.toml"))
+
+
+def _write_tune_record(tdir: Path, records: tuple[dict[str, Any], ...]) -> None:
+    """``OUT/<target>/tune.json``: every candidate tried, per format (report.json has it too)."""
+    from .report import dumps
+
+    (tdir / "tune.json").write_text(dumps({"schema": "edgeopt.tune/1", "searches":
+                                           list(records)}), encoding="utf-8")
 
 
 def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> ArtifactResult:

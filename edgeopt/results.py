@@ -503,6 +503,9 @@ class TargetResult:
     error: str | None = None
     error_type: str | None = None
     failures: tuple[ArtifactFailure, ...] = ()  # formats / precisions that failed
+    # ``edgeopt tune`` / ``convert --auto``: the search record of each format (every candidate
+    # tried, the chosen one and why; ``edgeopt.tune.driver.record``); None for plain convert
+    tune: tuple[Mapping[str, Any], ...] | None = None
 
     @classmethod
     def failed(cls, name: str, description: str, profile_path: str | None, error: str, *,
@@ -520,7 +523,8 @@ class TargetResult:
                 "skipped": list(self.skipped),
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                 "wall_seconds": self.wall_seconds,
-                "failures": [f.to_dict() for f in self.failures]}
+                "failures": [f.to_dict() for f in self.failures],
+                **({"tune": [dict(r) for r in self.tune]} if self.tune is not None else {})}
 
 
 @dataclass(frozen=True)

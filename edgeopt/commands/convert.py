@@ -22,6 +22,9 @@ from edgeopt.commands._options import (
     report_warnings,
     running,
 )
+from edgeopt.commands.tune import EXIT_INTERRUPTED, auto_options, tune_options
+from edgeopt.commands.tune import exit_code as tune_exit_code
+from edgeopt.commands.tune import summary_lines as tune_lines
 from edgeopt.limits import MAX_LATENCY_RUNS, MAX_SEED, CalibrationLimits
 
 _FORMATS = ["tflite", "onnx", "all"]
@@ -72,6 +75,15 @@ def parse_preprocess(items: tuple[str, ...]) -> Any:
         else:
             fields[key] = value.strip()
     return Preprocessing.from_dict(fields)
+
+
+def _recipes(path: Path | None) -> Any:
+    """``--recipe FILE``: format -> Recipe (None without it); a bad file is a RecipeError."""
+    if path is None:
+        return None
+    from edgeopt.recipes.file import read
+
+    return read(path)
 
 
 def _max_samples() -> int:
@@ -158,6 +170,14 @@ def _progress(enabled: bool) -> Any:
               "process per artifact); a target's memory_budget_mb gates it.")
 @console_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Build the recipe(s) in FILE (e.g. OUT/<target>/recipe.toml written by "
+              "`edgeopt tune`) instead of the target's defaults: one artifact per format in it.")
+@click.option("--auto", is_flag=True,
+              help="Tune: search each target's recipes for the fastest artifact meeting the "
+              "budget given by --max-drop / --min-cosine / --min-sqnr (needs --val); "
+              "the same as `edgeopt tune`.")
+@tune_options
 def command(
     model: Path, targets: tuple[str, ...], calib: Path | None, val: Path | None, fmt: str,
     calib_method: str | None, preprocess: tuple[str, ...], num_calib: int | None, seed: int,
@@ -165,7 +185,8 @@ def command(
     out: Path, force: bool, allow_synthetic: bool, trust_model: bool, latency_runs: int,
     strict: bool, rewrite: tuple[str, ...], max_eval: int | None, input_shapes: tuple[str, ...],
     keep_reference: bool | None, measure_memory: bool, quiet: bool, verbose: bool,
-    log_file: Path | None, as_json: bool,
+    log_file: Path | None, as_json: bool, recipe_file: Path | None = None,
+    auto: bool = False, **tuning: Any,
 ) -> None:
     """Calibrate and quantize MODEL (.keras, .h5, SavedModel dir, .onnx) for each --target.
 
@@ -180,6 +201,7 @@ def command(
     from edgeopt.report import convert_summary_lines, dumps
 
     failed: StrictError | None = None
+    tune_spec = auto_options(tuning, auto)
     with running(quiet, verbose, log_file) as console:
         try:
             report = convert(
@@ -190,7 +212,7 @@ def command(
                 preprocessing=parse_preprocess(preprocess), strict=strict, rewrite=rewrite,
                 max_eval=max_eval,
                 input_shapes=list(input_shapes), keep_reference=keep_reference,
-                measure_memory=measure_memory,
+                measure_memory=measure_memory, auto=tune_spec, recipes=_recipes(recipe_file),
             )
         except Interrupted as exc:
             console.notice(f"{exc}; temporary files removed, nothing written to {out}")
@@ -201,10 +223,19 @@ def command(
         if as_json:
             click.echo(dumps(report.data), nl=False)
         else:
-            for line in convert_summary_lines(report.data):
+            for line in convert_summary_lines(report.data) + tune_lines(report.data):
                 click.echo(line)
             click.echo(f"wrote {out}/ (report: {out / 'report.md'}, {out / 'report.html'})")
         code = _exit_code(report, failed, console)
+        if tune_spec is not None:
+            tuned = tune_exit_code(report.data)
+            if tuned == EXIT_INTERRUPTED:
+                console.notice(f"interrupted: the best candidate found so far is in {out}/ "
+                               "(marked interrupted in the report)")
+            elif tuned:
+                console.notice(f"budget not met: the most accurate candidate found is in "
+                               f"{out}/ (marked 'budget not met' in the report)")
+            code = max(code, tuned)
     if code:
         raise SystemExit(code)
 

@@ -14,6 +14,7 @@ from typing import Any
 from .blocks import Block, Bullets, Heading, Para, Plots, Verdict, table
 from .format import fmt, fmt_bytes, pct, pts, speedup
 from .svg import svg_bar_chart, svg_histogram, svg_scatter
+from .tune import tune_blocks
 
 Row = Callable[[Any], str]
 
@@ -117,6 +118,7 @@ def report_blocks(report: Mapping[str, Any]) -> list[Block]:
     blocks += _models(report)
     if kind == "convert":
         blocks += _targets(report)
+        blocks += tune_blocks(report)  # edgeopt tune / convert --auto: every candidate
     level = 3 if kind == "convert" else 2
     for title, sec in evaluations(report):
         if kind == "convert":
