@@ -50,6 +50,7 @@ def write_target_manifest(
     calibration: dict[str, Any],
     preprocessing: dict[str, Any] | None,
     tools: dict[str, Any],
+    reference: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``directory/manifest.json`` (schema ``edgeopt.manifest/1``) for one target."""
     return write_manifest(
@@ -63,5 +64,7 @@ def write_target_manifest(
             "preprocessing": preprocessing,
             "calibration": calibration,
             "tools": tools,
+            # the float model(s) drift was measured against (edgeopt.reference)
+            **({"reference": reference} if reference is not None else {}),
         },
     )

@@ -33,6 +33,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "sweep": ("edgeopt.commands.sweep", "Run models x targets x recipes, cached, on an executor."),
     "targets": ("edgeopt.commands.targets", "List and show target profiles."),
+    "tune": ("edgeopt.commands.tune", "Find the fastest artifact that meets an accuracy budget."),
 }
 
 

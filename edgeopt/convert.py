@@ -18,12 +18,15 @@ Note: the module itself is callable (``edgeopt.convert(...)`` works even after
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
 import shutil
+import signal
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,9 @@ import edgeopt_runtime as rt
 import numpy as np
 from edgeopt_runtime.errors import EdgeOptError, TargetError
 from edgeopt_runtime.manifest import ModelEntry, sha256_file
+from edgeopt_runtime.spec import TensorSpec
 
-from . import accelerators
+from . import accelerators, progress, signals
 from .accelerators import Accelerator, StrictError
 from .artifact import model_entry, write_target_manifest
 from .backends import Backend, BuildRequest, Built, Shapes, get_backend
@@ -51,6 +55,7 @@ from .evaluate import (
 from .limits import OptionError, check_numbers
 from .output import Staging, claim_output, source_bytes
 from .results import (
+    ArtifactFailure,
     ArtifactResult,
     ConvertResult,
     Evaluation,
@@ -61,6 +66,7 @@ from .results import (
     Status,
     TargetResult,
 )
+from .signals import Interrupted
 from .sources import ModelSource, load_source
 from .targets import (
     CalibrationMethod,
@@ -71,10 +77,12 @@ from .targets import (
     load_target,
 )
 
-# One failing target fails the run and nothing is written (the record of the failure is built
-# either way: with False the run goes on and the report marks the target `failed`; issue 13
-# turns that into the CLI's partial success).
-FAIL_FAST = True
+# Partial success: every target and format is attempted; one that fails becomes a `failed`
+# record (target) or an `ArtifactFailure` (one format of a target) and the run goes on, so the
+# artifacts that worked are written; the CLI exits 1. Only a run where nothing at all could be
+# built raises (exit 2, nothing written). True restores all-or-nothing (the first failure
+# raises and nothing is written).
+FAIL_FAST = False
 WORK_DIR = "_work"  # scratch inside the staging folder (float models, exports); not shipped
 DEFAULT_LAYER_SAMPLES = 8  # per-layer section of every artifact: samples (bounded time)
 
@@ -109,6 +117,8 @@ class ConvertReport:
 class _Job:
     backend: Backend
     precision: str
+    recipe: Any = None  # a Recipe chosen by the tuning loop (None: the profile's)
+    prebuilt: Any = None  # the tuning loop's Candidate holding that recipe's built file
 
 
 @dataclass
@@ -117,6 +127,7 @@ class _Plan:
     jobs: list[_Job]
     skipped: list[str]
     shapes: Shapes = field(default_factory=dict)
+    tune: tuple[dict[str, Any], ...] | None = None  # search records (--auto)
 
 
 @dataclass
@@ -130,6 +141,10 @@ class _Context:
     say: Progress
     latency_runs: int
     out: Path  # the final output folder (report paths and hints name it, not the staging one)
+    stage: Path  # the staging folder: never named in a message (see _public)
+    check: Callable[[], None]  # raise Interrupted when a library swallowed a signal
+    keep_reference: bool | None
+    measure_memory: bool
     rewrites: tuple[str, ...] = ()
     output_kinds: tuple[tuple[str, str], ...] = ()  # --output-kind overrides
     layer_samples: int = 0  # samples of the per-layer section (0: no per-layer section)
@@ -158,6 +173,12 @@ def convert(
     output_kinds: Sequence[tuple[str, str]] = (),
     layer_samples: int = DEFAULT_LAYER_SAMPLES,
     allow_invalid: bool = False,
+    max_eval: int | None = DEFAULT_MAX_EVAL,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    keep_reference: bool | None = None,
+    measure_memory: bool = True,
+    auto: Any = None,
+    recipes: Mapping[str, Any] | None = None,
 ) -> ConvertReport:
     """Calibrate and quantize a float model for one or more targets.
 
@@ -194,13 +215,30 @@ def convert(
         layer_samples: samples the per-layer section of each artifact runs (0: no section).
         allow_invalid: do not raise ``ValidationFailed`` when an artifact fails validation or
             is degraded (the report says so either way).
+        max_eval: measure drift on at most this many samples (a seeded subset); None: all
+            (the CLI's default; the API keeps ``DEFAULT_MAX_EVAL`` for sweep / tune callers).
+        input_shapes: ``{name: dims}`` or ``["name=1,224,224,3"]`` for the inputs' dynamic dims.
+        keep_reference: keep the float references in ``OUT/<target>/reference/`` (None: when
+            small, ``edgeopt.reference.AUTO_MAX_BYTES``).
+        measure_memory: measure each artifact's peak working set in a child process.
+        auto: ``edgeopt.tune.TuneOptions``: search each target's recipe space for the
+            artifact that meets the accuracy budget (``edgeopt tune`` / ``convert --auto``);
+            needs ``val``. Each target then gets one artifact per format, the chosen one,
+            and its search record (``targets[].tune``, ``OUT/<target>/tune.json``) and the
+            chosen recipes (``OUT/<target>/recipe.toml``).
+        recipes: format -> ``edgeopt.recipes.Recipe`` (``--recipe FILE``, e.g. the
+            ``recipe.toml`` a tune run wrote): build exactly these, one artifact per format
+            in it, instead of the profile's defaults (``keep_float`` is added to them).
+
+    Every target and format is attempted: a failure is a ``failed`` target or an
+    ``ArtifactFailure`` of a ``partial`` one and the run goes on (``FAIL_FAST``).
 
     Returns:
         The report (also written to ``out/report.json``, ``.md`` and ``.html``).
 
     Raises:
-        EdgeOptError: (subclasses) bad model, data, target, options or output directory, or a
-            conversion the target forbids. Nothing is left under ``out`` in that case.
+        EdgeOptError: (subclasses) bad model, data, target, options or output directory, or
+            nothing at all could be built. Nothing is left under ``out`` in that case.
         StrictError: ``strict`` and an accelerator check failed; ``out`` is complete and the
             exception's ``report`` holds the ``ConvertReport``.
         ValidationFailed: an artifact is broken (non-finite / absurd scales, NaN weights, NaN/inf
@@ -214,58 +252,118 @@ def convert(
     check_numbers(latency_runs=latency_runs, num_calib=num_calib, seed=seed)
     if layer_samples < 0:
         raise OptionError(f"--layer-samples must be >= 0, got {layer_samples}")
+    if max_eval is not None and (isinstance(max_eval, bool) or not isinstance(max_eval, int)
+                                 or max_eval < 1):
+        raise OptionError(f"--max-eval must be a whole number >= 1, got {max_eval!r}")
+    if auto is not None:
+        _check_auto(val, calib, allow_synthetic)
+        if recipes:
+            raise OptionError("--recipe builds a given recipe and --auto searches for one: "
+                              "use one of them")
     profiles = _profiles(targets)
     out = Path(out)
     rewrites = _rewrites(rewrite)
+    if auto is not None and rewrites:
+        raise OptionError("--rewrite is not supported with --auto / edgeopt tune yet: tune "
+                          "candidates are built without graph rewrites; drop --rewrite")
+    opts = _RunOptions(
+        wanted=wanted, patterns=patterns, method=method, calib_method=calib_method,
+        num_calib=num_calib, seed=seed, allow_synthetic=allow_synthetic,
+        trust_model=trust_model, preprocessing=preprocessing, latency_runs=latency_runs,
+        strict=strict, max_eval=max_eval, input_shapes=input_shapes,
+        keep_reference=keep_reference, measure_memory=measure_memory,
+        rewrites=rewrites, auto=auto, recipes=recipes,
+        output_kinds=tuple(output_kinds), layer_samples=layer_samples,
+        allow_invalid=allow_invalid)
     with claim_output(out, force):  # OUT usable, and no other run writing it (lock file)
-        return _convert_claimed(
-            model, profiles, calib, val=val, wanted=wanted, patterns=patterns, method=method,
-            calib_method=calib_method, num_calib=num_calib, seed=seed, out=out,
-            allow_synthetic=allow_synthetic, trust_model=trust_model, say=say,
-            preprocessing=preprocessing, latency_runs=latency_runs, strict=strict,
-            rewrites=rewrites,
-            extra={"output_kinds": tuple(output_kinds), "layer_samples": layer_samples,
-                   "allow_invalid": allow_invalid},
-        )
+        return _convert_claimed(model, profiles, calib, val, out, say, opts)
 
 
-def _convert_claimed(
-    model: str | Path, profiles: list[TargetProfile], calib: str | Path | None, *,
-    val: str | Path | None, wanted: set[str] | None, patterns: tuple[re.Pattern[str], ...],
-    method: CalibrationMethod | None, calib_method: str | None, num_calib: int | None,
-    seed: int, out: Path, allow_synthetic: bool, trust_model: bool, say: Progress,
-    preprocessing: Preprocessing | None, latency_runs: int, strict: bool,
-    rewrites: tuple[str, ...] = (),
-    extra: dict[str, Any] | None = None,
-) -> ConvertReport:
+@dataclass(frozen=True)
+class _RunOptions:
+    """The options of one ``convert`` call, checked."""
+
+    wanted: set[str] | None
+    patterns: tuple[re.Pattern[str], ...]
+    method: CalibrationMethod | None
+    calib_method: str | None
+    num_calib: int | None
+    seed: int
+    allow_synthetic: bool
+    trust_model: bool
+    preprocessing: Preprocessing | None
+    latency_runs: int
+    strict: bool
+    max_eval: int | None
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None
+    keep_reference: bool | None
+    measure_memory: bool
+    rewrites: tuple[str, ...] = ()
+    auto: Any = None  # edgeopt.tune.TuneOptions (--auto / edgeopt tune)
+    recipes: Mapping[str, Any] | None = None  # --recipe FILE
+    output_kinds: tuple[tuple[str, str], ...] = ()  # --output-kind overrides
+    layer_samples: int = DEFAULT_LAYER_SAMPLES  # per-layer section samples (0: none)
+    allow_invalid: bool = False  # --allow-invalid: no ValidationFailed
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "formats": sorted(self.wanted) if self.wanted else "all",
+            "calib_method": self.calib_method, "num_calib": self.num_calib, "seed": self.seed,
+            "keep_float": [p.pattern for p in self.patterns], "latency_runs": self.latency_runs,
+            "host_threads": HOST_THREADS, "strict": self.strict, "max_eval": self.max_eval,
+            "keep_reference": _reference_policy(self.keep_reference),
+            "measure_memory": self.measure_memory, "rewrite": list(self.rewrites),
+            "layer_samples": self.layer_samples,
+            "output_kinds": {k: v for k, v in self.output_kinds},
+            "allow_invalid": self.allow_invalid,
+            **({"auto": self.auto.to_dict()} if self.auto is not None else {}),
+        }
+
+
+def _reference_policy(keep: bool | None) -> str:
+    return "auto" if keep is None else "always" if keep else "never"
+
+
+def _convert_claimed(model: str | Path, profiles: list[TargetProfile], calib: str | Path | None,
+                     val: str | Path | None, out: Path, say: Progress,
+                     opts: _RunOptions) -> ConvertReport:
     """``convert`` once OUT is claimed: load, plan, check the data, build, swap into place."""
-    extra = extra or {}
     say(f"loading {model}")
-    source = load_source(model, trust_model=trust_model)
-    if rewrites and source.format != "onnx":
+    source = load_source(model, trust_model=opts.trust_model)
+    if opts.rewrites and source.format != "onnx":
         raise OptionError(
-            f"--rewrite {rewrites[0]} rewrites ONNX graphs (PyTorch exports) before onnx2tf; "
-            f"{model} is a {source.format} model: drop --rewrite (for Keras MobileNetV3, "
-            "minimalistic=True avoids HARD_SWISH)"
+            f"--rewrite {opts.rewrites[0]} rewrites ONNX graphs (PyTorch exports) before "
+            f"onnx2tf; {model} is a {source.format} model: drop --rewrite (for Keras "
+            "MobileNetV3, minimalistic=True avoids HARD_SWISH)"
         )
-    plans = [_plan(source, p, wanted, patterns) for p in profiles]
+    inputs = _input_specs(source, opts.input_shapes)
+    plans, refused = _plans(source, profiles, opts)
+    if opts.recipes:
+        plans = [_with_recipes(p, opts.recipes, opts.patterns) for p in plans]
     say("checking calibration data")
     calib_src = open_calibration(
-        calib, list(source.inputs), num=num_calib, seed=seed,
-        preprocessing=preprocessing, allow_synthetic=allow_synthetic,
+        calib, inputs, num=opts.num_calib, seed=opts.seed,
+        preprocessing=opts.preprocessing, allow_synthetic=opts.allow_synthetic,
     )
+    for w in calib_src.warnings:
+        progress.warn(f"calibration: {w}")
     # The evaluation samples follow the one selection rule (edgeopt.evaluate.EvalData), so
-    # `edgeopt compare --data` on the same data, --num and --seed measures the same samples.
+    # `edgeopt compare --data` on the same data, --num, --seed and --max-eval measures the
+    # same samples.
     data_path = val if val is not None else calib
     eval_spec = EvalData(
         None if data_path is None else str(data_path),
-        num=None if val is not None else num_calib, seed=seed, preprocessing=preprocessing,
-        allow_synthetic=val is None and allow_synthetic,
+        num=None if val is not None else opts.num_calib, seed=opts.seed,
+        max_samples=opts.max_eval, preprocessing=opts.preprocessing,
+        allow_synthetic=val is None and opts.allow_synthetic,
         role="validation" if val is not None else "calibration",
     )
-    samples = eval_spec.open(list(source.inputs), reuse=calib_src if val is None else None)
+    samples = eval_spec.open(inputs, reuse=calib_src if val is None else None)
+    if val is not None:
+        for w in samples.source.warnings:
+            progress.warn(f"validation: {w}")
     for plan in plans:
-        plan.shapes = _target_shapes(source, plan.profile, calib_src)
+        plan.shapes = _target_shapes(source, plan.profile, calib_src, inputs)
     started = time.perf_counter()
     with Staging(out) as stage:
         stage.need(source_bytes(source), "the float model is copied once per format")
@@ -277,40 +375,48 @@ def _convert_claimed(
             say(message)
 
         ctx = _Context(
-            source, calib_src, samples, method, patterns, work, step, latency_runs, out,
-            rewrites,
-            output_kinds=tuple(extra.get("output_kinds") or ()),
-            layer_samples=int(extra.get("layer_samples", DEFAULT_LAYER_SAMPLES)),
+            source, calib_src, samples, opts.method, opts.patterns, work, step,
+            opts.latency_runs, out, stage.path(), stage.check, opts.keep_reference,
+            opts.measure_memory, opts.rewrites,
+            output_kinds=opts.output_kinds, layer_samples=opts.layer_samples,
         )
-        results = []
-        for plan in plans:
-            target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
-            results.append(target)
-            if error is not None and FAIL_FAST:
-                raise error
+        results: list[tuple[TargetResult, EdgeOptError | None]] = [
+            refused.get(i, (None, None)) for i in range(len(profiles))]  # type: ignore[misc]
+        errors: list[EdgeOptError] = [e for _t, e in refused.values()]
+        tuner = _tuner(opts, plans, ctx, eval_spec, calib, say)
+        with tuner if tuner is not None else contextlib.nullcontext():
+            for plan in plans:
+                if tuner is not None:
+                    if tuner.stopped:  # Ctrl-C ended an earlier target's search
+                        results[_index(profiles, plan.profile)] = (_not_tuned(plan), None)
+                        continue
+                    _tune_plan(tuner, plan, ctx, stage)
+                target, error = _attempt_target(ctx, plan, stage.path(plan.profile.name))
+                results[_index(profiles, plan.profile)] = (target, error)
+                if error is not None:
+                    errors.append(error)
+                    if FAIL_FAST:
+                        raise error
+        targets = [t for t, _e in results]
+        if not any(t.artifacts for t in targets):
+            raise _nothing_built(errors)
+        by_name = {p.name: p for p in profiles}
         gates = accelerators.accelerator_gates(
-            [(a.to_dict(), accelerators.for_target(p.profile, a.format))
-             for p, t in zip(plans, results, strict=True) for a in t.artifacts], strict)
-        record = _result(ctx, results, gates, started, settings={
-            "formats": sorted(wanted) if wanted else "all", "calib_method": calib_method,
-            "num_calib": num_calib, "seed": seed, "keep_float": [p.pattern for p in patterns],
-            "latency_runs": latency_runs, "host_threads": HOST_THREADS, "strict": strict,
-            "max_eval": DEFAULT_MAX_EVAL, "rewrite": list(rewrites),
-            "layer_samples": ctx.layer_samples,
-            "output_kinds": {k: v for k, v in ctx.output_kinds},
-            "allow_invalid": bool(extra.get("allow_invalid")),
-        })
+            [(a.to_dict(), accelerators.for_target(by_name[t.name], a.format))
+             for t in targets for a in t.artifacts], opts.strict)
+        gates = _with_memory_gates(gates, targets, by_name)
+        record = _result(ctx, targets, gates, started, settings=opts.settings())
         report = ConvertReport(record, out)
         from .report import write_report
 
         step("writing report")
         write_report(report.data, stage.path())
         stage.commit(drop=(WORK_DIR,))
-    if record.invalid_targets and not extra.get("allow_invalid"):
+    if record.invalid_targets and not opts.allow_invalid:
         from .validation import ValidationFailed
 
         raise ValidationFailed(_invalid_message(record), report)
-    if strict and not gates.passed:
+    if opts.strict and not gates.passed:
         raise StrictError(accelerators.strict_message(gates), report)
     return report
 
@@ -319,6 +425,67 @@ def _invalid_message(record: ConvertResult) -> str:
     parts = [f"{t.name}: {t.status.value}: {t.error}" for t in record.invalid_targets]
     return ("artifact validation: " + "; ".join(parts)
             + " (the report and artifacts are written; --allow-invalid exits 0)")
+
+
+def _index(profiles: list[TargetProfile], profile: TargetProfile) -> int:
+    return next(i for i, p in enumerate(profiles) if p is profile)
+
+
+def _plans(source: ModelSource, profiles: list[TargetProfile], opts: _RunOptions,
+           ) -> tuple[list[_Plan], dict[int, tuple[TargetResult, EdgeOptError]]]:
+    """A plan per target that can take this source; a ``failed`` record for each that cannot
+    (keyed by the target's position, so the report keeps the command line's order)."""
+    plans, refused = [], {}
+    for i, profile in enumerate(profiles):
+        try:
+            plans.append(_plan(source, profile, opts.wanted, opts.patterns))
+        except EdgeOptError as exc:
+            if FAIL_FAST:
+                raise
+            refused[i] = (TargetResult.failed(
+                profile.name, profile.description, _profile_path(profile), str(exc),
+                error_type=type(exc).__name__), exc)
+    if not plans:
+        raise _nothing_built([e for _t, e in refused.values()])
+    for record, exc in refused.values():  # the others go on; say so now, not only at the end
+        progress.info(f"{record.name}: FAILED ({type(exc).__name__}): {exc}")
+    return plans, refused
+
+
+def _nothing_built(errors: list[EdgeOptError]) -> EdgeOptError:
+    """The error of a run that produced no artifact at all: the first one (its own type, so
+    the message and exit code are those of the cause), naming the others."""
+    flat = [e for err in errors
+            for e in (err.errors if isinstance(err, _FormatsFailed) else (err,))]
+    first = flat[0] if flat else EdgeOptError("no artifact could be built")
+    if len(flat) <= 1:
+        return first
+    err = copy.copy(first)
+    err.args = (f"{first} (nothing could be built; also: "
+                f"{'; '.join(str(e) for e in flat[1:])})",)
+    return err
+
+
+def _with_memory_gates(gates: Gates, targets: list[TargetResult],
+                       profiles: Mapping[str, TargetProfile]) -> Gates:
+    """Add a ``memory_budget`` gate per artifact of a target whose profile sets
+    ``memory_budget_mb`` (binding: a failed budget makes the CLI exit 1 without --strict)."""
+    from .memory import MemoryHeadline, budget_gate
+    from .results import GateResult
+
+    extra = []
+    for t in targets:
+        budget = profiles[t.name].memory_budget_mb
+        if budget is None:
+            continue
+        for a in t.artifacts:
+            headline = (MemoryHeadline.from_dict(a.memory) if a.memory is not None else
+                        MemoryHeadline(None, None, None, "", error="memory not measured "
+                                       "(measure_memory=False)"))
+            extra.append(GateResult.from_dict(budget_gate(headline, budget, t.name, a.file)))
+    if not extra:
+        return gates
+    return replace(gates, results=gates.results + tuple(extra))
 
 
 # ------------------------------------------------------------------------------ options / plan
@@ -423,10 +590,29 @@ def _plan(
     return _Plan(profile, jobs, skipped)
 
 
+def _input_specs(source: ModelSource,
+                 input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None,
+                 ) -> list[TensorSpec]:
+    """The source's inputs with ``--input-shape`` applied (data is checked against these).
+
+    Raises:
+        InputError: an unknown input, a rank that differs, a fixed dim contradicted.
+    """
+    from edgeopt_runtime.spec import parse_input_shapes
+
+    if not input_shapes:
+        return list(source.inputs)
+    items = ([f"{k}={','.join(str(d) for d in v)}" for k, v in input_shapes.items()]
+             if isinstance(input_shapes, Mapping) else list(input_shapes))
+    fixed = parse_input_shapes(items, source.inputs)
+    return [replace(s, shape=fixed.get(s.name, s.shape)) for s in source.inputs]
+
+
 def _target_shapes(
-    source: ModelSource, profile: TargetProfile, calib: CalibrationSource
+    source: ModelSource, profile: TargetProfile, calib: CalibrationSource,
+    inputs: Sequence[TensorSpec] | None = None,
 ) -> Shapes:
-    """Input shapes after the target's shape rules.
+    """Input shapes after ``--input-shape`` (``inputs``) and the target's shape rules.
 
     Batch-one / static targets get batch 1; static targets take any other dynamic dim from the
     first calibration sample (the data the model will really see).
@@ -437,7 +623,7 @@ def _target_shapes(
     rules = profile.shapes
     first: dict[str, np.ndarray] | None = None
     shapes: Shapes = {}
-    for spec in source.inputs:
+    for spec in inputs if inputs is not None else source.inputs:
         dims = list(spec.shape)
         if dims and (rules.static or rules.batch_one):
             if dims[0] is None:
@@ -456,6 +642,37 @@ def _target_shapes(
     return shapes
 
 
+def _format_shapes(shapes: Shapes, fmt: str, calib: CalibrationSource,
+                   ) -> tuple[Shapes, str | None]:
+    """The shapes one format is built with, and a note when they differ from the target's.
+
+    TFLite: dynamic dims other than the batch are fixed from the first calibration sample. A
+    Keras model with dynamic height / width converts, but its TFLite model then cannot be
+    run: XNNPACK fails to reshape (and the converter cannot calibrate) for the sizes it sees,
+    measured on a conv net with (None, None, 3) inputs. ONNX Runtime runs dynamic dims, so
+    the ONNX artifact keeps them.
+    """
+    if fmt != "tflite" or not any(None in dims[1:] for dims in shapes.values()):
+        return shapes, None
+    first = next(iter(calib))
+    fixed: Shapes = {}
+    changed = []
+    for name, dims in shapes.items():
+        seen = first[name].shape
+        new = tuple(d if d is not None or i == 0 else int(seen[i]) for i, d in enumerate(dims))
+        if new != dims:
+            changed.append(f"{name} {_dims(dims)} -> {_dims(new)}")
+        fixed[name] = new
+    note = (f"TFLite: dynamic input dims fixed from the first calibration sample ("
+            f"{'; '.join(changed)}): LiteRT/XNNPACK cannot run a model with dynamic height / "
+            "width; pass --input-shape NAME=D0,D1,... to choose the size")
+    return fixed, note
+
+
+def _dims(dims: Sequence[int | None]) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+
+
 # ------------------------------------------------------------------------------ per target
 
 
@@ -469,13 +686,48 @@ def _attempt_target(
         return _convert_target(ctx, plan, tdir), None
     except EdgeOptError as exc:
         shutil.rmtree(tdir, ignore_errors=True)
+        exc = _public(ctx, exc)
         profile = plan.profile
+        failures = exc.failures if isinstance(exc, _FormatsFailed) else ()
+        error_type = failures[0].error_type if failures else type(exc).__name__
+        if not failures:
+            progress.info(f"{profile.name}: FAILED ({error_type}): {exc}")
         failed = TargetResult.failed(
             profile.name, profile.description, _profile_path(profile), str(exc),
-            error_type=type(exc).__name__, skipped=plan.skipped,
-            wall_seconds=round(time.perf_counter() - started, 3),
+            error_type=error_type, skipped=plan.skipped,
+            wall_seconds=round(time.perf_counter() - started, 3), failures=failures,
         )
         return failed, exc
+
+
+class _FormatsFailed(EdgeOptError):
+    """Every format of a target failed: the failures, one per artifact."""
+
+    def __init__(self, failures: Sequence[ArtifactFailure],
+                 errors: Sequence[EdgeOptError]) -> None:
+        super().__init__("; ".join(f"{f.format} {f.precision}: {f.error}" for f in failures))
+        self.failures = tuple(failures)
+        self.errors = tuple(errors)  # the original exceptions (public messages)
+
+
+def _public(ctx: _Context, exc: EdgeOptError) -> EdgeOptError:
+    """The same error, its message naming OUT (or the source) instead of the staging folder,
+    whose name means nothing to the user and is gone after the run."""
+    text = _public_text(ctx, str(exc))
+    if text == str(exc):
+        return exc
+    err = copy.copy(exc)
+    err.args = (text,)
+    return err
+
+
+def _public_text(ctx: _Context, text: str) -> str:
+    work = str(ctx.work)
+    if work in text:
+        # a scratch file (float model, export) of this run: say what it was made from
+        made = f"(a file converted from {ctx.source.path})"
+        text = re.sub(re.escape(work) + r"/[^\s:'\"]*", made, text)
+    return text.replace(str(ctx.stage), str(ctx.out))
 
 
 def _profile_path(profile: TargetProfile) -> str | None:
@@ -483,40 +735,46 @@ def _profile_path(profile: TargetProfile) -> str | None:
 
 
 def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
-    """Build, check and measure every artifact of one target; write its manifest."""
+    """Build, check and measure every artifact of one target; write its manifest.
+
+    Each format / precision is attempted on its own: one that fails becomes an
+    ``ArtifactFailure`` (its files removed) and the others go on.
+
+    Raises:
+        _FormatsFailed: every artifact of the target failed.
+    """
+    from .reference import Kept
+
     profile = plan.profile
     tdir.mkdir()
     started = time.perf_counter()
     artifacts: list[ArtifactResult] = []
     entries: list[ModelEntry] = []
+    failures: list[ArtifactFailure] = []
+    errors: list[EdgeOptError] = []
+    kept = Kept(_reference_policy(ctx.keep_reference))
     for job in plan.jobs:
         name = f"model_{job.precision}{job.backend.extension}"
-        ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
-        method = ctx.method or profile.quantization.calibration_method
-        t0 = time.perf_counter()
-        built = job.backend.build(BuildRequest(
-            source=ctx.source, profile=profile, precision=job.precision,
-            input_shapes=plan.shapes, workdir=ctx.work, out_path=tdir / name,
-            calib=ctx.calib, calib_method=method, keep_float=ctx.keep_float,
-            rewrites=ctx.rewrites,
-        ))
-        seconds = round(time.perf_counter() - t0, 3)
-        # ONNX sources through onnx2tf: the checked float TFLite the artifact was made from
-        float_path = built.float_path or job.backend.build_float(ctx.source, plan.shapes,
-                                                                 ctx.work)
-        ctx.say(f"{profile.name}: measuring {name} against the float model")
-        accel = accelerators.for_target(profile, built.format)
-        art, entry, prediction = _measure(ctx, profile, accel, built, float_path,
-                                          seconds, _used_method(job, method))
-        entries.append(entry)
-        post = accel.post_build
-        if post is not None and post.applies(built.format, built.precision):
-            ctx.say(f"{profile.name}: {post.progress(built.path)}")
-            outcome = post.run(built.path, tdir, entry, prediction)
-            art = replace(art, post_build=outcome.block, post_build_key=post.key,
-                          notes=art.notes + ((outcome.note,) if outcome.note else ()))
-            entries += [outcome.entry] if outcome.entry is not None else []
+        try:
+            art, new = _convert_job(ctx, plan, job, tdir, name, kept)
+        except EdgeOptError as exc:
+            if FAIL_FAST:
+                raise
+            exc = _public(ctx, exc)
+            for leftover in tdir.glob(f"model_{job.precision}*{job.backend.extension}"):
+                leftover.unlink(missing_ok=True)
+            progress.info(f"{profile.name}/{name}: FAILED ({type(exc).__name__}): {exc}")
+            failures.append(ArtifactFailure(name, job.backend.name, job.precision, str(exc),
+                                            type(exc).__name__))
+            errors.append(exc)
+            continue
         artifacts.append(art)
+        entries += new
+    if not artifacts:
+        if len(errors) == 1:
+            raise errors[0]
+        raise _FormatsFailed(failures, errors)
+    artifacts = _with_memory(ctx, profile, tdir, artifacts)
     write_target_manifest(
         tdir, profile, entries,
         source={"path": str(ctx.source.path), "format": ctx.source.format,
@@ -528,18 +786,26 @@ def _convert_target(ctx: _Context, plan: _Plan, tdir: Path) -> TargetResult:
                                  if a.calibration_method}},
         preprocessing=ctx.calib.preprocessing,
         tools=_tools(),
+        reference=kept.write(tdir),
     )
+    if plan.tune is not None:
+        _write_tune_record(tdir, plan.tune)
+        _write_recipe_file(tdir, plan)
     rt.load(tdir, threads=HOST_THREADS)  # the artifact dir must load as shipped
     status, error = _validation_status(artifacts)
+    if failures and status is Status.OK:
+        status = Status.PARTIAL
+    _, why_not = kept.decide()
+    notes = (why_not,) if why_not else ()
     return TargetResult(
         name=profile.name, status=status, description=profile.description,
         profile_path=_profile_path(profile), directory=profile.name,
-        artifacts=tuple(_with_runtime(a, tdir, profile) for a in artifacts),
+        artifacts=tuple(replace(a, notes=a.notes + notes)
+                        for a in (_with_runtime(a, tdir, profile) for a in artifacts)),
         skipped=tuple(plan.skipped), input_shapes={k: list(v) for k, v in plan.shapes.items()},
-        wall_seconds=round(time.perf_counter() - started, 3),
-        error=error, error_type="ValidationFailed" if error else None,
+        wall_seconds=round(time.perf_counter() - started, 3), failures=tuple(failures),
+        tune=plan.tune, error=error, error_type="ValidationFailed" if error else None,
     )
-
 
 def _validation_status(artifacts: Sequence[ArtifactResult]) -> tuple[Status, str | None]:
     """A target is as bad as its worst artifact's validation; the error names the artifact."""
@@ -550,6 +816,180 @@ def _validation_status(artifacts: Sequence[ArtifactResult]) -> tuple[Status, str
         if status is Status.FAILED or (status is Status.DEGRADED and worst is Status.OK):
             worst, error = status, f"{a.file}: {v.get('reason')}"
     return worst, error
+
+
+def _convert_job(ctx: _Context, plan: _Plan, job: _Job, tdir: Path, name: str,
+                 kept: Any) -> tuple[ArtifactResult, list[ModelEntry]]:
+    """One artifact: build it, its float reference, measure, pre-flight, post-build step."""
+    profile = plan.profile
+    what = f"{profile.name}: {job.backend.name} {job.precision}"
+    method = ctx.method or profile.quantization.calibration_method
+    shapes, shape_note = _format_shapes(plan.shapes, job.backend.name, ctx.calib)
+    ctx.check()
+    if job.prebuilt is not None:  # the tuning loop's chosen candidate: already built
+        ctx.say(f"{profile.name}: installing the tuned {job.backend.name} {job.precision}")
+        built, seconds = _install(job, tdir / name)
+        method = job.recipe.calibration_method
+    else:
+        ctx.say(f"{profile.name}: converting {job.backend.name} {job.precision}")
+        calib = progress.Passes(ctx.calib, f"{what}: calibrating", ctx.calib.count)
+        t0 = time.perf_counter()
+        with progress.task(f"{what}: converting", unit="step"):
+            built = job.backend.build(BuildRequest(
+                source=ctx.source, profile=profile, precision=job.precision,
+                input_shapes=shapes, workdir=ctx.work, out_path=tdir / name,
+                calib=calib, calib_method=method, keep_float=ctx.keep_float,
+                rewrites=ctx.rewrites, recipe=job.recipe,
+            ))
+        seconds = round(time.perf_counter() - t0, 3)
+    # ONNX sources through onnx2tf: the checked float TFLite the artifact was made from
+    float_path = built.float_path
+    if float_path is None:
+        with progress.task(f"{what}: float reference", unit="step"):
+            float_path = job.backend.build_float(ctx.source, shapes, ctx.work)
+    ctx.say(f"{profile.name}: measuring {name} against the float model")
+    accel = accelerators.for_target(profile, built.format)
+    art, entry, prediction = _measure(ctx, profile, accel, built, float_path,
+                                      seconds, _used_method(job, method))
+    if shape_note:
+        art = replace(art, notes=(shape_note, *art.notes))
+    entries = [entry]
+    post = accel.post_build
+    if post is not None and post.applies(built.format, built.precision):
+        ctx.say(f"{profile.name}: {post.progress(built.path)}")
+        outcome = post.run(built.path, tdir, entry, prediction)
+        art = replace(art, post_build=outcome.block, post_build_key=post.key,
+                      notes=art.notes + ((outcome.note,) if outcome.note else ()))
+        entries += [outcome.entry] if outcome.entry is not None else []
+    kept.add(built.format, float_path, art.float_sha256, name)
+    return art, entries
+
+
+def _with_memory(ctx: _Context, profile: TargetProfile, tdir: Path,
+                 artifacts: list[ArtifactResult]) -> list[ArtifactResult]:
+    """Each artifact's memory headline, measured through the runtime in child processes."""
+    if not ctx.measure_memory:
+        return artifacts
+    from .memory import measure
+
+    shapes = {k: v.shape for k, v in ctx.samples.first().items()}
+    with progress.task(f"{profile.name}: measuring memory", len(artifacts), unit="model") as step:
+        heads = measure([(tdir / a.file, a.format, shapes) for a in artifacts], step.update)
+    out = []
+    for art, head in zip(artifacts, heads, strict=True):
+        notes = art.notes
+        if head.error:
+            notes += (f"memory not measured: {_public_text(ctx, head.error)}",)
+        out.append(replace(art, memory=head.to_dict(), notes=notes))
+    return out
+
+
+# ------------------------------------------------------------------------------ --auto
+
+
+def _check_auto(val: str | Path | None, calib: str | Path | None,
+                allow_synthetic: bool) -> None:
+    """Tuning measures candidates on held-out data: it needs --val (and real --calib)."""
+    if val is None:
+        raise OptionError("tuning needs validation data: pass --val (a labelled .npz for "
+                          "--max-drop); candidates are judged on it, not on the calibration "
+                          "samples they were calibrated with")
+    if calib is None or allow_synthetic:
+        raise OptionError("tuning needs real calibration data: pass --calib (synthetic "
+                          "calibration would tune for random inputs)")
+
+
+def _tuner(opts: _RunOptions, plans: list[_Plan], ctx: _Context, data: EvalData,
+           calib: str | Path | None, say: Progress) -> Any:
+    """The tuning run of ``opts.auto`` (``edgeopt.tune.driver.TuneRun``), or None without it."""
+    if opts.auto is None:
+        return None
+    from .tune.candidate import SourceRef
+    from .tune.driver import TuneRun
+
+    ref = SourceRef(ctx.source.path, ctx.source.sha256, opts.trust_model,
+                    None if calib is None else str(calib), opts.num_calib, opts.seed,
+                    opts.preprocessing)
+    searches = sum(len({j.backend.name for j in p.jobs}) for p in plans)
+    return TuneRun(opts.auto, searches, ref, data, say=say)
+
+
+def _tune_plan(tuner: Any, plan: _Plan, ctx: _Context, stage: Staging) -> None:
+    """Replace the plan's jobs with the chosen candidate of each format; keep the records.
+
+    Raises:
+        Interrupted: Ctrl-C before any candidate was evaluated (nothing to write).
+        TargetError: no candidate of any format could be built and evaluated.
+    """
+    backends = list({j.backend.name: j.backend for j in plan.jobs}.values())
+    found = tuner.target(ctx.source, ctx.calib, ctx.samples, plan.profile, plan.shapes,
+                         ctx.work, tuple(p.pattern for p in ctx.keep_float), backends)
+    signum = signals.received() or signal.SIGINT
+    if found.interrupted:  # write what was found; a second Ctrl-C still aborts
+        stage.signum = None
+        signals.note(None)
+    if not found.choices:
+        if found.interrupted:
+            raise Interrupted(signum)
+        raise TargetError(f"target {plan.profile.name!r}: tuning found no candidate that "
+                          f"builds and runs ({'; '.join(found.errors)})")
+    plan.jobs = [_Job(b, c.recipe.precision, c.recipe, c) for b, c in found.choices]
+    plan.tune = tuple(found.records)
+
+
+def _not_tuned(plan: _Plan) -> TargetResult:
+    """A target whose search never started because Ctrl-C ended an earlier one."""
+    p = plan.profile
+    return TargetResult.failed(p.name, p.description, _profile_path(p),
+                               "not tuned: interrupted (Ctrl-C) before this target's search "
+                               "started", error_type="Interrupted", skipped=plan.skipped)
+
+
+def _install(job: _Job, dest: Path) -> tuple[Built, float]:
+    """Copy the chosen candidate's file into the target folder as its artifact."""
+    cand = job.prebuilt
+    shutil.copyfile(cand.path, dest)
+    built = Built(dest, job.backend.name, job.precision, dict(cand.details), list(cand.notes))
+    return built, float(cand.build_seconds)
+
+
+def _with_recipes(plan: _Plan, recipes: Mapping[str, Any],
+                  patterns: tuple[re.Pattern[str], ...]) -> _Plan:
+    """``plan`` building the given recipes (``--recipe``), one job per format in both.
+
+    Raises:
+        TargetError: the target produces none of the recipe file's formats.
+    """
+    backends = {j.backend.name: j.backend for j in plan.jobs}
+    extra = tuple(p.pattern for p in patterns)
+    jobs = [_Job(backends[fmt], r.precision, r.with_keep_float(extra) if extra else r)
+            for fmt, r in recipes.items() if fmt in backends]
+    if not jobs:
+        raise TargetError(f"target {plan.profile.name!r} builds {', '.join(backends)} here, "
+                          f"the recipe file has {', '.join(recipes)} only")
+    skipped = list(plan.skipped) + [f"{fmt}: not in the recipe file" for fmt in backends
+                                    if fmt not in recipes]
+    return _Plan(plan.profile, jobs, skipped, plan.shapes)
+
+
+def _write_recipe_file(tdir: Path, plan: _Plan) -> None:
+    """``OUT/<target>/recipe.toml``: the chosen recipe per format, for ``convert --recipe``."""
+    from .recipes.file import write
+
+    chosen = {j.backend.name: j.recipe for j in plan.jobs if j.recipe is not None}
+    if chosen:
+        write(tdir / "recipe.toml", chosen, header=(
+            f"The recipe(s) `edgeopt tune` chose for target {plan.profile.name}.\n"
+            f"Rebuild: edgeopt convert MODEL --target {plan.profile.name} --calib CALIB "
+            f"--recipe {plan.profile.name}/recipe.toml"))
+
+
+def _write_tune_record(tdir: Path, records: tuple[dict[str, Any], ...]) -> None:
+    """``OUT/<target>/tune.json``: every candidate tried, per format (report.json has it too)."""
+    from .report import dumps
+
+    (tdir / "tune.json").write_text(dumps({"schema": "edgeopt.tune/1", "searches":
+                                           list(records)}), encoding="utf-8")
 
 
 def _with_runtime(art: ArtifactResult, tdir: Path, profile: TargetProfile) -> ArtifactResult:
@@ -608,8 +1048,8 @@ def _measure(
         (the artifact record without its runtime block, the manifest entry, the full
         pre-flight result or None when it failed).
     """
-    quant = ModelRef.host_cpu(built.path).load()
-    ref_model = ModelRef.host_cpu(float_path).load()
+    quant = _load_built(ctx, built.path, built.format)
+    ref_model = _load_built(ctx, float_path, built.format)
     entry = model_entry(built.path, built.format, built.precision, quant)
     layouts = built.details.get("layouts")
     if layouts and (layouts.get("inputs") or layouts.get("outputs")):
@@ -619,7 +1059,7 @@ def _measure(
     evaluation: Evaluation = evaluate(
         ref_model, quant, ctx.samples,
         options=EvalOptions(latency_runs=ctx.latency_runs, output_kinds=ctx.output_kinds),
-        data_warnings=False,
+        data_warnings=False, label=f"{profile.name}: {built.format} {built.precision}",
     )
     notes = list(built.notes) + list(evaluation.notes)
     per_layer = _layers_section(ctx, built, float_path)
@@ -682,6 +1122,33 @@ def _validate(built: Built, evaluation: Evaluation,
     return validate(built.path, evaluation.drift, first_nonfinite=where).to_dict()
 
 
+def _load_built(ctx: _Context, path: Path, fmt: str) -> rt.Model:
+    """Load a model this run just built. The runtime's checks were written for files from
+    outside; when one refuses a file the converter itself produced, the converter made a model
+    the runtime cannot take (a degenerate graph, unsupported tensor types), not a damaged file,
+    and the message says so and names the source, not the staging path.
+
+    Raises:
+        UnsupportedOpError: the runtime refused the produced model.
+    """
+    from edgeopt_runtime.errors import ModelLoadError, UnsupportedOpError
+
+    try:
+        return ModelRef.host_cpu(path).load()
+    except ModelLoadError as exc:
+        why = str(exc)
+        for prefix in (f"{path}: ", f"{path.name}: "):
+            why = why.removeprefix(prefix)
+        why = why.replace("corrupt TFLite model: ", "").replace("corrupt TFLite model", "")
+        why = _public_text(ctx, why).strip(" :()") or type(exc).__name__
+        progress.log(f"the runtime refused {path.name} (built from {ctx.source.path}): {exc}")
+        tool = "TFLite converter" if fmt == "tflite" else "ONNX exporter / quantizer"
+        raise UnsupportedOpError(
+            f"{ctx.source.path}: the {tool} produced a {fmt} model that edgeopt_runtime cannot "
+            f"load ({why}); this is a conversion problem with this model, not a damaged file: "
+            "try another --format, or simplify the layers named above") from None
+
+
 def _target_arg(profile: TargetProfile) -> str:
     """How a user names ``profile`` on the command line: built-in name, else its TOML path."""
     builtin = profile.path is None or Path(profile.path).parent == builtin_dir()
@@ -726,6 +1193,9 @@ def _result(
         notes += [f"validation: {w}" for w in samples.source.warnings]
     notes += list(src.notes)
     for t in targets:
+        if t.status is Status.FAILED and not t.failures:
+            notes.append(f"{t.name}: FAILED ({t.error_type}): {t.error}")
+        notes += [f"{t.name}/{f.file}: FAILED ({f.error_type}): {f.error}" for f in t.failures]
         notes += [f"{t.name}: skipped {s}" for s in t.skipped]
         for a in t.artifacts:
             notes += [f"{t.name}/{a.file}: {n}" for n in a.notes]
@@ -740,7 +1210,8 @@ def _result(
                                inputs=tuple(s.to_dict() for s in src.inputs),
                                outputs=tuple(s.to_dict() for s in src.outputs)),
         calibration={**calib.to_manifest(), "warnings": list(calib.warnings),
-                     "ranges": {k: list(v) for k, v in calib.ranges.items()}},
+                     "ranges": {k: list(v) for k, v in calib.ranges.items()},
+                     "statistics": calib.stats_dict()},
         data=samples.info(warnings=False),
         settings=settings,
         targets=tuple(targets),

@@ -317,6 +317,7 @@ class EvalSamples:
             max_samples=self.spec.max_samples, role=self.spec.role, labels=labels,
             rows=None if self.rows is None else tuple(int(i) for i in self.rows),
             warnings=tuple(src.warnings) if warnings else (),
+            statistics=getattr(src, "statistics", None),
         )
 
 
@@ -452,14 +453,15 @@ def paired_outputs(
 
 def measure_latency(reference: rt.Model, candidate: rt.Model, feeds: Mapping[str, np.ndarray],
                     pairing: Pairing, *, runs: int = DEFAULT_LATENCY_RUNS,
-                    warmup: int = LATENCY_WARMUP) -> LatencyPair:
+                    warmup: int = LATENCY_WARMUP, label: str | None = None) -> LatencyPair:
     """Time reference and candidate the one way: interleaved on the same feed.
 
     ``warmup`` untimed pairs, then ``runs`` pairs (reference, candidate) each call timed on its
-    own, so load from other processes hits both alike.
+    own, so load from other processes hits both alike. ``label`` names the progress step.
     """
     import time
 
+    from . import progress
     from .accelerators import runs_on_host_cpu
 
     cand_feeds = pairing.candidate_feeds(feeds)
@@ -468,14 +470,16 @@ def measure_latency(reference: rt.Model, candidate: rt.Model, feeds: Mapping[str
         candidate.run(cand_feeds)
     ref_ns, cand_ns = [], []
     clock = time.perf_counter_ns
-    for _ in range(runs):
-        t0 = clock()
-        reference.run(feeds)
-        t1 = clock()
-        candidate.run(cand_feeds)
-        t2 = clock()
-        ref_ns.append(t1 - t0)
-        cand_ns.append(t2 - t1)
+    with progress.task(f"{label or 'latency'}: timing", runs, unit="pair") as step:
+        for _ in range(runs):
+            t0 = clock()
+            reference.run(feeds)
+            t1 = clock()
+            candidate.run(cand_feeds)
+            t2 = clock()
+            ref_ns.append(t1 - t0)
+            cand_ns.append(t2 - t1)
+            step.update()
     where = ("this host's CPU (not the target device)" if runs_on_host_cpu(candidate.delegate)
              else f"this host, {candidate.delegate}")
     return LatencyPair(LatencyStats.from_ns(ref_ns), LatencyStats.from_ns(cand_ns),
@@ -503,7 +507,7 @@ class EvalOptions:
 def evaluate(
     reference: rt.Model | None, candidate: rt.Model, samples: EvalSamples, *,
     options: EvalOptions = EvalOptions(), cached: ReferenceOutputs | None = None,
-    data_warnings: bool = True,
+    data_warnings: bool = True, label: str | None = None,
 ) -> Evaluation:
     """Run ``candidate`` against ``reference`` on ``samples``: drift, task metrics, latency.
 
@@ -514,6 +518,7 @@ def evaluate(
         options: latency runs, whether to keep the outputs.
         cached: the reference's outputs on these samples (:func:`run_reference`).
         data_warnings: copy the data's warnings into the record's ``data`` block.
+        label: what the progress lines call this evaluation (``arm-cpu: tflite int8``).
 
     Returns:
         The :class:`edgeopt.results.Evaluation` record.
@@ -522,6 +527,7 @@ def evaluate(
         InputError: the signatures cannot be matched.
         CalibrationError: a sample does not fit the models; ``cached`` is for other data.
     """
+    from . import progress
     from .drift import compare_outputs, task_metrics
 
     if cached is not None and cached.data_sha256 != samples.sha256:
@@ -535,10 +541,12 @@ def evaluate(
     pairing = Pairing.of(ref_in, ref_out, candidate.inputs, candidate.outputs)
     ref_stack = cached.outputs if cached is not None else OutputStack(pairing.names)
     cand_stack = OutputStack(pairing.names)
-    for _, ref, cand in paired_outputs(reference, candidate, samples, pairing, cached):
-        if cached is None:
-            ref_stack.append(ref)
-        cand_stack.append(cand)
+    with progress.task(f"{label or 'evaluation'}: validating", samples.count) as step:
+        for _, ref, cand in paired_outputs(reference, candidate, samples, pairing, cached):
+            if cached is None:
+                ref_stack.append(ref)
+            cand_stack.append(cand)
+            step.update()
     refs, cands = ref_stack.stacked(), cand_stack.stacked()
     drift = tuple(OutputDrift.from_dict(d) for d in compare_outputs(
         refs, cands, pairing.names, kinds=dict(options.output_kinds)))
@@ -549,7 +557,8 @@ def evaluate(
     latency = None
     if options.latency_runs and reference is not None:
         latency = measure_latency(reference, candidate, samples.first(), pairing,
-                                  runs=options.latency_runs, warmup=options.latency_warmup)
+                                  runs=options.latency_runs, warmup=options.latency_warmup,
+                                  label=label)
     outputs = EvaluatedOutputs(ref_stack, cand_stack) if options.keep_outputs else None
     return Evaluation(samples.info(warnings=data_warnings), drift, task, latency,
                       notes=pairing.notes, outputs=outputs)

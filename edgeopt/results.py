@@ -36,9 +36,14 @@ TOOLS = ("edgeopt", "edgeopt-runtime", "numpy", "onnxruntime", "ai-edge-litert",
 
 
 class Status(StrEnum):
-    """Outcome of one target of a convert run (values appear verbatim in the JSON)."""
+    """Outcome of one target of a convert run (values appear verbatim in the JSON).
+
+    ``partial``: some formats / precisions of the target were built, others failed (the
+    target's ``failures``). Readers treat a status they do not know like any non-``ok`` one.
+    """
 
     OK = "ok"
+    PARTIAL = "partial"
     # built and kept, but its numbers cannot be trusted (e.g. the float reference is
     # constant, so drift measures nothing): the reason is the target's ``error``
     DEGRADED = "degraded"
@@ -159,6 +164,8 @@ class DataInfo:
     labels: LabelsInfo | None = None
     rows: tuple[int, ...] | None = None
     warnings: tuple[str, ...] = ()
+    # per input: value statistics before preprocessing (None: none applied) and as model input
+    statistics: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"role": self.role, "source": self.source, "format": self.format,
@@ -167,6 +174,8 @@ class DataInfo:
                "labels": _opt(self.labels), "warnings": list(self.warnings)}
         if self.rows is not None:
             out["rows"] = list(self.rows)
+        if self.statistics is not None:
+            out["statistics"] = {k: dict(v) for k, v in self.statistics.items()}
         return out
 
 
@@ -474,6 +483,8 @@ class ArtifactResult:
     validation: Mapping[str, Any] | None = None
     # the bounded per-layer section (``edgeopt.layers``); None: not run
     per_layer: Mapping[str, Any] | None = None
+    # the memory headline (``edgeopt.memory.MemoryHeadline.to_dict``); None: not measured
+    memory: Mapping[str, Any] | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -489,12 +500,29 @@ class ArtifactResult:
                "calibration_method": self.calibration_method,
                "conversion_seconds": self.conversion_seconds,
                "runtime": _opt(self.runtime), "notes": list(self.notes),
-               "validation": None if self.validation is None else dict(self.validation)}
+               "validation": None if self.validation is None else dict(self.validation),
+               "memory": dict(self.memory) if self.memory is not None else None}
         if self.per_layer is not None:
             out["per_layer"] = dict(self.per_layer)
         if self.post_build is not None and self.post_build_key:
             out[self.post_build_key] = dict(self.post_build)
         return out
+
+
+@dataclass(frozen=True)
+class ArtifactFailure:
+    """One format / precision of a target that could not be built or measured."""
+
+    file: str
+    format: str
+    precision: str
+    error: str
+    error_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "format": self.format, "precision": self.precision,
+                "status": Status.FAILED.value, "error": self.error,
+                "error_type": self.error_type}
 
 
 @dataclass(frozen=True)
@@ -512,14 +540,18 @@ class TargetResult:
     wall_seconds: float = 0.0
     error: str | None = None
     error_type: str | None = None
+    failures: tuple[ArtifactFailure, ...] = ()  # formats / precisions that failed
+    # ``edgeopt tune`` / ``convert --auto``: the search record of each format (every candidate
+    # tried, the chosen one and why; ``edgeopt.tune.driver.record``); None for plain convert
+    tune: tuple[Mapping[str, Any], ...] | None = None
 
     @classmethod
     def failed(cls, name: str, description: str, profile_path: str | None, error: str, *,
                error_type: str, skipped: Sequence[str] = (), wall_seconds: float = 0.0,
-               ) -> TargetResult:
+               failures: Sequence[ArtifactFailure] = ()) -> TargetResult:
         """A target that produced nothing usable: no directory, no artifacts, the reason."""
         return cls(name, Status.FAILED, description, profile_path, None, (), tuple(skipped),
-                   {}, wall_seconds, error, error_type)
+                   {}, wall_seconds, error, error_type, tuple(failures))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status.value, "error": self.error,
@@ -528,7 +560,9 @@ class TargetResult:
                 "artifacts": [a.to_dict() for a in self.artifacts],
                 "skipped": list(self.skipped),
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
-                "wall_seconds": self.wall_seconds}
+                "wall_seconds": self.wall_seconds,
+                "failures": [f.to_dict() for f in self.failures],
+                **({"tune": [dict(r) for r in self.tune]} if self.tune is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -558,7 +592,12 @@ class ConvertResult:
     @property
     def invalid_targets(self) -> tuple[TargetResult, ...]:
         """Targets whose artifacts were built but failed validation or are degraded."""
-        return tuple(t for t in self.targets if t.status is not Status.OK and t.artifacts)
+        return tuple(t for t in self.targets
+                     if t.status in (Status.FAILED, Status.DEGRADED) and t.artifacts)
+
+    def any_failed(self) -> bool:
+        """Whether any target or any format of a target failed (the CLI then exits 1)."""
+        return any(t.status is Status.FAILED or t.failures for t in self.targets)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.header.to_dict(),

@@ -170,6 +170,8 @@ class TargetProfile:
     runtime: RuntimeSpec
     path: str | None = None
     recipes: RecipeSpace = RecipeSpace()
+    # peak working set an artifact may need on the device, in MiB (2^20 bytes); None: no budget
+    memory_budget_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict whose values are the TOML strings (enums become their values)."""
@@ -207,7 +209,7 @@ _SECTIONS: dict[str, type] = {
     "runtime": RuntimeSpec,
     "recipes": RecipeSpace,
 }
-_TOP_KEYS = {"name", "description", "formats", *_SECTIONS}
+_TOP_KEYS = {"name", "description", "formats", "memory_budget_mb", *_SECTIONS}
 # A target's name is the folder its artifacts go to (OUT/<name>/): a plain identifier, so no
 # separator, no "..", no hidden or reserved name can put files anywhere but a fresh sub-folder.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
@@ -336,13 +338,56 @@ def profile_from_dict(data: dict[str, Any], src: str = "<dict>") -> TargetProfil
             f"{src}: [runtime] threads = {threads} is out of range: use 1 to {MAX_THREADS}, or "
             "leave it out for the runtime's default"
         )
+    check_op_names(parts["ops"].supported, src)
     return TargetProfile(
         name=data["name"],
         description=str(data.get("description", "")),
         formats=formats,
         path=src,
+        memory_budget_mb=_memory_budget(data.get("memory_budget_mb"), src),
         **parts,
     )
+
+
+def _memory_budget(value: Any, src: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 2**40:
+        raise TargetError(
+            f"{src}: memory_budget_mb = {value!r} must be a number of MiB > 0 (the peak working "
+            "set an artifact may need on the device, e.g. memory_budget_mb = 64)"
+        )
+    return float(value)
+
+
+def known_op_names() -> frozenset[str]:
+    """Every TFLite builtin operator name (the schema's ``BuiltinOperator`` enum)."""
+    from edgeopt_runtime.verify.schema_tables import BUILTIN_OPS
+
+    return frozenset(BUILTIN_OPS.values())
+
+
+def check_op_names(names: tuple[str, ...], src: str) -> None:
+    """Refuse ``[ops] supported`` names that are no TFLite builtin op (a typo would otherwise
+    mark every op of that kind unsupported), naming the closest real one.
+
+    Raises:
+        TargetError: the first unknown name, with a suggestion.
+    """
+    import difflib
+
+    known = known_op_names()
+    for name in names:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name.upper().replace(" ", "_"), sorted(known), n=1,
+                                          cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TargetError(
+            f"{src}: [ops] supported: {name!r} is not a TFLite builtin op name; {hint}use the "
+            "names of the TFLite schema (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ...; "
+            "`edgeopt inspect MODEL --target T` lists a model's ops by these names)"
+        )
 
 
 def load_target(name_or_path: str) -> TargetProfile:

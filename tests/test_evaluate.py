@@ -182,10 +182,10 @@ def test_convert_and_compare_report_identical_metrics(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same artifact, float reference and data: the same SQNR, cosine and task metrics.
 
-    The bundled digits CNN (real data, 300 labelled validation samples: more than the 256-sample
-    cap, so both commands must also pick the same subset). The float models convert measured
-    against are kept by wrapping the backends' ``build_float`` (the conversion is not
-    byte-reproducible, so rebuilding them would not give the same reference)."""
+    The bundled digits CNN (real data, 300 labelled validation samples: more than the
+    ``--max-eval 256`` cap, so both commands must also pick the same subset). The float models
+    convert measured against are kept by wrapping the backends' ``build_float`` (the conversion
+    is not byte-reproducible, so rebuilding them would not give the same reference)."""
     pytest.importorskip("tensorflow")
     from edgeopt_runtime.manifest import sha256_file
 
@@ -207,7 +207,7 @@ def test_convert_and_compare_report_identical_metrics(
         monkeypatch.setattr(backend, "build_float", keep)
     out = tmp_path / "out"
     report = convert(EXAMPLE, "arm-cpu", CALIB, val=VAL, out=out, latency_runs=2,
-                     num_calib=50).data
+                     num_calib=50, max_eval=256, measure_memory=False).data
     target = report["targets"][0]
     assert {a["format"] for a in target["artifacts"]} == {"tflite", "onnx"}
     for art in target["artifacts"]:
@@ -216,7 +216,7 @@ def test_convert_and_compare_report_identical_metrics(
         r = CliRunner().invoke(main, [
             "compare", str(float_model), str(out / art["path"]), "--data", str(VAL),
             "--out", str(tmp_path / f"cmp_{art['format']}"), "--no-per-layer",
-            "--latency-runs", "2", "--json"], catch_exceptions=False)
+            "--latency-runs", "2", "--max-eval", "256", "--json"], catch_exceptions=False)
         assert r.exit_code == 0, r.stderr
         cmp = json.loads(r.stdout)
         conv_data = report["data"]

@@ -172,7 +172,7 @@ def _convert_report() -> dict:
 def test_one_block_list_draws_convert_reports_with_a_failed_target() -> None:
     convert = _convert_report()
     md = render_markdown(convert)
-    assert ("| arm-cpu · model_int8.tflite | ok | tflite | int8 | 2.00 KiB | 3 | 1.5 | 2.00x |"
+    assert ("| arm-cpu · model_int8.tflite | ok | tflite | int8 | 2.00 KiB | — | 3 | 1.5 | 2.00x |"
             in md)
     assert "| edgetpu | failed: UnsupportedOpError |" in md
     assert "**failed (UnsupportedOpError)**" in md and "- ❌ op XYZ not mapped" in md

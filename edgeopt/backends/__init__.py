@@ -65,6 +65,9 @@ class Built:
     precision: str
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The float model the quantizer read (ONNX: after transforms and ORT's pre-processing), in
+    # the request's workdir; the tuning loop's per-layer signal compares against it.
+    float_model: Path | None = None
     # the float model this one was quantized from, when it is not ``build_float``'s (ONNX
     # sources through onnx2tf: the float TFLite of the converted graph)
     float_path: Path | None = None

@@ -76,33 +76,59 @@ def import_tf2onnx() -> Any:
 
 
 @contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Silence framework chatter for the duration: stdout and stderr, Python and C level.
+def stdout_to_stderr(what: str = "a framework call") -> Iterator[None]:
+    """Keep framework chatter off the user's terminal for the duration: stdout and stderr,
+    Python and C level.
 
     TF / Keras / tf2onnx print progress to stdout (``Saved artifact at ...``) and C++ log lines
-    to stderr; errors still reach us as Python exceptions. ``EDGEOPT_DEBUG=1`` keeps the C-level
-    stderr for debugging. Falls back to a Python-level redirect when the streams have no file
-    descriptor (pytest capture).
+    to stderr; errors still reach us as Python exceptions. The output goes to the command's log
+    file (``--log-file``; ``edgeopt.progress.framework_sink``), to the user's stderr with
+    ``--verbose``, else nowhere; Python warnings raised meanwhile are logged the same way.
+    ``EDGEOPT_DEBUG=1`` keeps the C-level stderr for debugging. Falls back to a Python-level
+    redirect when the streams have no file descriptor (pytest capture).
     """
+    from .. import progress
+
     sys.stdout.flush()
     sys.stderr.flush()
     debug = os.environ.get("EDGEOPT_DEBUG", "") not in ("", "0")
     sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
-        warnings.simplefilter("ignore")
-        try:
-            fds = [sys.__stdout__.fileno()] + ([] if debug else [sys.__stderr__.fileno()])
-        except (AttributeError, OSError, ValueError):
-            yield
-            return
-        saved = [os.dup(fd) for fd in fds]
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            for fd in fds:
-                os.dup2(devnull, fd)
-            yield
-        finally:
-            for fd, keep in zip(fds, saved, strict=True):
-                os.dup2(keep, fd)
-                os.close(keep)
-            os.close(devnull)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with progress.framework_sink() as target, \
+                warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sink):
+            warnings.simplefilter("always")
+            try:
+                fds = [sys.__stdout__.fileno()] + ([] if debug else [sys.__stderr__.fileno()])
+            except (AttributeError, OSError, ValueError):
+                yield
+                return
+            saved = [os.dup(fd) for fd in fds]
+            dest = target if target is not None else os.open(os.devnull, os.O_WRONLY)
+            try:
+                for fd in fds:
+                    os.dup2(dest, fd)
+                yield
+            finally:
+                sys.stdout.flush()
+                for fd, keep in zip(fds, saved, strict=True):
+                    os.dup2(keep, fd)
+                    os.close(keep)
+                if target is None:
+                    os.close(dest)
+    finally:
+        console = progress.current()
+        if console is not None:
+            said = [sink.getvalue()] + [f"{w.category.__name__}: {w.message}" for w in caught]
+            console.framework_output(what, "\n".join(x for x in said if x))
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """The whole text and traceback of a framework's exception, for the log file (``--log-file``,
+    ``--verbose``): the one-line message the user sees keeps only its key line."""
+    import traceback
+
+    from .. import progress
+
+    progress.log(f"{what} failed with {type(exc).__name__}:\n"
+                 + "".join(traceback.format_exception(exc)).rstrip())

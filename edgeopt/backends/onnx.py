@@ -13,8 +13,16 @@ runs 2.2-2.3x faster than float, with int8 activations only 1.3x — see targets
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +37,7 @@ from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource, clean_onnx
 from ..targets import OnnxScheme, QuantFormat, QuantType, TargetProfile
 from . import Backend, BuildRequest, Built, Shapes, keep_float_names, register_backend
-from ._frameworks import import_onnx, import_tf2onnx, stdout_to_stderr
+from ._frameworks import import_onnx, import_tf2onnx, log_failure, stdout_to_stderr
 
 TF2ONNX_OPSET = 17
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need the axis attribute
@@ -73,6 +81,8 @@ class OnnxBackend:
         """Build ``req``'s recipe: pre-process, transforms (checked in float), exclusions,
         then ORT static / dynamic / weight-only quantization."""
         recipe = req.resolved(self.name)
+        # absolute: ORT's pre-processing runs in a scratch working directory (_scratch_cwd)
+        req = replace(req, workdir=req.workdir.absolute(), out_path=req.out_path.absolute())
         float_path = self.build_float(req.source, req.input_shapes, req.workdir)
         details: dict[str, Any] = {"recipe": recipe.to_dict(), "recipe_key": recipe.key()}
         notes: list[str] = []
@@ -106,7 +116,51 @@ class OnnxBackend:
             if recipe.mode == "static" else None,
             ops=dict(op_counts(req.out_path)),
         )
-        return Built(req.out_path, self.name, recipe.precision, details, notes)
+        return Built(req.out_path, self.name, recipe.precision, details, notes, float_model=pre)
+
+
+@contextlib.contextmanager
+def _scratch_cwd(workdir: Path, model: Path | None = None) -> Iterator[Path | None]:
+    """Run an ORT step (pre-processing, quantization) with the working directory in a scratch
+    folder.
+
+    ``quant_pre_process``'s symbolic shape inference saves ``sym_shape_infer_temp.onnx`` plus a
+    ``<uuid>`` external-data file into the *current* directory when it gives up (it does on
+    real transformers: ~90 MB of weights for a MiniLM), and none of that may land in the
+    user's folder. Only file-to-file steps run here, with absolute paths (calibration data is
+    opened by relative paths elsewhere), and the scratch folder (inside ``workdir``) is removed
+    afterwards. The working directory is process-wide: builds in one process are never
+    concurrent (the tuning loop runs parallel candidates in worker processes).
+
+    With ``model``, yields a private link to it inside the scratch folder (its external-data
+    files linked beside it): ``quantize_static`` / ``quantize_dynamic`` write
+    ``<model>-inferred.onnx`` next to their input and delete it afterwards, so parallel
+    candidates quantizing the same pre-processed model would delete each other's file.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ort-cwd-", dir=workdir))
+    previous = os.getcwd()
+    private = None
+    if model is not None:
+        private = scratch / model.name
+        for f in [model.name, *_external_files(model)]:
+            os.symlink((model.parent / f).absolute(), scratch / f)
+    os.chdir(scratch)
+    try:
+        yield private
+    finally:
+        os.chdir(previous)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _external_files(model: Path) -> list[str]:
+    """The external-data files ``model``'s initializers name (relative to its folder)."""
+    onnx = import_onnx()
+    proto = onnx.load(str(model), load_external_data=False)
+    names = {e.value for t in proto.graph.initializer
+             if t.data_location == onnx.TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    return sorted(n for n in names if "/" not in n and n != model.name)
 
 
 def _samples(req: BuildRequest, limit: int) -> list[dict[str, np.ndarray]]:
@@ -131,6 +185,17 @@ def _transform(req: BuildRequest, recipe: Recipe, pre: Path, details: dict[str, 
     from ..recipes import transforms as tr
 
     onnx = import_onnx()
+    # Keyed by the transforms alone: candidates that differ only in keep-float or quantization
+    # options (the tuning loop's reverts) reuse the rewritten graph and its float check.
+    key = hashlib.sha256(json.dumps([pre.name, [t.to_dict() for t in recipe.transforms]],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    out = req.workdir / f"{pre.stem}_t{key}.onnx"
+    meta = out.with_suffix(".json")
+    if out.is_file() and meta.is_file():
+        saved = json.loads(meta.read_text())
+        notes += saved["notes"]
+        details["transforms"] = saved["details"]
+        return out, list(saved["float_nodes"])
     samples = _samples(req, TRANSFORM_SAMPLES)
     if not samples:
         raise CalibrationError(f"{req.source.path}: recipe transforms "
@@ -140,10 +205,16 @@ def _transform(req: BuildRequest, recipe: Recipe, pre: Path, details: dict[str, 
         result = tr.apply(onnx.load(str(pre)), recipe.transforms, samples)
     except tr.TransformError as exc:
         raise UnsupportedOpError(f"{req.source.path}: {exc}") from None
-    out = req.workdir / f"{pre.stem}_t{recipe.key()}.onnx"
-    onnx.save(result.model, str(out))
+    # temp name + rename: parallel candidates may rewrite the same graph at the same time
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.onnx")
+    onnx.save(result.model, str(tmp))
+    os.replace(tmp, out)
     notes += result.notes
     details["transforms"] = result.details
+    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}")
+    tmp_meta.write_text(json.dumps({"notes": result.notes, "details": result.details,
+                                    "float_nodes": list(result.float_nodes)}, default=str))
+    os.replace(tmp_meta, meta)
     return out, result.float_nodes
 
 
@@ -164,18 +235,20 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
     try:
         with stdout_to_stderr(), _quiet_ort_logging():
             if recipe.mode == "dynamic":
-                q.quantize_dynamic(
-                    str(pre), str(req.out_path),
-                    per_channel=recipe.per_channel,
-                    reduce_range=recipe.reduce_range,
-                    weight_type=_qtype(q, recipe.weight_type),
-                    nodes_to_exclude=exclude,
-                    op_types_to_quantize=list(recipe.op_types) or None,
-                    extra_options={"MatMulConstBOnly": True},
-                )
+                with _scratch_cwd(req.workdir, pre) as private:
+                    q.quantize_dynamic(
+                        str(private), str(req.out_path),
+                        per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range,
+                        weight_type=_qtype(q, recipe.weight_type),
+                        nodes_to_exclude=exclude,
+                        op_types_to_quantize=list(recipe.op_types) or None,
+                        extra_options={"MatMulConstBOnly": True},
+                    )
                 first = next(iter(_samples(req, 1)), None)
             elif recipe.mode == "weight-only":
-                _weight_only(pre, req.out_path, recipe, exclude, details)
+                with _scratch_cwd(req.workdir, pre) as private:
+                    _weight_only(private, req.out_path, recipe, exclude, details)
                 first = next(iter(_samples(req, 1)), None)
             else:
                 reader = _Reader(req)
@@ -189,27 +262,30 @@ def _quantize(req: BuildRequest, recipe: Recipe, pre: Path, exclude: list[str],
                     notes.append(range_summary(bad) + hint)
                 cache = req.workdir / f"calib_{recipe.key()}_{req.out_path.stem}.json"
                 q_cal.save_tensors_data(ranges, cache)
-                q.quantize_static(
-                    str(pre), str(req.out_path), None,
-                    quant_format=q.QuantFormat.QDQ
-                    if recipe.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
-                    per_channel=recipe.per_channel,
-                    reduce_range=recipe.reduce_range,
-                    activation_type=_qtype(q, recipe.activation_type),
-                    weight_type=_qtype(q, recipe.weight_type),
-                    nodes_to_exclude=exclude,
-                    op_types_to_quantize=list(recipe.op_types) or None,
-                    calibrate_method=_method(q, recipe.calibration_method.value),
-                    calibration_cache_path=str(cache),
-                )
+                # ranges are computed: no calibration data is read in there
+                with _scratch_cwd(req.workdir, pre) as private:
+                    q.quantize_static(
+                        str(private), str(req.out_path), None,
+                        quant_format=q.QuantFormat.QDQ
+                        if recipe.quant_format is QuantFormat.QDQ else q.QuantFormat.QOperator,
+                        per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range,
+                        activation_type=_qtype(q, recipe.activation_type),
+                        weight_type=_qtype(q, recipe.weight_type),
+                        nodes_to_exclude=exclude,
+                        op_types_to_quantize=list(recipe.op_types) or None,
+                        calibrate_method=_method(q, recipe.calibration_method.value),
+                        calibration_cache_path=str(cache.absolute()),
+                    )
                 first = reader.first
     except (CalibrationError, UnsupportedOpError):
         raise
     except Exception as exc:  # ORT raises ValueError / RuntimeError / its own Fail types
         text = str(exc).strip().splitlines()
+        log_failure(f"ONNX {recipe.precision} quantization of {req.source.path}", exc)
         raise UnsupportedOpError(
             f"{req.source.path}: ONNX {recipe.precision} quantization failed: "
-            f"{text[0][:300] if text else type(exc).__name__}"
+            f"{text[0] if text else type(exc).__name__}"
         ) from None
     details["excluded_nodes"] = len(exclude)
     return first
@@ -333,13 +409,14 @@ def _check_runs(req: BuildRequest, sample: dict[str, np.ndarray] | None,
         session.run(None, sample)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail / RuntimeException types
         text = str(exc).strip().splitlines()
+        log_failure(f"running the ONNX {req.precision} model of {req.source.path}", exc)
         why = text[-1].split("Status Message:")[-1].strip() if text else type(exc).__name__
         name, value = _largest_weight(float_path)
         hint = (f"; the float model holds a weight of magnitude {value:.3g} ({name!r}): is the "
                 "source corrupt?" if value > LARGE_WEIGHT else "")
         raise UnsupportedOpError(
             f"{req.source.path}: the ONNX {req.precision} model does not run in ONNX Runtime: "
-            f"{why[:200]}{hint}"
+            f"{why}{hint}"
         ) from None
 
 
@@ -454,9 +531,10 @@ def _from_tf(source: ModelSource, shapes: Shapes) -> Any:
             model, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=TF2ONNX_OPSET)
     except Exception as exc:  # tf2onnx raises ValueError / KeyError / RuntimeError
         text = str(exc).strip().splitlines()
+        log_failure(f"tf2onnx conversion of {source.path}", exc)
         raise UnsupportedOpError(
             f"{source.path}: tf2onnx could not convert the model: "
-            f"{text[0][:300] if text else type(exc).__name__}"
+            f"{text[0] if text else type(exc).__name__}"
         ) from None
     return model
 
@@ -488,17 +566,24 @@ def _preprocess(float_path: Path, workdir: Path, details: dict[str, Any]) -> Pat
         return out
     attempts = (("symbolic", False), ("onnx-shape-only", True))
     mode = "none"
+    # temp name + rename: parallel candidates of the tuning loop pre-process the same model
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.onnx")
     for name, skip_symbolic in attempts:
         try:
-            with stdout_to_stderr(), _quiet_ort_logging():
-                quant_pre_process(str(float_path), str(out), skip_symbolic_shape=skip_symbolic)
+            with stdout_to_stderr(), _quiet_ort_logging(), _scratch_cwd(workdir):
+                quant_pre_process(str(float_path.absolute()), str(tmp.absolute()),
+                                  skip_symbolic_shape=skip_symbolic)
             mode = name
             break
         except Exception:  # ImportError (no sympy), "Incomplete symbolic shape inference", ...
-            out.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
     if mode == "none":
-        out.write_bytes(float_path.read_bytes())
-    (workdir / f"{out.name}.mode").write_text(mode)
+        tmp.write_bytes(float_path.read_bytes())
+    mode_file = workdir / f"{out.name}.mode"  # written first: readers check `out` only
+    mode_tmp = mode_file.with_name(f".{mode_file.name}.{os.getpid()}")
+    mode_tmp.write_text(mode)
+    os.replace(mode_tmp, mode_file)
+    os.replace(tmp, out)
     details["preprocess"] = mode
     return out
 

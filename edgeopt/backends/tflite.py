@@ -31,7 +31,7 @@ from ..recipes.ranges import summary as range_summary
 from ..sources import ModelSource
 from ..targets import KeepFloatPolicy, Scheme, TargetProfile
 from . import Backend, BuildRequest, Built, Shapes, keep_float_names, register_backend
-from ._frameworks import import_tf, stdout_to_stderr
+from ._frameworks import import_tf, log_failure, stdout_to_stderr
 from ._tfgraph import SIGNATURE, saved_model
 
 _EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -171,16 +171,34 @@ def _convert(converter: Any, source: ModelSource, precision: str) -> bytes:
     except Exception as exc:  # ConverterError, RuntimeError, ValueError from the calibrator
         if type(exc).__name__ in ("MemoryError",):
             raise
+        log_failure(f"TFLite {precision} conversion of {source.path}", exc)
+        summary = _error_summary(exc)
         raise UnsupportedOpError(
-            f"{source.path}: TFLite {precision} conversion failed: {_error_summary(exc)}"
+            f"{source.path}: TFLite {precision} conversion failed: {summary}"
+            f"{_read_variable_hint(source) if 'READ_VARIABLE' in summary else ''}"
         ) from None
+
+
+def _read_variable_hint(source: ModelSource) -> str:
+    """READ_VARIABLE failing while calibrating: a SavedModel whose weights are resource
+    variables read at run time (Keras 3 ``tf.saved_model.save(model)``) with a dynamic batch;
+    the converter freezes them once the batch is fixed (measured: the same SavedModel converts
+    with --input-shape NAME=1,...)."""
+    fixes = " ".join(
+        f"--input-shape {s.name}=" + ",".join("1" if i == 0 and d is None else
+                                              "?" if d is None else str(d)
+                                              for i, d in enumerate(s.shape))
+        for s in source.inputs)
+    return (f"; the SavedModel reads its weights as resource variables, which the TFLite "
+            f"converter does not freeze with a dynamic batch: fix the batch with {fixes} "
+            "(replace any ? by the size), or save the model with model.export(DIR) or as .keras")
 
 
 def _error_summary(exc: BaseException) -> str:
     text = str(exc)
     found = _ERROR_LINE.findall(text)
     line = found[0] if found else (text.strip().splitlines() or [type(exc).__name__])[-1]
-    return line.strip()[:300]
+    return line.strip()  # whole: the cause is often at the end of a long line
 
 
 def _int8(tf: Any, converter: Any, req: BuildRequest, recipe: Recipe, details: dict,
@@ -265,7 +283,7 @@ def _calibrated_tensors(data: bytes) -> dict[str, Any]:
             ranges[name] = (float(np.min(q.min)), float(np.max(q.max)))
     codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     ops = []
-    for op in graph.operators:
+    for op in graph.operators or ():
         code = model.operatorCodes[op.opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         ops.append((codes.get(builtin, str(builtin)),

@@ -91,6 +91,10 @@ def _dtype_problem(
         )
     if dtype.fields is not None or dtype.kind not in "biuf":
         return f"unsupported dtype {dtype}: save a numeric array"
+    if dtype.kind == "f" and preprocessing is not None and not preprocessing.applies_to_floats:
+        from .preprocessing import float_refusal
+
+        return float_refusal(dtype.name)
     if dtype == want or (want.kind == "f" and dtype.kind == "f"):
         return None
     if want.kind == "f" and preprocessing is None:
@@ -132,8 +136,11 @@ def plan_column(
     dtype_problem = _dtype_problem(spec, dtype, preprocessing)
     if dtype_problem:
         problems.append(dtype_problem)
+    label = f"input '{spec.name}'" + (f" (array '{key}')" if key != spec.name else "")
+    if problems == [dtype_problem] and dtype.kind == "f" and preprocessing is not None \
+            and not preprocessing.applies_to_floats:  # the shape fits: only the refusal
+        raise CalibrationError(f"{where}: {label}: {dtype_problem}")
     if problems:
-        label = f"input '{spec.name}'" + (f" (array '{key}')" if key != spec.name else "")
         raise CalibrationError(
             f"{where}: {label} expects {fmt_shape(spec.dtype, spec.shape)}, got "
             f"{fmt_shape(dtype, shape)}: {'; '.join(problems)}"

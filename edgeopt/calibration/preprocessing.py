@@ -18,6 +18,12 @@ _LAYOUTS = ("NHWC", "NCHW")
 _CHANNEL_ORDERS = ("RGB", "BGR")
 _COLORS = ("rgb", "grayscale")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
+# What scale / mean / std apply to: "raw" = image files and integer arrays (raw pixels, counts);
+# float arrays are taken as model-ready and refused with preprocessing (scaling already
+# normalised data by 1/255 gave a model calibrated on inputs 255x too small, measured as a
+# *better* SQNR because validation was scaled the same way, and useless on real inputs: SQNR
+# 0.04 dB). "all" applies it to float arrays too, with a warning and statistics in the report.
+_APPLY_TO = ("raw", "all")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class Preprocessing:
     ``interpolation`` -> channel order -> ``x * scale`` -> ``(x - mean) / std`` per channel ->
     ``layout``. Arrays (``.npy``/``.npz``): only ``x * scale`` and ``(x - mean) / std`` apply,
     per channel along the ``layout``'s channel axis; arrays are never resized or transposed.
+
+    ``apply_to``: ``raw`` (default) applies to images and integer arrays only and refuses float
+    arrays (already model input); ``all`` applies to float arrays too.
     """
 
     resize: tuple[int, int] | None = None  # (height, width); None = use the model input's H, W
@@ -38,6 +47,11 @@ class Preprocessing:
     channel_order: str = "RGB"
     color: str = "rgb"
     interpolation: str = "bilinear"
+    apply_to: str = "raw"
+
+    @property
+    def applies_to_floats(self) -> bool:
+        return self.apply_to == "all"
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON / TOML / CLI) but store tuples so the dataclass stays hashable.
@@ -71,6 +85,7 @@ class Preprocessing:
             ("channel_order", _CHANNEL_ORDERS),
             ("color", _COLORS),
             ("interpolation", _INTERPOLATIONS),
+            ("apply_to", _APPLY_TO),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(
@@ -89,6 +104,8 @@ class Preprocessing:
         d = asdict(self)
         d["resize"] = list(self.resize) if self.resize else None
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.apply_to == "raw":  # the default: keep manifests and hashes as they were
+            del d["apply_to"]
         return d
 
     @classmethod
@@ -110,3 +127,48 @@ class Preprocessing:
 
 def _as_seq(v: Any) -> Sequence[Any]:
     return (v,) if isinstance(v, (int, float)) else tuple(v)
+
+
+def float_refusal(dtype_name: str) -> str:
+    """Why preprocessing is refused for float arrays, and the two ways out."""
+    return (f"the data is already {dtype_name}, so it is taken as model input: --preprocess "
+            "(scale / mean / std) applies to raw data only (image folders, integer arrays). "
+            "Drop --preprocess if the arrays are model-ready, or add --preprocess apply_to=all "
+            "to apply it to float arrays anyway")
+
+
+@dataclass
+class ValueStats:
+    """Running min / max / mean / std of the values of one input (streamed, one sample at a
+    time). The report shows them for the data before and after preprocessing."""
+
+    count: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+
+    def update(self, x: Any) -> None:
+        import numpy as np
+
+        a = np.asarray(x)
+        if not a.size:
+            return
+        f = a.astype(np.float64, copy=False)
+        self.count += int(f.size)
+        self.total += float(f.sum())
+        self.total_sq += float(np.square(f).sum())
+        self.lo = min(self.lo, float(f.min()))
+        self.hi = max(self.hi, float(f.max()))
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        if not self.count:
+            return {"count": 0, "min": None, "max": None, "mean": None, "std": None}
+        mean = self.total / self.count
+        var = max(self.total_sq / self.count - mean * mean, 0.0)
+        return {"count": self.count, "min": _r(self.lo), "max": _r(self.hi), "mean": _r(mean),
+                "std": _r(math.sqrt(var))}
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}")

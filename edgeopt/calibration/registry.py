@@ -70,6 +70,12 @@ class CalibrationReader(ABC):
         """The preprocessing as applied (resolved defaults), for the manifest."""
         return self.preprocessing.to_dict() if self.preprocessing else None
 
+    def values_before(self, collect: bool) -> dict[str, Any]:
+        """Per input, ``ValueStats`` of the values preprocessing was applied to (decoded pixels,
+        raw arrays) so far; empty when none was applied. ``collect=False`` stops collecting
+        (after the validating pass)."""
+        return {}
+
 
 _READERS: dict[str, type[CalibrationReader]] = {}
 

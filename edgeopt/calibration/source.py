@@ -9,7 +9,6 @@ input's dtype) and never holds more than one sample per input in memory.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from edgeopt_runtime.spec import TensorSpec
 from ..limits import MAX_ABS_VALUE, CalibrationLimits
 from .hashing import SampleHasher
 from .layout import dims_match, fmt_shape
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, ValueStats
 from .readers import ARRAY_SUFFIXES, IMAGE_SUFFIXES, SyntheticReader
 from .registry import CalibrationReader, reader_names, registered
 
@@ -32,16 +31,21 @@ DEFAULT_SYNTHETIC_SAMPLES = 100
 
 @dataclass
 class _Stats:
-    """Running per-input min / max over every yielded value."""
+    """Running per-input statistics of every yielded value (model input)."""
 
-    lo: dict[str, float] = field(default_factory=dict)
-    hi: dict[str, float] = field(default_factory=dict)
+    values: dict[str, ValueStats] = field(default_factory=dict)
 
     def update(self, sample: dict[str, np.ndarray]) -> None:
         for name, x in sample.items():
-            if x.size:
-                self.lo[name] = min(self.lo.get(name, math.inf), float(x.min()))
-                self.hi[name] = max(self.hi.get(name, -math.inf), float(x.max()))
+            self.values.setdefault(name, ValueStats()).update(x)
+
+    @property
+    def lo(self) -> dict[str, float]:
+        return {n: v.lo for n, v in self.values.items() if v.count}
+
+    @property
+    def hi(self) -> dict[str, float]:
+        return {n: v.hi for n, v in self.values.items() if v.count}
 
 
 def _check_magnitude(where: str, name: str, x: np.ndarray) -> None:
@@ -92,10 +96,20 @@ class CalibrationSource:
         self._specs = {s.name: s for s in self.inputs}
         self.sha256 = ""
         stats = _Stats()
-        for _ in self._pass(stats):  # validate everything and hash once, up front
+        from .. import progress
+
+        # validate everything and hash once, up front
+        for _ in progress.counted(self._pass(stats), f"checking {source}", self.count):
             pass
-        self.ranges = {n: (stats.lo[n], stats.hi[n]) for n in stats.lo}
+        lo, hi = stats.lo, stats.hi
+        self.ranges = {n: (lo[n], hi[n]) for n in lo}
+        before = reader.values_before(collect=False)
+        self.statistics = {
+            n: {"before_preprocessing": before[n].to_dict() if n in before else None,
+                "model_input": v.to_dict()}
+            for n, v in stats.values.items()}
         self._flag_degenerate()
+        self._flag_float_preprocessing(reader)
 
     def _pass(self, stats: _Stats | None = None) -> Iterator[dict[str, np.ndarray]]:
         """One streaming pass: read, hash, convert, check each sample; then verify the hash."""
@@ -147,6 +161,21 @@ class CalibrationSource:
                     "all calibration samples: its quantization range is "
                     "degenerate; use varied, representative data"
                 )
+
+    def _flag_float_preprocessing(self, reader: CalibrationReader) -> None:
+        pre = reader.preprocessing
+        if pre is None or not pre.applies_to_floats:
+            return
+        floats = [c.spec.name for f in getattr(reader, "files", []) or []
+                  for c in getattr(f, "columns", []) if np.dtype(c.dtype).kind == "f"]
+        for name in dict.fromkeys(floats):
+            st = self.statistics.get(name) or {}
+            b, a = st.get("before_preprocessing") or {}, st.get("model_input") or {}
+            self.warnings.append(
+                f"{self.source}: preprocessing applied to already-float input '{name}' "
+                f"(apply_to=all): values [{b.get('min')}, {b.get('max')}] mean {b.get('mean')} "
+                f"became [{a.get('min')}, {a.get('max')}] mean {a.get('mean')}; make sure the "
+                "device applies the same steps")
 
     def __len__(self) -> int:
         return self.count
@@ -210,6 +239,11 @@ class CalibrationSource:
             "format": self.format,
             "preprocessing": self.preprocessing,
         }
+
+    def stats_dict(self) -> dict[str, Any]:
+        """Per input, the value statistics before preprocessing (None when none applied) and
+        of the model input (the report's ``statistics``)."""
+        return {n: dict(v) for n, v in self.statistics.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from edgeopt_runtime.errors import CalibrationError
 from edgeopt_runtime.spec import TensorSpec
 
 from .layout import fmt_shape
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, ValueStats
 
 
 def channel_vector(
@@ -54,6 +54,10 @@ class ArrayConverter:
         self, where: str, inputs: list[TensorSpec], preprocessing: Preprocessing | None
     ) -> None:
         self.pre = preprocessing
+        # values before preprocessing, per input (filled while ``collect``; see
+        # CalibrationSource.statistics)
+        self.before: dict[str, ValueStats] = {}
+        self.collect = True
         self.dtypes = {s.name: np.dtype(s.dtype) for s in inputs}
         self.norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if preprocessing is not None:
@@ -67,6 +71,8 @@ class ArrayConverter:
         out = {}
         for name, x in raw.items():
             if self.pre is not None:
+                if self.collect:
+                    self.before.setdefault(name, ValueStats()).update(x)
                 mean, std = self.norm[name]
                 x = (x.astype(np.float32) * np.float32(self.pre.scale) - mean) / std
             out[name] = to_dtype(where, name, x, self.dtypes[name])

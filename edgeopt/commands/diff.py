@@ -6,6 +6,13 @@ report's artifacts), and on two sweeps (``edgeopt.sweep/1`` results: entries are
 ``<model> · <target> · <recipe> · <file>``). A change counts as a regression when it moves
 the wrong way by more than the quantity's tolerance (latency is noisy, so it gets a relative
 tolerance; sizes and drift are deterministic for the same data and get small absolute ones).
+
+Noise (``edgeopt.diffnoise``): latency is compared with the per-run samples both reports carry,
+and an entry whose models are byte-identical in both reports (sha256 of the candidate and of its
+float reference) never regresses: whatever moved is timing noise or the host / data, and says
+so. For a changed artifact a latency change is a regression only when it is beyond the relative
+tolerance (``--latency-tolerance``, default 10 %) *and* outside the run-to-run noise the samples
+show (95 % bootstrap intervals of the median that do not overlap).
 """
 
 from __future__ import annotations
@@ -60,12 +67,19 @@ def _sweep_entries(doc: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 def _entries(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """key -> {quantity: value} for every evaluation in a report (or artifact of a sweep)."""
+    return {k: q for k, (q, _facts) in _entries_with_facts(report).items()}
+
+
+def _entries_with_facts(report: Mapping[str, Any],
+                        ) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
+    """key -> (quantities, facts: the models' sha256 and the latency samples)."""
+    from edgeopt.diffnoise import entry_facts
     from edgeopt.report import evaluations, latency_pair, size_pair
 
     if str(report.get("schema", "")).startswith("edgeopt.sweep/"):
-        return _sweep_entries(report)
+        return {k: (q, {}) for k, q in _sweep_entries(report).items()}
 
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}
     for title, sec in evaluations(report):
         q: dict[str, Any] = {"size bytes": size_pair(sec)[1]}
         ref, cand = latency_pair(sec)
@@ -88,7 +102,8 @@ def _entries(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         gates = sec.get("gates") or report.get("gates")
         if gates and gates.get("results"):
             q["gates passed"] = 1.0 if gates.get("passed") else 0.0
-        out[title] = {k: v for k, v in q.items() if isinstance(v, (int, float))}
+        out[title] = ({k: v for k, v in q.items() if isinstance(v, (int, float))},
+                      entry_facts(report, sec))
     return out
 
 
@@ -97,10 +112,13 @@ def _rule(what: str) -> tuple[int, float, float]:
     return _TOLERANCE.get(what) or _TOLERANCE.get(base) or (0, 0.0, 0.0)
 
 
-def _change(what: str, old: float, new: float) -> dict[str, Any] | None:
+def _change(what: str, old: float, new: float, latency_tolerance: float | None = None,
+            ) -> dict[str, Any] | None:
     if old == new or (math.isnan(old) and math.isnan(new)):
         return None
     direction, abs_tol, rel_tol = _rule(what)
+    if latency_tolerance is not None and what in _LATENCY:
+        rel_tol = latency_tolerance
     delta = new - old
     rel = delta / abs(old) if old and math.isfinite(old) else None
     tol = max(abs_tol, rel_tol * abs(old) if math.isfinite(old) else 0.0)
@@ -110,19 +128,38 @@ def _change(what: str, old: float, new: float) -> dict[str, Any] | None:
             "worse": bool(worse), "better": bool(better)}
 
 
-def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+_LATENCY = ("latency p50 float ms", "latency p50 quantized ms", "speedup p50")
+DEFAULT_LATENCY_TOLERANCE = 0.10
+
+
+def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any], *,
+                 latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE) -> dict[str, Any]:
     """Compare two parsed reports.
 
+    Args:
+        latency_tolerance: relative latency / speedup change that counts at all (0.10: 10 %).
+
     Returns:
-        ``{"schema": "edgeopt.diff/1", "entries": [{"key", "status", "changes": [...]}],
-        "regressions": int}``; each change ``{"what", "old", "new", "delta", "relative",
-        "worse", "better"}``.
+        ``{"schema": "edgeopt.diff/1", "entries": [{"key", "status", "artifact_changed",
+        "changes": [...]}], "regressions": int}``; each change ``{"what", "old", "new",
+        "delta", "relative", "worse", "better", "kind"}`` (``kind``: ``artifact`` — the models
+        changed or the reports cannot tell; ``timing noise`` — within the run-to-run noise or
+        the same bytes; ``data changed`` / ``environment`` — the same bytes measured on other
+        data / with other tools; see ``edgeopt.diffnoise``).
     """
-    a, b = _entries(old), _entries(new)
+    from edgeopt.diffnoise import judge
+
+    fa, fb = _entries_with_facts(old), _entries_with_facts(new)
+    a = {k: q for k, (q, _f) in fa.items()}
+    b = {k: q for k, (q, _f) in fb.items()}
+    facts_a = {k: f for k, (_q, f) in fa.items()}
+    facts_b = {k: f for k, (_q, f) in fb.items()}
     if len(a) == len(b) == 1 and set(a) != set(b):
         # One evaluation each under different keys (compare vs one-artifact convert): pair them.
         (ka, va), (kb, vb) = next(iter(a.items())), next(iter(b.items()))
-        a, b = {f"{ka} -> {kb}": va}, {f"{ka} -> {kb}": vb}
+        key = f"{ka} -> {kb}"
+        a, b = {key: va}, {key: vb}
+        facts_a, facts_b = {key: facts_a[ka]}, {key: facts_b[kb]}
     entries = []
     for key in list(a) + [k for k in b if k not in a]:
         if key not in b or key not in a:
@@ -130,13 +167,15 @@ def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
                             "changes": []})
             continue
         changes = [c for what in a[key] if what in b[key]
-                   and (c := _change(what, float(a[key][what]), float(b[key][what])))]
+                   and (c := _change(what, float(a[key][what]), float(b[key][what]),
+                                     latency_tolerance))]
+        changed, changes = judge(facts_a[key], facts_b[key], changes)
         # A quantity that disappeared (e.g. per-layer not run this time) is worth a line.
         changes += [{"what": what, "old": a[key][what], "new": None, "delta": None,
                      "relative": None, "worse": False, "better": False}
                     for what in a[key] if what not in b[key]]
         entries.append({"key": key, "status": "changed" if changes else "same",
-                        "changes": changes})
+                        "artifact_changed": changed, "changes": changes})
     regressions = sum(c["worse"] for e in entries for c in e["changes"])
     return {"schema": DIFF_SCHEMA, "entries": entries, "regressions": regressions}
 
@@ -157,13 +196,17 @@ def render_diff(d: Mapping[str, Any]) -> str:
         if e["status"] in ("added", "removed"):
             lines.append(f"{e['key']}: {e['status']}")
             continue
+        same = (" (same artifact, sha256: latency differences are timing noise)"
+                if e.get("artifact_changed") is False else "")
         if not e["changes"]:
-            lines.append(f"{e['key']}: no change")
+            lines.append(f"{e['key']}: no change{same}")
             continue
-        lines.append(f"{e['key']}:")
+        lines.append(f"{e['key']}:{same}")
         width = max(len(c["what"]) for c in e["changes"])
         for c in e["changes"]:
-            flag = "  WORSE" if c["worse"] else "  better" if c["better"] else ""
+            flag = ("  WORSE" if c["worse"] else "  better" if c["better"] else
+                    f"  ({c['kind']})" if c.get("kind") in ("timing noise", "data changed")
+                    else "")
             lines.append(f"  {c['what']:<{width}}  {fmt(c['old']):>10} -> {fmt(c['new']):>10}  "
                          f"{_fmt_delta(c)}{flag}")
     lines.append(f"{d['regressions']} regression(s)")
@@ -192,8 +235,13 @@ def _load(path: Path, load_report: Any) -> dict[str, Any]:
 @click.argument("new_report", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
 @click.option("--fail-on-regression", is_flag=True,
-              help="Exit 1 when anything got worse beyond its tolerance (for CI).")
-def command(old_report: Path, new_report: Path, as_json: bool, fail_on_regression: bool) -> None:
+              help="Exit 1 when anything got worse beyond its tolerance (for CI). Byte-identical "
+              "artifacts never fail; latency must also be outside the run-to-run noise.")
+@click.option("--latency-tolerance", type=click.FloatRange(min=0, max=10), metavar="FRACTION",
+              default=DEFAULT_LATENCY_TOLERANCE, show_default=True,
+              help="Relative latency / speedup change that counts (0.1 = 10 %).")
+def command(old_report: Path, new_report: Path, as_json: bool, fail_on_regression: bool,
+            latency_tolerance: float) -> None:
     """Show what changed in latency, size and drift between two edgeopt reports.
 
     OLD_REPORT and NEW_REPORT are report.json files (or the folders holding them), or two
@@ -203,7 +251,8 @@ def command(old_report: Path, new_report: Path, as_json: bool, fail_on_regressio
 
     from edgeopt.report import dumps, load_report
 
-    d = diff_reports(_load(old_report, load_report), _load(new_report, load_report))
+    d = diff_reports(_load(old_report, load_report), _load(new_report, load_report),
+                     latency_tolerance=latency_tolerance)
     d = {**d, "old": str(old_report), "new": str(new_report)}
     click.echo(dumps(d) if as_json else render_diff(d), nl=not as_json)
     if fail_on_regression and d["regressions"]:

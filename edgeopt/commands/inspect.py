@@ -2,7 +2,10 @@
 
 MODEL is a ``.tflite`` / ``.onnx`` file or an edgeopt artifact directory (every model its
 manifest lists is inspected, except a model compiled for an accelerator, e.g.
-``*_edgetpu.tflite``). The default output is a
+``*_edgetpu.tflite``), or the source model (``.keras``, ``.h5``, a SavedModel folder; an
+``.onnx`` is inspected as it is): it is built as ``convert`` would build it for the target, on
+synthetic calibration data (``edgeopt.inspect.source``), and that model is inspected. The
+default output is a
 readable table per model; ``--json`` prints one JSON document
 ``{"schema": "edgeopt.inspect/1", "target": ..., "reports": [...]}``.
 """
@@ -112,16 +115,29 @@ def render(report: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Probe each model in a child process first (skip only for trusted files).")
-def command(model: Path, target: str, as_json: bool, isolate: bool) -> None:
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
+              help="A source model's input shape for its dynamic dims (repeatable).")
+@click.option("--trust-model", is_flag=True,
+              help="Let Keras run code stored in a source model (Lambda layers).")
+def command(model: Path, target: str, as_json: bool, isolate: bool,
+            input_shapes: tuple[str, ...], trust_model: bool) -> None:
     """Pre-flight check: which ops TARGET runs on its accelerator, and why not.
 
-    MODEL is a .tflite / .onnx file or an edgeopt artifact directory.
+    MODEL is a .tflite / .onnx file, an edgeopt artifact directory, or the source model
+    (.keras, .h5, SavedModel dir: built as convert would build it, on synthetic calibration
+    data, then inspected).
     """
+    from edgeopt import progress
     from edgeopt.inspect import SCHEMA, preflight
+    from edgeopt.inspect.source import is_source, source_reports
     from edgeopt.targets import load_target
 
     profile = load_target(target)
-    reports = [preflight(path, profile) for path in _models(model, isolate)]
+    if is_source(model):
+        with progress.use(progress.Console()):
+            reports = source_reports(model, profile, input_shapes, trust_model)
+    else:
+        reports = [preflight(path, profile) for path in _models(model, isolate)]
     if as_json:
         doc = {"schema": SCHEMA, "target": profile.name, "reports": reports}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")

@@ -14,6 +14,7 @@ from typing import Any
 from .blocks import Block, Bullets, Heading, Para, Plots, Verdict, table
 from .format import fmt, fmt_bytes, pct, pts, speedup
 from .svg import svg_bar_chart, svg_histogram, svg_scatter
+from .tune import tune_blocks
 
 Row = Callable[[Any], str]
 
@@ -70,8 +71,9 @@ LAYER_COLUMNS: list[tuple[str, Row]] = [
     ("suggestion", lambda e: e.get("suggestion") or "—"),
 ]
 LATENCY_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "runs")
-TARGET_COLUMNS = ["artifact", "status", "format", "precision", "size", "p50 float ms",
-                  "p50 quant ms", "speedup", "SQNR dB", "cosine mean / min", "accuracy drop"]
+TARGET_COLUMNS = ["artifact", "status", "format", "precision", "size", "peak memory",
+                  "p50 float ms", "p50 quant ms", "speedup", "SQNR dB", "cosine mean / min",
+                  "accuracy drop"]
 TOP_LAYERS = 25
 COMPAT_OPS = 25
 SCATTER_PLOTS = 4  # outputs whose float-vs-quantized scatter is drawn
@@ -86,16 +88,24 @@ def _rows(columns: list[tuple[str, Row]], items: Sequence[Any]) -> Any:
 
 def evaluations(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """(title, section) pairs: a compare report is one evaluation (the report itself); a
-    convert report has one per artifact of each target, and a failed target is its own
-    section (``status`` failed, ``error``)."""
+    convert report has one per artifact of each target, one per format that failed
+    (``status`` failed, ``error``), and a target that failed before any format was tried is
+    its own section. A section without ``status`` is a measured artifact."""
     if report["kind"] != "convert":
         return [("candidate", report)]
     out: list[tuple[str, Mapping[str, Any]]] = []
     for t in report["targets"]:
-        if t["status"] == "failed":
+        failures = t.get("failures") or []
+        if t["status"] != "ok" and not failures and not t["artifacts"]:
             out.append((t["name"], t))
+        out += [(f"{t['name']} · {f['file']}", f) for f in failures]
         out += [(f"{t['name']} · {a['file']}", a) for a in t["artifacts"]]
     return out
+
+
+def is_failure(section: Mapping[str, Any]) -> bool:
+    """A section that holds an error instead of measurements (any status but ``ok``)."""
+    return section.get("status", "ok") != "ok" and "error" in section
 
 
 def latency_pair(section: Mapping[str, Any]) -> tuple[Mapping | None, Mapping | None]:
@@ -128,6 +138,7 @@ def report_blocks(report: Mapping[str, Any]) -> list[Block]:
     blocks += _models(report)
     if kind == "convert":
         blocks += _targets(report)
+        blocks += tune_blocks(report)  # edgeopt tune / convert --auto: every candidate
     level = 3 if kind == "convert" else 2
     for title, sec in evaluations(report):
         if kind == "convert":
@@ -147,12 +158,18 @@ def _host_line(report: Mapping[str, Any]) -> str:
 
 def gates_title(gates: Mapping[str, Any]) -> str:
     """Compare gates always decide the exit code; convert's accelerator checks only with
-    ``--strict`` (``gates.strict``), so say which."""
+    ``--strict`` (``gates.strict``), its budget checks (``binding``, e.g. memory_budget_mb)
+    always, so say which."""
     verdict = "PASSED" if gates["passed"] else "FAILED"
     if gates["strict"] is None:
         return f"Gates: {verdict}"
     if gates["strict"]:
         return f"Accelerator checks (--strict): {verdict}"
+    failed = [r for r in gates["results"] if not r["passed"]]
+    if failed and any(r.get("binding") for r in failed):
+        return "Checks: FAILED (a budget of the target profile is exceeded)"
+    if any(r.get("binding") for r in gates["results"]) and not failed:
+        return "Checks: PASSED"
     return f"Accelerator checks: {verdict} (informational; --strict makes a failure fail)"
 
 
@@ -180,16 +197,17 @@ def _models(report: Mapping[str, Any]) -> list[Block]:
 def _targets(report: Mapping[str, Any]) -> list[Block]:
     rows = []
     for title, sec in evaluations(report):
-        if sec.get("status") in ("failed", "degraded"):
-            if not sec.get("artifacts"):
-                rows.append([title, f"failed: {sec['error_type']}"] + ["—"] * 9)
+        if is_failure(sec):
+            rows.append([title, f"{sec['status']}: {sec['error_type']}", sec.get("format", "—"),
+                         sec.get("precision", "—")] + ["—"] * 8)
             continue
         ref, cand = latency_pair(sec)
         first = sec["drift"][0]["metrics"] if sec["drift"] else {}
         acc = ((sec["task"] or {}).get("metrics") or {}).get("accuracy") or {}
-        status = (sec.get("validation") or {}).get("status", "ok")
+        mem = (sec.get("memory") or {}).get("peak_working_set_bytes")
+        status = sec.get("status") or (sec.get("validation") or {}).get("status", "ok")
         rows.append([title, status, sec["format"], sec["precision"],
-                     fmt_bytes(sec["size_bytes"]),
+                     fmt_bytes(sec["size_bytes"]), fmt_bytes(mem) if mem is not None else "—",
                      fmt((ref or {}).get("p50_ms")), fmt((cand or {}).get("p50_ms")),
                      speedup((sec["latency"] or {}).get("speedup_p50")),
                      fmt(first.get("sqnr_db")),
@@ -202,14 +220,16 @@ def _targets(report: Mapping[str, Any]) -> list[Block]:
 
 
 def section_blocks(sec: Mapping[str, Any], level: int) -> list[Block]:
-    """One evaluation (a compare report, a convert artifact) or a failed target."""
-    if sec.get("status") in ("failed", "degraded"):
-        return [Verdict(f"{sec['status']} ({sec['error_type']})", False, ((False, sec["error"]),))]
+    """One evaluation (a compare report, a convert artifact) or a failed target / format."""
+    if is_failure(sec):
+        return [Verdict(f"{sec['status']} ({sec['error_type']})", False,
+                        ((False, sec["error"]),))]
     out = _validation(sec.get("validation"), level)
     out += _task(sec["task"], level) + _drift(sec["drift"], level)
     if sec.get("per_layer"):  # compare reports and convert artifacts (unless disabled)
         out += _layers(sec["per_layer"], level)
     out += _latency(sec, level)
+    out += _memory(sec.get("memory"), level)
     if "preflight" in sec:  # convert artifacts
         compat = compat_blocks(sec)
         if compat:
@@ -366,6 +386,20 @@ def _latency(sec: Mapping[str, Any], level: int) -> list[Block]:
     out.append(Para(f"{lat['method']}; {lat['threads']} thread(s), {lat['delegate']}, "
                     f"{lat['where']}.", note=True))
     return out
+
+
+def _memory(mem: Mapping[str, Any] | None, level: int) -> list[Block]:
+    if not mem:
+        return []
+    if mem.get("peak_working_set_bytes") is None:
+        return [Heading("Memory", level), Para(f"Not measured: {mem.get('error')}", note=True)]
+    rows = [["peak working set", fmt_bytes(mem["peak_working_set_bytes"])],
+            ["held after load", fmt_bytes(mem.get("after_load_bytes"))],
+            ["model file", fmt_bytes(mem.get("model_file_bytes"))]]
+    return [Heading(f"Memory (peak working set {fmt_bytes(mem['peak_working_set_bytes'])})",
+                    level),
+            table(["figure", "bytes"], rows),
+            Para(f"{mem['method']}; {mem['where']}.", note=True)]
 
 
 # ------------------------------------------------------------------------------ compatibility

@@ -52,8 +52,12 @@ def convert_summary_lines(report: Mapping[str, Any]) -> list[str]:
     if report["synthetic_calibration"]:
         lines.append("WARNING: calibrated on SYNTHETIC data (--allow-synthetic); do not ship")
     for t in report["targets"]:
-        if t["status"] != "ok":
+        failures = t.get("failures") or []
+        if t["status"] != "ok" and not failures and not t["artifacts"]:
             lines.append(f"{t['name']}: {t['status'].upper()} ({t['error_type']}): {t['error']}")
+        for f in failures:
+            lines.append(f"{t['name']}/{f['file']}: {f['status'].upper()} ({f['error_type']}): "
+                         f"{f['error']}")
         for a in t["artifacts"]:
             lat = a["latency"]
             first = a["drift"][0]["metrics"] if a["drift"] else {}
@@ -70,9 +74,23 @@ def convert_summary_lines(report: Mapping[str, Any]) -> list[str]:
                 w = pl["layers"][0]
                 lines.append(f"{_INDENT}worst layer: {w.get('layer') or w.get('tensor')} "
                              f"({w.get('op')}): {w.get('suggestion') or ''}")
+            mem = memory_line(a.get("memory"))
+            lines += [_INDENT + mem] if mem else []
             lines += [_INDENT + line for line in accelerator_lines(a)]
         lines += [f"{t['name']}: skipped {s}" for s in t["skipped"]]
     return lines
+
+
+def memory_line(mem: Mapping[str, Any] | None) -> str | None:
+    """``memory: peak working set 2.1 MiB (1.8 MiB after load) ...`` of one artifact."""
+    if not mem:
+        return None
+    if mem.get("peak_working_set_bytes") is None:
+        return f"memory: not measured ({mem.get('error')})"
+    after = mem.get("after_load_bytes")
+    kept = f", {after / 2**20:.1f} MiB held after load" if after is not None else ""
+    return (f"memory: peak working set {mem['peak_working_set_bytes'] / 2**20:.1f} MiB{kept} "
+            "(edgeopt_runtime in a fresh process, this host)")
 
 
 def accelerator_lines(art: Mapping[str, Any]) -> list[str]:

@@ -340,9 +340,17 @@ def _run_tune(job: JobSpec, scratch: Path) -> dict[str, Any]:
     if not callable(tune):
         raise TuneUnavailable(TUNE_MISSING.format(
             version=__version__, recipe=job.recipe.name, budget=job.recipe.tune.to_dict()))
-    report = tune(job.model, _target_for_convert(job, scratch), job.calib, val=job.val,
+    from .validate import preprocessing
+
+    r = job.recipe
+    # the same inputs as a convert job (formats, keep-float, data), plus the budget; tune runs
+    # its candidates serially inside this job (the sweep's executor spreads the jobs)
+    report = tune(job.model, [_target_for_convert(job, scratch)], job.calib, val=job.val,
                   out=scratch / "artifact", seed=job.seed, latency_runs=job.latency_runs,
-                  **job.recipe.tune.to_dict())
+                  formats=list(r.formats) or "all", calib_method=r.calib_method,
+                  num_calib=job.num_calib, keep_float=r.keep_float, force=True,
+                  trust_model=job.trust_model, preprocessing=preprocessing(job.preprocess),
+                  **r.tune.to_dict())
     return {"row": summarize(report.data), "files": _files(scratch), "val_total": None}
 
 
@@ -370,5 +378,12 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             "accuracy_drop": acc.get("drop"),
             "samples": report["data"]["count"], "notes": list(a.get("notes") or []),
         })
-    return {"directory": f"artifact/{target['directory']}", "report": "artifact/report.html",
-            "artifacts": arts, "wall_seconds": report.get("wall_seconds")}
+    row = {"directory": f"artifact/{target['directory']}", "report": "artifact/report.html",
+           "artifacts": arts, "wall_seconds": report.get("wall_seconds")}
+    if target.get("tune") is not None:  # a tune job: what each search found
+        row["tune"] = [{"format": t["format"], "status": t["status"],
+                        "budget_met": t["budget_met"], "budget": t["budget"]["text"],
+                        "evaluations": t["evaluations"], "seconds": t["seconds"],
+                        "chosen": None if t.get("best") is None
+                        else t["trials"][t["best"]]["label"]} for t in target["tune"]]
+    return row

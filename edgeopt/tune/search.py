@@ -9,11 +9,13 @@ evaluates several recipes at once (serially, or through ``edgeopt.executors``).
 
 Algorithm (NNCF's ``quantize_with_accuracy_control``, with limits and partitions added):
 
-1. Evaluate every starting point (one batch). The best one meeting the budget is the incumbent.
+1. Evaluate every starting point (``parallel`` per batch). The best one meeting the budget is
+   the incumbent.
 2. For each start that misses the budget but would beat the incumbent on the objective if it
-   met it (fastest first): greedy revert. Rank its layer groups by the per-layer signal of the
-   current candidate; revert the top group (``parallel`` > 1: the top ``parallel`` groups, one
-   each, evaluated together, best kept); keep the revert if the metric improved, otherwise
+   met it (fastest first), and whose recipe has a keep-float set: greedy revert. Rank its
+   layer groups by the per-layer signal of the current candidate; revert the top group
+   (``parallel`` > 1: the top ``parallel`` groups, one each, evaluated together, best kept);
+   keep the revert if the metric improved, otherwise
    *step back* (the group stays quantized and is not tried again) and re-rank the remaining
    groups on the current candidate. Stop when the budget holds, no group is left, or the limits
    (evaluations, seconds) run out.
@@ -224,6 +226,8 @@ class Search:
     tie: float = 0.03
     clock: Callable[[], float] = time.monotonic
     progress: Callable[[str], None] | None = None
+    # Called with (index, trial) after each evaluated candidate (progress lines, ETA).
+    on_trial: Callable[[int, Trial], None] | None = None
     trials: list[Trial] = field(default_factory=list)
 
     # ------------------------------------------------------------------ public
@@ -260,14 +264,20 @@ class Search:
     # ------------------------------------------------------------------ steps
 
     def _starts(self) -> None:
+        """Every starting point, ``parallel`` at a time: the limits and Ctrl-C apply between
+        batches (a transformer candidate takes minutes; six of them in one batch would run
+        past a time limit and show no progress)."""
         recipes = list(dict.fromkeys(self.starts))  # Recipe is hashable: no repeats
-        self._evaluate(recipes, step="start")
+        step = max(1, self.parallel)
+        for k in range(0, len(recipes), step):
+            self._evaluate(recipes[k:k + step], step="start")
 
     def _walk_order(self) -> list[int]:
         """Start candidates that miss the budget, by objective (best first)."""
         starts = [i for i, t in enumerate(self.trials)
                   if t.step == "start" and t.evaluation.error is None
-                  and not self.budget.met(t.evaluation.accuracy)]
+                  and not self.budget.met(t.evaluation.accuracy)
+                  and walkable(t.evaluation.recipe)]
         return sorted(starts, key=lambda i: self._objective_key(self.trials[i].evaluation))
 
     def _improvable(self, i: int) -> bool:
@@ -347,7 +357,10 @@ class Search:
         results = self.batch(recipes)
         for k, ev in enumerate(results):
             self.trials.append(Trial(ev, step, (reverted or [()] * len(results))[k], parent))
-            self._say(self._line(len(self.trials) - 1))
+            if self.on_trial is not None:
+                self.on_trial(len(self.trials) - 1, self.trials[-1])
+            else:
+                self._say(self._line(len(self.trials) - 1))
 
     def _check_limits(self) -> None:
         if self.limits.evaluations is not None and len(self.trials) >= self.limits.evaluations:
@@ -402,6 +415,13 @@ class Search:
     def _say(self, text: str) -> None:
         if self.progress is not None:
             self.progress(text)
+
+
+def walkable(recipe: Recipe) -> bool:
+    """Whether keeping layers float changes ``recipe`` (TFLite dynamic-range and float16
+    recipes have no keep-float set: reverting groups there would rebuild the same model)."""
+    probe = recipe.with_keep_float(("^edgeopt-walk-probe$",))
+    return probe.normalized() != recipe.normalized()
 
 
 def _kept(t: Trial) -> Trial:

@@ -98,11 +98,28 @@ def _load_args(args: argparse.Namespace) -> dict[str, Any]:
             "isolate": args.isolate}  # fmt: skip
 
 
+def version_line() -> str:
+    """``edgeopt-runtime 0.1.0 (ai-edge-litert 2.1.0, onnxruntime 1.32.0, numpy 2.4.0)``, from
+    package metadata only (nothing is imported: ``--version`` works where an engine is broken)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    engines = []
+    for name in ("ai-edge-litert", "tflite-runtime", "onnxruntime", "numpy"):
+        try:
+            engines.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{PROG} {__version__} ({', '.join(engines) or 'no engine installed'})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Run and profile edgeopt models on this device."
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     prof = sub.add_parser("profile", help="latency, memory and per-op time of a model")
     _add_load_options(prof)
@@ -112,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--warmup", type=_warmup, default=10, help="warm-up runs (10)")
     prof.add_argument("--input", metavar="FILE.npz", help="inputs (default: seeded random)")
     prof.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (0)")
+    prof.add_argument(
+        "--input-shape",
+        dest="input_shapes",
+        action="append",
+        metavar="NAME=D0,D1,...",
+        help="shape of a random input's dynamic dims, e.g. image=1,224,224,3 (repeatable; the "
+        "name may be left out for a one-input model; default: dynamic dims 1)",
+    )
     prof.add_argument("--no-op-profile", action="store_true", help="skip per-op timing")
     run = sub.add_parser("run", help="run one inference: .npz in, .npz out")
     _add_load_options(run)
@@ -158,6 +183,7 @@ def _profile(args: argparse.Namespace) -> int:
         seed=args.seed,
         op_profile=not args.no_op_profile,
         progress=_Progress(sys.stderr) if sys.stderr.isatty() else None,
+        input_shapes=args.input_shapes,
     )
     doc = result.to_dict()
     if args.json:

@@ -38,8 +38,11 @@ def random_array(
     raise InputError(f"{what}: cannot make random {dt.name} data; pass inputs as a .npz")
 
 
-def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random arrays matching ``specs`` (dynamic dims -> 1).
+def random_feeds(
+    specs: list[TensorSpec], seed: int = 0, shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded random arrays matching ``specs`` (dynamic dims -> 1, or the dims ``shapes`` gives
+    for that input: ``profile --input-shape``).
 
     Float inputs are uniform in ``FLOAT_RANGE``; quantized integer inputs uniform over their
     dtype's whole range (the model's raw input); other integers in ``OTHER_INT_RANGE``.
@@ -47,7 +50,7 @@ def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in specs:
-        shape = tuple(1 if d is None else d for d in s.shape)
+        shape = (shapes or {}).get(s.name) or tuple(1 if d is None else d for d in s.shape)
         ints = None if s.is_quantized else OTHER_INT_RANGE
         feeds[s.name] = random_array(rng, shape, s.dtype, int_range=ints, what=f"input '{s.name}'")
     return feeds

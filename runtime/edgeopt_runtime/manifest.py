@@ -16,7 +16,8 @@ Schema ``edgeopt.manifest/1`` (JSON object)::
         {
           "file": "model_int8.tflite",  # relative to the manifest's folder, no '/' or '..'
           "format": "tflite" | "onnx",
-          "precision": "int8" | "uint8" | "float16" | "dynamic" | "float32" | "int16x8",
+          "precision": "int8" | "uint8" | "float16" | "dynamic" | "float32" | "int16x8"
+                       | "weight-only",
           "sha256": "<hex>",
           "size_bytes": 12345,
           "inputs":  [TensorSpec...],   # see edgeopt_runtime.model.TensorSpec.to_dict, plus

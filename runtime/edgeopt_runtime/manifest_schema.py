@@ -138,7 +138,7 @@ DTYPES = (
     "float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16", "uint16", "int32",
     "uint32", "int64", "uint64", "bool", "string", "complex64", "complex128",
 )  # fmt: skip
-PRECISIONS = ("int8", "uint8", "float16", "dynamic", "float32", "int16x8", "unknown")
+PRECISIONS = ("int8", "uint8", "float16", "dynamic", "float32", "int16x8", "weight-only", "unknown")
 _HEX64 = pattern(r"[0-9a-f]{64}", "64 lower-case hex digits")
 _SHORT = max_len(MAX_NAME)
 

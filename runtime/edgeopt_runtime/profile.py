@@ -103,6 +103,7 @@ def profile(
     op_profile: bool = True,
     progress: Progress | None = None,
     isolate: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
 ) -> ProfileResult:
     """Profile a model: load time, latency distribution, memory and per-op time.
 
@@ -120,6 +121,8 @@ def profile(
         progress: called as ``progress(phase, done, total)`` while running.
         isolate: probe the model in a child process before loading it (``load(isolate=True)``);
             the probe's time is reported as ``timing.probe_ms``, not in ``load_ms``.
+        input_shapes: shapes of the random inputs for dynamic dims (``{name: dims}`` or
+            ``["name=1,224,224,3"]``; default: dynamic dims 1). With ``inputs`` given, unused.
 
     Returns:
         ``ProfileResult``.
@@ -131,7 +134,7 @@ def profile(
     _check_args(runs, duration, warmup, seed)
     notes: list[str] = []
     model, timing, mem = _load_measured(model_or_path, threads, delegate, providers, notes, isolate)
-    feeds, inputs_info = _feeds(model, inputs, seed)
+    feeds, inputs_info = _feeds(model, inputs, seed, input_shapes)
     source = inputs_info.get("path")
     timing["first_inference_ms"] = _ms(_timed_call(model, feeds, source))
     for i in range(warmup):
@@ -270,10 +273,23 @@ def _import_backends(path: Path) -> tuple[float | None, list[str]]:
 
 # -- inputs ------------------------------------------------------------------------------------
 def _feeds(
-    model: Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None, seed: int
+    model: Model,
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None,
+    seed: int,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    shapes = None
+    if input_shapes:
+        from .spec import parse_input_shapes
+
+        items = (
+            [f"{k}={','.join(map(str, v))}" for k, v in input_shapes.items()]
+            if isinstance(input_shapes, Mapping)
+            else list(input_shapes)
+        )
+        shapes = parse_input_shapes(items, model.inputs)
     if inputs is None:
-        feeds = random_feeds(model.inputs, seed)
+        feeds = random_feeds(model.inputs, seed, shapes)
         info: dict[str, Any] = {
             "source": "random",
             "path": None,

@@ -191,3 +191,61 @@ class Dequantizer:
         out = np.subtract(q, self._zp, dtype=np.float32, out=np.empty(np.shape(q), np.float32))
         np.multiply(out, self._scale, out=out)
         return out
+
+
+MAX_SHAPE_DIM = 2**31 - 1  # a dimension the engines can index
+
+
+def parse_input_shapes(
+    items: Any, specs: Any = None, *, option: str = "--input-shape"
+) -> dict[str, tuple[int, ...]]:
+    """``["image=1,224,224,3", ...]`` -> ``{"image": (1, 224, 224, 3)}``, checked against the
+    model inputs ``specs`` when given (TFLite ``benchmark_model --input_layer_shape``, ORT
+    ``perf_test -f``, Polygraphy ``--input-shapes``). The converter's CLI and the runtime's
+    profiler share this parser.
+
+    ``1,224,224,3`` without a name is allowed for a model with one input (needs ``specs``).
+
+    Raises:
+        InputError: malformed item, a name given twice or not an input, a rank that differs,
+            or a dim that contradicts a fixed dim of the model.
+    """
+    from .errors import InputError
+
+    specs = list(specs) if specs is not None else None
+    by_name = {s.name: s for s in specs} if specs is not None else None
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims_text = str(item).rpartition("=")
+        if not sep:
+            if specs is None or len(specs) != 1:
+                known = ", ".join(s.name for s in specs) if specs else "the input names"
+                raise InputError(f"{option} {item!r}: expected NAME=D0,D1,... (inputs: {known})")
+            name, dims_text = specs[0].name, item
+        name = name.strip()
+        try:
+            dims = tuple(int(d) for d in dims_text.split(","))
+        except ValueError:
+            raise InputError(
+                f"{option} {item!r}: expected NAME=D0,D1,... with integer dims, e.g. "
+                "image=1,224,224,3") from None
+        if not name or not dims or any(not 1 <= d <= MAX_SHAPE_DIM for d in dims):
+            raise InputError(f"{option} {item!r}: expected NAME=D0,D1,... with dims >= 1")
+        if name in out:
+            raise InputError(f"{option}: input {name!r} given twice")
+        if by_name is not None:
+            spec = by_name.get(name)
+            if spec is None:
+                raise InputError(f"{option} {item!r}: the model has no input {name!r} (inputs: "
+                                 f"{', '.join(by_name)})")
+            if len(spec.shape) != len(dims):
+                raise InputError(f"{option} {item!r}: input {name!r} has rank "
+                                 f"{len(spec.shape)} {spec.shape_str()}, got {len(dims)} dims")
+            pairs = enumerate(zip(spec.shape, dims, strict=True))
+            fixed = [i for i, (d, g) in pairs if d is not None and d != g]
+            if fixed:
+                raise InputError(f"{option} {item!r}: input {name!r} is {spec.shape_str()}; dim "
+                                 f"{fixed[0]} is fixed at {spec.shape[fixed[0]]} (only dynamic "
+                                 "dims '?' can be chosen)")
+        out[name] = dims
+    return out

@@ -217,8 +217,8 @@ def test_hash_sensitive_to_values_dtype_shape_and_preprocessing(tmp_path: Path) 
         open_calibration(tmp_path / "s1.npy", [seq]).sha256
         != open_calibration(tmp_path / "s2.npy", [seq]).sha256
     )
-    p1 = open_calibration(base, [X], preprocessing=Preprocessing(scale=1.0)).sha256
-    p2 = open_calibration(base, [X], preprocessing=Preprocessing(scale=2.0)).sha256
+    p1 = open_calibration(base, [X], preprocessing=Preprocessing(scale=1.0, apply_to="all")).sha256
+    p2 = open_calibration(base, [X], preprocessing=Preprocessing(scale=2.0, apply_to="all")).sha256
     assert len({h, p1, p2}) == 3
 
 
@@ -550,8 +550,24 @@ def test_per_channel_mean_needs_matching_channels(tmp_path: Path) -> None:
         open_calibration,
         tmp_path / "c.npy",
         [X],
-        preprocessing=Preprocessing(mean=(0.1, 0.2, 0.3)),
+        preprocessing=Preprocessing(mean=(0.1, 0.2, 0.3), apply_to="all"),
     )
+
+
+def test_preprocessing_refuses_float_arrays_unless_asked(tmp_path: Path) -> None:
+    np.save(tmp_path / "f.npy", _indexed(3))
+    err = _raises("is already float32, so it is taken as model input", open_calibration,
+                  tmp_path / "f.npy", [X], preprocessing=Preprocessing(scale=1 / 255))
+    assert "expects" not in str(err) and "apply_to=all" in str(err)
+    src = open_calibration(tmp_path / "f.npy", [X],
+                           preprocessing=Preprocessing(scale=2.0, apply_to="all"))
+    assert [round(float(s["x"].flat[0]) * 1000) for s in src] == [2, 4, 6]
+    stats = src.stats_dict()["x"]
+    assert stats["before_preprocessing"]["max"] == pytest.approx(0.003)
+    assert stats["model_input"]["max"] == pytest.approx(0.006)
+    assert any("already-float input 'x'" in w for w in src.warnings)
+    plain = open_calibration(tmp_path / "f.npy", [X])
+    assert plain.stats_dict()["x"]["before_preprocessing"] is None
 
 
 # ---------------------------------------------------------------------------------- registry

@@ -240,8 +240,8 @@ def test_strict_cli_fails_on_an_unsupported_op_in_the_middle(tmp_path: Path, no_
     report = json.loads(result.stdout)  # the report is still printed and written
     assert report == json.loads((out / "report.json").read_text())
     assert (out / "edgetpu" / "model_int8.tflite").is_file() and (out / "report.md").is_file()
-    line = result.stderr.strip()
-    assert "\n" not in line and line.startswith("edgeopt: --strict: edgetpu/model_int8.tflite")
+    (line,) = [ln for ln in result.stderr.splitlines() if "--strict" in ln]
+    assert line.startswith("edgeopt: --strict: edgetpu/model_int8.tflite")
     pf = _artifact(report, "edgetpu")["preflight"]
     first = pf["partition"]["first_unmapped_op"]
     assert first["op"] == "LEAKY_RELU" and f"#{first['index']} LEAKY_RELU" in line
@@ -316,7 +316,7 @@ def test_failing_compile_is_reported_and_strict_fails(tmp_path: Path, fake_compi
     assert "Compilation failed" in comp["error"] and "Node number 1" in comp["output_tail"]
     assert comp["differences"][0].startswith("the compiler failed")
     assert sorted(p.name for p in (out / "edgetpu").iterdir()) == [
-        "manifest.json", "model_int8.tflite"]
+        "manifest.json", "model_int8.tflite", "reference"]  # reference/: the kept float model
     assert [e.file for e in read_manifest(out / "edgetpu").models] == ["model_int8.tflite"]
 
 

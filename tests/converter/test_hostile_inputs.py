@@ -19,6 +19,7 @@ from edgeopt.calibration import Preprocessing, open_calibration
 from edgeopt.cli import main
 from edgeopt.limits import MAX_ABS_VALUE, CalibrationLimits, OptionError, check_numbers
 from scripts import make_hostile_inputs as H
+from tests._console import problem_lines
 
 from . import _models as M
 
@@ -146,7 +147,7 @@ def test_huge_values_end_to_end_exit_2_instead_of_a_crash(tmp_path: Path) -> Non
         "convert", str(M.keras_file()), "--target", "arm-cpu", "--calib",
         str(H.huge_values(tmp_path / "v.npz")), "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
+    lines = problem_lines(result.stderr)
     assert len(lines) == 1 and "beyond the +-1e+30" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npz"]
 

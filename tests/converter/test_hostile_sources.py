@@ -26,6 +26,7 @@ import pytest
 from edgeopt_runtime.errors import ModelLoadError
 
 from edgeopt.sources import archive, hdf5_probe, load_source, scan_keras_config
+from tests._console import problem_lines
 from tests.stress import fuzz_sources as fs
 
 from . import _models as M
@@ -124,7 +125,7 @@ def test_hdf5_file_that_loops_the_library_is_rejected_in_bounded_time(tmp_path: 
     env = {**os.environ, "EDGEOPT_PROBE_TIMEOUT_S": "3"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
+    lines = problem_lines(proc.stderr)
     assert len(lines) == 1 and "did not finish within 3 s" in lines[0], lines
     assert str(path) in lines[0] and not out.exists()
 
@@ -155,7 +156,7 @@ def test_lambda_code_never_runs_without_trust(tmp_path: Path, suffix: str) -> No
            "--calib", str(tmp_path / "x.npz"), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
+    lines = problem_lines(proc.stderr)
     assert len(lines) == 1 and "Lambda layer 'canary'" in lines[0], lines
     assert "--trust-model" in lines[0] and str(path) in lines[0]
     assert not mark.exists() and not out.exists()

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from edgeopt import output
 from edgeopt.cli import main
 from edgeopt.output import OutputError, OutputLock, Staging, claim_output
+from tests._console import problem_lines
 from tests.stress.fuzz_sources import check_output
 
 from . import _models as M
@@ -46,7 +47,7 @@ def _cli(args: list[str]) -> tuple[int, str]:
 
 
 def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    lines = problem_lines(err)
     assert len(lines) == 1 and lines[0].startswith("edgeopt: error: "), err
     return lines[0]
 

@@ -217,3 +217,40 @@ def test_write_npz_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) 
     with np.load(path) as z:  # the previous, complete file is still there
         assert sorted(z.files) == ["a/b", "file"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz"]
+
+
+# -- --version, profile --input-shape (issue 13) ------------------------------------------------
+def test_version_names_the_runtime_and_its_engines() -> None:
+    from edgeopt_runtime import __version__
+
+    proc = _cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith(f"edgeopt-runtime {__version__} (") and "onnxruntime" in line
+
+
+def _dynamic_hw_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1, 1])
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["image"], ["y"])], "g",
+                              [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_profile_input_shape_fixes_dynamic_dims(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    model = _dynamic_hw_onnx(tmp_path / "dyn.onnx")
+    proc = _cli("profile", model, "--json", "--runs", "3", "--warmup", "0", "--no-op-profile",
+                "--input-shape", "image=1,3,64,48")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["inputs"]["arrays"] == [{"name": "image", "shape": [1, 3, 64, 48],
+                                        "dtype": "float32"}]
+    bad = _cli("profile", model, "--input-shape", "image=2,3,64,48")
+    assert bad.returncode == 2 and "dim 0 is fixed at 1" in bad.stderr
+    bad = _cli("profile", model, "--input-shape", "image=1,3,x,48")
+    assert bad.returncode == 2 and "integer dims" in bad.stderr and "Traceback" not in bad.stderr

@@ -221,7 +221,9 @@ def check_output(out: Path) -> str | None:
 
 def classify(case: Case, rc: int | None, stdout: str, stderr: str, parent: Path) -> tuple[str, str]:
     """Outcome and detail of one finished ``edgeopt convert`` run whose OUT is parent/out."""
-    lines = stderr.strip().splitlines()
+    from tests._console import problem_lines
+
+    lines = problem_lines(stderr)  # edgeopt's progress lines are not part of the error
     first = (lines[0] if lines else "")[:300]
     leftovers = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
     if rc == 0:

@@ -67,6 +67,12 @@ class _ArrayReader(CalibrationReader):
     def convert(self, where: str, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._convert(where, raw)
 
+    def values_before(self, collect: bool) -> dict:
+        """Statistics of the values before preprocessing (empty without preprocessing); stop
+        collecting with ``collect=False``."""
+        self._convert.collect = collect
+        return self._convert.before
+
     @classmethod
     def matches(cls, path: Path) -> bool:
         """A single file whose suffix is the reader's name (``.npz`` / ``.npy``)."""

@@ -18,7 +18,7 @@ from edgeopt_runtime.errors import CalibrationError
 
 from ...limits import MAX_IMAGE_PIXELS
 from ..layout import dims_match, fmt_shape
-from ..preprocessing import Preprocessing
+from ..preprocessing import Preprocessing, ValueStats
 from ..registry import CalibrationReader, register_reader
 from ..values import channel_vector, to_dtype
 from .files import listing
@@ -73,6 +73,8 @@ class ImageDirReader(CalibrationReader):
         self._mean = channel_vector(display, self.spec, self.pre, self.pre.mean, "mean")
         self._std = channel_vector(display, self.spec, self.pre, self.pre.std, "std")
         self._dtype = np.dtype(self.spec.dtype)
+        self._before = ValueStats()
+        self._collect = True
 
     def _resolve(self, pre: Preprocessing | None) -> Preprocessing:
         """Fill in defaults from the model input: layout and color if not given, resize always."""
@@ -119,6 +121,10 @@ class ImageDirReader(CalibrationReader):
     def manifest_preprocessing(self) -> dict[str, Any] | None:
         return self.pre.to_dict()
 
+    def values_before(self, collect: bool) -> dict[str, Any]:
+        self._collect = collect
+        return {self.spec.name: self._before} if self._before.count else {}
+
     def read(self, indices: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for i in indices:
             where = os.path.join(self.display, self.files[int(i)])
@@ -142,6 +148,8 @@ class ImageDirReader(CalibrationReader):
                     )
                 x = np.asarray(img, dtype=np.float32)
         x = x[..., None] if x.ndim == 2 else x
+        if self._collect:
+            self._before.update(x)  # decoded pixels, before scale / mean / std
         if pre.channel_order == "BGR":
             x = x[..., ::-1]
         if pre.layout == "NCHW":
