@@ -545,14 +545,9 @@ def _prepare_onnx(onnx: Any, model: Any, shapes: Shapes) -> Any:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_QDQ_OPSET:
         model = onnx.version_converter.convert_version(model, MIN_QDQ_OPSET)
-    for value in model.graph.input:
-        wanted = shapes.get(value.name)
-        if wanted is None:
-            continue
-        for dim, size in zip(value.type.tensor_type.shape.dim, wanted, strict=False):
-            if size is not None and not (dim.HasField("dim_value") and dim.dim_value == size):
-                dim.Clear()
-                dim.dim_value = size
+    from .onnx_rewrites import static_inputs
+
+    static_inputs(model, shapes)
     return onnx.shape_inference.infer_shapes(model)
 
 

@@ -49,6 +49,37 @@ def _svg_open(w: int, h: int, title: str) -> str:
             f"{_e(title)}</text>")
 
 
+def plot_frame(title: str, width: int, height: int, margins: tuple[int, int, int, int],
+               x_range: tuple[float, float], y_range: tuple[float, float], *,
+               x_digits: int = 3, y_digits: int = 4, clamp_y: bool = False,
+               ) -> tuple[Any, Any, list[str]]:
+    """An x/y plot's frame: ``(px, py, parts)``, the data-to-pixel maps and the SVG opening
+    with the title and the grid lines with their tick labels. ``margins`` is (left, right,
+    top, bottom); ``clamp_y`` pins out-of-range y values to the frame's edge. Used by the
+    plots that draw their own marks (tune's Pareto plot, sweep's accuracy-latency plot)."""
+    left, right, top, bottom = margins
+    (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
+
+    def px(v: float) -> float:
+        return left + (v - x_lo) / ((x_hi - x_lo) or 1.0) * (width - left - right)
+
+    def py(v: float) -> float:
+        if clamp_y:
+            v = min(max(v, y_lo), y_hi)
+        return height - bottom - (v - y_lo) / ((y_hi - y_lo) or 1.0) * (height - top - bottom)
+
+    out = [_svg_open(width, height, title)]
+    for t in nice_ticks(x_lo, x_hi, 6):
+        out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{height - bottom}" '
+                   f'stroke="#eceef2"/><text x="{px(t):.1f}" y="{height - bottom + 14}" '
+                   f'text-anchor="middle">{fmt(t, x_digits)}</text>')
+    for t in nice_ticks(y_lo, y_hi, 5):
+        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" '
+                   f'stroke="#eceef2"/><text x="{left - 4}" y="{py(t) + 4:.1f}" '
+                   f'text-anchor="end">{fmt(t, y_digits)}</text>')
+    return px, py, out
+
+
 def _finite(values: Iterable[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 

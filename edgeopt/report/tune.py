@@ -16,7 +16,7 @@ from typing import Any
 
 from .blocks import Block, Bullets, Heading, Plots, Verdict, table
 from .format import fmt, fmt_bytes, speedup
-from .svg import nice_ticks
+from .svg import plot_frame
 
 _COLUMNS = ["#", "step", "recipe", "float layers", "budget metric", "cos min", "cos p5",
             "cos mean", "SQNR min dB", "drop pts", "speedup", "latency ms", "size",
@@ -162,25 +162,8 @@ def svg_pareto(rec: Mapping[str, Any], *, title: str, width: int = 620,
     x_lo = 0.0
     left, right, top, bottom = 64, 18, 28, 42
 
-    def px(v: float) -> float:
-        return left + (v - x_lo) / (x_hi - x_lo) * (width - left - right)
-
-    def py(v: float) -> float:
-        v = min(max(v, y_lo), y_hi)
-        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">'
-           f'<title>{_e(title)}</title><text x="{width / 2:.0f}" y="16" text-anchor="middle" '
-           f'font-weight="600">{_e(title)}</text>']
-    for t in nice_ticks(x_lo, x_hi, 6):
-        out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{height - bottom}" '
-                   f'stroke="#eceef2"/><text x="{px(t):.1f}" y="{height - bottom + 14}" '
-                   f'text-anchor="middle">{fmt(t, 3)}</text>')
-    for t in nice_ticks(y_lo, y_hi, 5):
-        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" '
-                   f'stroke="#eceef2"/><text x="{left - 4}" y="{py(t) + 4:.1f}" '
-                   f'text-anchor="end">{fmt(t, 4)}</text>')
+    px, py, out = plot_frame(title, width, height, (left, right, top, bottom), (x_lo, x_hi),
+                             (y_lo, y_hi), x_digits=3, y_digits=4, clamp_y=True)
     out.append(f'<line class="budget" x1="{left}" y1="{py(threshold):.1f}" x2="{width - right}" '
                f'y2="{py(threshold):.1f}" stroke="#d64545" stroke-dasharray="6 3"><title>'
                f'budget {_e(rec["budget"]["text"])}</title></line>')

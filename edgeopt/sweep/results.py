@@ -133,7 +133,7 @@ def pareto(points: Sequence[tuple[float, float, float]]) -> list[bool]:
 def svg_pareto(arts: Sequence[Mapping[str, Any]], title: str, width: int = 560,
                height: int = 340) -> str:
     """Accuracy loss (y) over host latency p50 (x); circle area ~ size; Pareto points filled."""
-    from ..report import nice_ticks
+    from ..report.svg import plot_frame
 
     pts = []
     for a in arts:
@@ -150,24 +150,8 @@ def svg_pareto(arts: Sequence[Mapping[str, Any]], title: str, width: int = 560,
     x_lo, x_hi = 0.0, max(xs) * 1.1 or 1.0
     y_lo, y_hi = min(0.0, min(ys)), max(max(ys) * 1.15, 0.1)
 
-    def px(v: float) -> float:
-        return left + (v - x_lo) / (x_hi - x_lo) * (width - left - right)
-
-    def py(v: float) -> float:
-        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">'
-           f'<title>{_e(title)}</title><text x="{width / 2}" y="16" text-anchor="middle" '
-           f'font-weight="600">{_e(title)}</text>']
-    for t in nice_ticks(x_lo, x_hi, 6):
-        out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{height - bottom}" '
-                   f'stroke="#eceef2"/><text x="{px(t):.1f}" y="{height - bottom + 14}" '
-                   f'text-anchor="middle">{_num(t, 3)}</text>')
-    for t in nice_ticks(y_lo, y_hi, 5):
-        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" '
-                   f'stroke="#eceef2"/><text x="{left - 4}" y="{py(t) + 4:.1f}" '
-                   f'text-anchor="end">{_num(t, 3)}</text>')
+    px, py, out = plot_frame(title, width, height, (left, right, top, bottom), (x_lo, x_hi),
+                             (y_lo, y_hi), x_digits=3, y_digits=3)
     smax = max(ss)
     frontier = sorted((p for p, f in zip(pts, front, strict=True) if f), key=lambda p: p[1])
     if len(frontier) > 1:
